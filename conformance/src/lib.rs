@@ -1,0 +1,277 @@
+//! Test harness: starts the real drydock server on a listener bound to `127.0.0.1:0`
+//! with a fresh temporary root, and gives tests an HTTP client and small helpers to push
+//! content. Nothing here is mocked: requests go over loopback TCP to the real router and
+//! the real filesystem store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use registry::config::Config;
+use sha2::{Digest as _, Sha256};
+
+/// A running in-process server with its own root directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub config: Config,
+    root: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// The configuration tests start from: the embedded default with a private root.
+pub fn test_config(root: &Path) -> Config {
+    let mut config = Config::load(None, Vec::<(String, String)>::new())
+        .expect("embedded default config loads")
+        .config;
+    config.storage.filesystem.rootdirectory = root.to_path_buf();
+    config.http.addr = "127.0.0.1:0".into();
+    config.log.accesslog.disabled = true;
+    config
+}
+
+impl TestServer {
+    /// Starts a server on the embedded default configuration.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `adjust` has changed the default configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let root = tempfile::tempdir().expect("temp root");
+        let mut config = test_config(root.path());
+        adjust(&mut config);
+        TestServer::start_on(root, config).await
+    }
+
+    /// Starts a server on an existing root folder (kept alive by the returned server).
+    pub async fn start_on(root: tempfile::TempDir, mut config: Config) -> TestServer {
+        config.storage.filesystem.rootdirectory = root.path().to_path_buf();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let state = registry::server::state_from_config(&config);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(registry::server::serve(
+            listener,
+            state,
+            Duration::from_secs(5),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            config,
+            root,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// The storage root directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `127.0.0.1:PORT`, as container clients want it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops the server gracefully and hands back its root (to restart on it).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.root, dir)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A plain HTTP client (no redirects followed, so `Location` headers can be checked).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no rand crate.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Pushes a blob monolithically (`POST ?digest=`); returns its digest.
+pub async fn push_blob(c: &reqwest::Client, s: &TestServer, repo: &str, data: &[u8]) -> String {
+    let d = digest_of(data);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("push blob");
+    assert_eq!(r.status(), 201, "push blob {d} to {repo}");
+    d
+}
+
+/// An OCI image manifest for a config and layers (digest, size) already pushed.
+pub fn image_manifest(config: (&str, usize), layers: &[(&str, usize)], extra: &str) -> String {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, n)| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{n}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]{extra}}}"#,
+        config.0,
+        config.1,
+        layers.join(",")
+    )
+}
+
+/// Pushes a small image (a config and `layers` random layers) under `reference`;
+/// returns the manifest digest and body.
+pub async fn push_image(
+    c: &reqwest::Client,
+    s: &TestServer,
+    repo: &str,
+    reference: &str,
+    seed: u64,
+    layers: usize,
+) -> (String, String) {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#);
+    let cd = push_blob(c, s, repo, config.as_bytes()).await;
+    let mut ls = Vec::new();
+    for i in 0..layers {
+        let data = random_bytes(1024 + i * 100, seed * 1000 + i as u64);
+        let d = push_blob(c, s, repo, &data).await;
+        ls.push((d, data.len()));
+    }
+    let refs: Vec<(&str, usize)> = ls.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let m = image_manifest((&cd, config.len()), &refs, "");
+    let r = c
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(m.clone())
+        .send()
+        .await
+        .expect("push manifest");
+    assert_eq!(r.status(), 201, "push manifest {repo}:{reference}");
+    (digest_of(m.as_bytes()), m)
+}
+
+/// The `registry` binary built from this workspace (for tests that spawn processes).
+pub fn registry_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("registry");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "the registry binary is not built under {}: run `cargo build --bins` first",
+        target.display()
+    );
+}
+
+/// A `registry serve` child process on its own root, for crash and restart tests.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Spawns `registry serve CONFIG` (the config must listen on `127.0.0.1:0`) and waits
+    /// for the log line announcing the bound address.
+    pub fn spawn(config_path: &Path) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(registry_binary())
+            .arg("serve")
+            .arg(config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn registry");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("registry exited before listening")
+                .expect("read stderr");
+            if let Some(i) = line.find("addr=")
+                && line.contains("listening")
+            {
+                let a = line[i + 5..].split_whitespace().next().unwrap_or("");
+                break a.parse::<SocketAddr>().expect("listening address");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            child,
+            addr,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

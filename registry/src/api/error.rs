@@ -1,0 +1,164 @@
+//! The one error type of the registry. Each variant is a distribution-spec error code;
+//! [`Error::code`] and [`Error::status`] are the only places that map them, and
+//! `IntoResponse` the only place that serializes them as
+//! `{"errors":[{"code","message","detail"}]}`. `Internal` logs its source once and tells
+//! the client nothing private.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::digest::{Digest, DigestError};
+use crate::names::NameError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry")]
+    BlobUnknown(Option<Digest>),
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestInvalid(String),
+    #[error("manifest references a manifest or blob unknown to registry: {0}")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest of {size} bytes exceeds the limit of {limit} bytes")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error("manifest unknown to registry")]
+    ManifestUnknown(String),
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown(String),
+    #[error("provided length did not match content length: {0}")]
+    SizeInvalid(String),
+    #[error("requested range not satisfiable: {message}")]
+    RangeInvalid { message: String, size: Option<u64> },
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("requested access to the resource is denied")]
+    Denied,
+    #[error("the operation is unsupported: {0}")]
+    Unsupported(String),
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("not found")]
+    NotFound,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The spec's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BlobUnknown(_) => "BLOB_UNKNOWN",
+            Error::BlobUploadInvalid(_) => "BLOB_UPLOAD_INVALID",
+            Error::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Error::DigestInvalid(_) => "DIGEST_INVALID",
+            Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            Error::ManifestInvalid(_) => "MANIFEST_INVALID",
+            Error::ManifestTooLarge { .. } => "SIZE_INVALID",
+            Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
+            Error::NameInvalid(_) => "NAME_INVALID",
+            Error::NameUnknown(_) => "NAME_UNKNOWN",
+            Error::SizeInvalid(_) => "SIZE_INVALID",
+            Error::RangeInvalid { .. } => "RANGE_INVALID",
+            Error::Unauthorized => "UNAUTHORIZED",
+            Error::Denied => "DENIED",
+            Error::Unsupported(_) => "UNSUPPORTED",
+            Error::TooManyRequests => "TOOMANYREQUESTS",
+            Error::NotFound => "NOT_FOUND",
+            Error::Internal(_) => "UNKNOWN",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BlobUnknown(_)
+            | Error::BlobUploadUnknown
+            | Error::ManifestUnknown(_)
+            | Error::NameUnknown(_)
+            | Error::NotFound => StatusCode::NOT_FOUND,
+            Error::BlobUploadInvalid(_)
+            | Error::DigestInvalid(_)
+            | Error::ManifestBlobUnknown(_)
+            | Error::ManifestInvalid(_)
+            | Error::NameInvalid(_)
+            | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            Error::ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Denied => StatusCode::FORBIDDEN,
+            Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn detail(&self) -> serde_json::Value {
+        match self {
+            Error::BlobUnknown(Some(d)) | Error::ManifestBlobUnknown(d) => {
+                serde_json::json!({ "digest": d.to_string() })
+            }
+            Error::ManifestUnknown(r) => serde_json::json!({ "reference": r }),
+            Error::NameUnknown(n) => serde_json::json!({ "name": n }),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Error {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<DigestError> for Error {
+    fn from(e: DigestError) -> Error {
+        Error::DigestInvalid(e.0)
+    }
+}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Error {
+        Error::NameInvalid(e.0)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Error::Internal(source) => {
+                tracing::error!(error = %source, "internal error");
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = serde_json::json!({
+            "errors": [{ "code": self.code(), "message": message, "detail": self.detail() }]
+        });
+        let mut resp = (status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Error::RangeInvalid {
+            size: Some(size), ..
+        } = &self
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    }
+}

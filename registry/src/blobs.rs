@@ -1,0 +1,123 @@
+//! The pool of content-addressed blobs and each repository's view of it through layer
+//! links. A repository sees a pool blob only through its own link: the link check is the
+//! access check. Pool blobs are never modified once in place.
+
+use tokio::fs::File;
+
+use crate::digest::Digest;
+use crate::names::RepoName;
+use crate::storage::{PathSpec, path_for};
+use crate::store::Store;
+use crate::{Error, Result};
+
+impl Store {
+    /// Size of a blob in the pool, `None` if it is not there.
+    pub async fn pool_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self
+            .driver
+            .stat(&path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(info) if !info.is_dir => Ok(Some(info.size)),
+            Ok(_) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Size of a blob as `name` sees it: its layer link must exist and the pool blob too.
+    pub async fn blob_size(&self, name: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        if !self.layer_linked(name, digest).await? {
+            return Ok(None);
+        }
+        self.pool_blob_size(digest).await
+    }
+
+    pub async fn layer_linked(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .read_link(PathSpec::LayerLink(name, digest))
+            .await?
+            .is_some_and(|d| &d == digest))
+    }
+
+    /// Opens a blob of `name` for reading from `offset`.
+    pub async fn open_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(File, u64)> {
+        if !self.layer_linked(name, digest).await? {
+            return Err(Error::BlobUnknown(Some(digest.clone())));
+        }
+        match self
+            .driver
+            .reader(&path_for(PathSpec::BlobData(digest)), offset)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(e) if e.is_not_found() => Err(Error::BlobUnknown(Some(digest.clone()))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes a pool blob visible in `name`. The blob must already be in the pool.
+    pub async fn link_layer(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+        self.write_link(PathSpec::LayerLink(name, digest), digest)
+            .await
+    }
+
+    /// Removes `name`'s link to a blob (the pool blob stays for the collector).
+    pub async fn unlink_layer(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
+        let dir = path_for(PathSpec::LayerLink(name, digest));
+        let dir = dir.trim_end_matches("/link");
+        match self.driver.delete(dir).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Cross-repository mount: links a blob `from` sees into `name`. `from == None`
+    /// mounts any pool blob when the store allows it. Returns the size when mounted.
+    pub async fn mount_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
+        let size = match from {
+            Some(from) => self.blob_size(from, digest).await?,
+            None if self.options.mount_without_from => self.pool_blob_size(digest).await?,
+            None => None,
+        };
+        if size.is_some() {
+            self.link_layer(name, digest).await?;
+        }
+        Ok(size)
+    }
+
+    /// Puts small content (a manifest) into the pool under its digest, atomically.
+    pub(crate) async fn put_pool_content(&self, digest: &Digest, data: Vec<u8>) -> Result<()> {
+        if self.pool_blob_size(digest).await?.is_some() {
+            return Ok(());
+        }
+        self.driver
+            .put_content(&path_for(PathSpec::BlobData(digest)), data)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads small content (a manifest) from the pool.
+    pub(crate) async fn get_pool_content(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        match self
+            .driver
+            .get_content(&path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Configuration: CNCF Distribution's YAML format for the keys drydock supports, so an
+//! existing `config.yml` works, plus drydock's own sections. Loading is: built-in
+//! defaults ← the file (or the embedded default) ← `REGISTRY_*` environment overrides
+//! (Distribution's names: `REGISTRY_HTTP_ADDR`, `REGISTRY_STORAGE_DELETE_ENABLED`, …).
+//! Unknown keys are reported as warnings naming them; a wrong type is an error naming
+//! the key's path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_yaml_ng::{Mapping, Value};
+
+/// What `registry serve` runs with when no CONFIG is given.
+pub const EMBEDDED_DEFAULT: &str = "\
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: ./data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    #[serde(deserialize_with = "string_or_number")]
+    pub version: String,
+    pub log: LogConfig,
+    pub storage: StorageConfig,
+    pub http: HttpConfig,
+    pub oci: OciConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// error, warn, info, debug, trace.
+    pub level: String,
+    /// text or json.
+    pub formatter: String,
+    pub accesslog: AccessLogConfig,
+    /// Extra fields Distribution adds to every line (accepted, not used).
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            formatter: "text".into(),
+            accesslog: AccessLogConfig::default(),
+            fields: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AccessLogConfig {
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StorageConfig {
+    pub filesystem: FilesystemConfig,
+    pub delete: EnabledFlag,
+    pub maintenance: MaintenanceConfig,
+    /// Distribution's blob descriptor cache settings (accepted; drydock's caches are
+    /// always on and always coherent).
+    pub cache: BTreeMap<String, Value>,
+    /// Accepted for compatibility; the filesystem driver never redirects.
+    pub redirect: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesystemConfig {
+    pub rootdirectory: PathBuf,
+    pub maxthreads: Option<u64>,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            rootdirectory: PathBuf::from("/var/lib/registry"),
+            maxthreads: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct EnabledFlag {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MaintenanceConfig {
+    pub uploadpurging: UploadPurgingConfig,
+    pub readonly: EnabledFlag,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadPurgingConfig {
+    pub enabled: bool,
+    pub age: String,
+    pub interval: String,
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurgingConfig {
+    fn default() -> Self {
+        UploadPurgingConfig {
+            enabled: true,
+            age: "168h".into(),
+            interval: "24h".into(),
+            dryrun: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// `host:port`; `:port` listens on every address.
+    pub addr: String,
+    /// Only `tcp` is supported.
+    pub net: String,
+    /// How long a graceful shutdown waits for in-flight requests (Go duration).
+    pub draintimeout: String,
+    /// Extra headers on every response.
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub secret: Option<String>,
+    pub relativeurls: bool,
+    pub host: Option<String>,
+    pub prefix: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: ":5000".into(),
+            net: "tcp".into(),
+            draintimeout: "30s".into(),
+            headers: BTreeMap::new(),
+            secret: None,
+            relativeurls: true,
+            host: None,
+            prefix: None,
+        }
+    }
+}
+
+/// drydock's own knobs for the OCI API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OciConfig {
+    /// `POST ?mount=<digest>` without `from` links any blob already in the pool.
+    pub mount_without_from: bool,
+    /// Largest manifest accepted, in bytes (413 above it).
+    pub manifest_max_bytes: u64,
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        OciConfig {
+            mount_without_from: false,
+            manifest_max_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(match v {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "expected a version string, got {other:?}"
+            )));
+        }
+    })
+}
+
+/// A loaded configuration and what was noticed while loading it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Keys that drydock does not know (dotted paths).
+    pub unknown_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0} is not valid YAML: {1}")]
+    Yaml(String, serde_yaml_ng::Error),
+    #[error("configuration key {path}: {message}")]
+    Key { path: String, message: String },
+}
+
+const UNSUPPORTED_DRIVERS: [&str; 7] = ["s3", "azure", "gcs", "swift", "oss", "inmemory", "s3-aws"];
+
+impl Config {
+    /// Loads `path`, or the embedded default when `None`, then applies `env` overrides.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?,
+                p.display().to_string(),
+            ),
+            None => (
+                EMBEDDED_DEFAULT.to_owned(),
+                "the embedded default".to_owned(),
+            ),
+        };
+        Config::from_yaml(&text, &source, env)
+    }
+
+    pub fn from_yaml(
+        text: &str,
+        source: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let file: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(source.to_owned(), e))?;
+        if let Some(storage) = file.get("storage").and_then(Value::as_mapping) {
+            for driver in UNSUPPORTED_DRIVERS {
+                if storage.contains_key(driver) {
+                    return Err(ConfigError::Key {
+                        path: format!("storage.{driver}"),
+                        message: "this storage driver is not supported; use filesystem".into(),
+                    });
+                }
+            }
+        }
+        let mut tree =
+            serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
+                path: String::new(),
+                message: e.to_string(),
+            })?;
+        merge(&mut tree, file);
+        for (k, v) in env {
+            if let Some(rest) = k.strip_prefix("REGISTRY_") {
+                let parts: Vec<String> = rest.split('_').map(|s| s.to_ascii_lowercase()).collect();
+                set_env(&mut tree, &parts, &v);
+            }
+        }
+        let mut unknown: Vec<String> = Vec::new();
+        let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+        let de = serde_ignored::Deserializer::new(tree, &mut note);
+        let config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        if config.http.net != "tcp" {
+            return Err(ConfigError::Key {
+                path: "http.net".into(),
+                message: format!("{:?} is not supported; use tcp", config.http.net),
+            });
+        }
+        for (path, value) in [
+            ("http.draintimeout", &config.http.draintimeout),
+            (
+                "storage.maintenance.uploadpurging.age",
+                &config.storage.maintenance.uploadpurging.age,
+            ),
+            (
+                "storage.maintenance.uploadpurging.interval",
+                &config.storage.maintenance.uploadpurging.interval,
+            ),
+        ] {
+            parse_duration(value).map_err(|message| ConfigError::Key {
+                path: path.into(),
+                message,
+            })?;
+        }
+        unknown.sort();
+        Ok(Loaded {
+            config,
+            unknown_keys: unknown,
+        })
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        parse_duration(&self.http.draintimeout).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The address to bind: Distribution's `:5000` means every address.
+    pub fn listen_addr(&self) -> String {
+        let a = self.http.addr.trim();
+        if a.starts_with(':') {
+            format!("0.0.0.0{a}")
+        } else {
+            a.to_owned()
+        }
+    }
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (_, Value::Null) => {}
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Sets `parts` (lowercased env segments) in the tree. Keys that contain `_` are found by
+/// joining segments greedily against the keys already in the tree.
+fn set_env(tree: &mut Value, parts: &[String], raw: &str) {
+    if parts.is_empty() {
+        let as_string = matches!(tree, Value::String(_));
+        *tree = if as_string {
+            Value::String(raw.to_owned())
+        } else {
+            serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+        };
+        return;
+    }
+    if !matches!(tree, Value::Mapping(_)) {
+        *tree = Value::Mapping(Mapping::new());
+    }
+    let Value::Mapping(map) = tree else { return };
+    for n in (1..=parts.len()).rev() {
+        let key = parts[..n].join("_");
+        let existing = map
+            .keys()
+            .find(|k| k.as_str().is_some_and(|s| s.eq_ignore_ascii_case(&key)))
+            .cloned();
+        if let Some(k) = existing {
+            if let Some(child) = map.get_mut(&k) {
+                set_env(child, &parts[n..], raw);
+            }
+            return;
+        }
+    }
+    let mut child = Value::Null;
+    set_env(&mut child, &parts[1..], raw);
+    map.insert(Value::String(parts[0].clone()), child);
+}
+
+/// Parses a Go-style duration: `0s`, `500ms`, `30m`, `1h30m`, `168h`, `2d` (days too).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration {s:?} lacks a unit (ms, s, m, h, d)"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} has a bad number {num:?}"))?;
+        let secs = match unit {
+            "ns" => n / 1e9,
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            _ => return Err(format!("duration {s:?} has an unknown unit {unit:?}")),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default() {
+        let l = Config::load(None, env(&[])).unwrap();
+        assert_eq!(l.config.http.addr, "127.0.0.1:5000");
+        assert!(l.config.storage.delete.enabled);
+        assert_eq!(
+            l.config.storage.filesystem.rootdirectory,
+            PathBuf::from("./data")
+        );
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+    }
+
+    #[test]
+    fn distribution_config_with_unknown_keys_and_env() {
+        let yaml = "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\n  bogus: 1\nhealth:\n  storagedriver:\n    enabled: true\n";
+        let l = Config::from_yaml(
+            yaml,
+            "t",
+            env(&[
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+                ("REGISTRY_OCI_MOUNT_WITHOUT_FROM", "true"),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/tmp/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.config.http.addr, "127.0.0.1:6000");
+        assert!(l.config.storage.delete.enabled);
+        assert!(l.config.oci.mount_without_from);
+        assert_eq!(
+            l.config.storage.filesystem.rootdirectory,
+            PathBuf::from("/tmp/x")
+        );
+        assert_eq!(l.unknown_keys, vec!["health", "http.bogus"]);
+        assert!(
+            !Config::from_yaml("storage:\n  filesystem: {}\n", "t", env(&[]))
+                .unwrap()
+                .config
+                .storage
+                .delete
+                .enabled
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_yaml("storage:\n  delete:\n    enabled: maybe\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.delete.enabled"), "{e}");
+        let e = Config::from_yaml("storage:\n  s3:\n    bucket: x\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.s3"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

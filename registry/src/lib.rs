@@ -1,0 +1,24 @@
+//! drydock's registry library: the storage driver and layout (`storage`), the domain
+//! (`blobs`, `upload`, `manifest`, `repository`), the HTTP API (`api`) and the server
+//! wiring (`server`). It knows nothing of garbage collection; deletions are announced
+//! through [`api::DeleteListener`].
+
+pub mod api;
+pub mod blobs;
+pub mod config;
+pub mod digest;
+pub mod manifest;
+pub mod names;
+pub mod repository;
+pub mod server;
+pub mod storage;
+pub mod store;
+pub mod upload;
+
+pub use api::error::Error;
+pub use config::Config;
+pub use digest::Digest;
+pub use names::{Reference, RepoName, Tag};
+pub use store::Store;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,275 @@
+//! Repositories: manifests (revision links), tags (current + index links), the referrers
+//! index and the catalog. A manifest is stored in the pool like any blob and becomes
+//! part of a repository through its revision link; a tag is a link to a revision.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::digest::{Algorithm, Digest};
+use crate::manifest::{self, Descriptor, Manifest};
+use crate::names::{Reference, RepoName, Tag};
+use crate::storage::{PathSpec, path_for};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// A manifest as served: its digest, media type and exact bytes.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+/// What a successful manifest put did.
+#[derive(Debug, Clone)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+impl Store {
+    /// Whether `name` exists (has been pushed to).
+    pub async fn repository_exists(&self, name: &RepoName) -> Result<bool> {
+        Ok(self
+            .driver
+            .exists(&path_for(PathSpec::Repository(name)))
+            .await?)
+    }
+
+    /// The digest a tag points at.
+    pub async fn resolve_tag(&self, name: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        self.read_link(PathSpec::TagCurrentLink(name, tag)).await
+    }
+
+    /// Whether `digest` is a manifest revision of `name`.
+    pub async fn has_manifest(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .read_link(PathSpec::ManifestRevisionLink(name, digest))
+            .await?
+            .is_some_and(|d| &d == digest))
+    }
+
+    /// Fetches a manifest by tag or digest.
+    pub async fn get_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let unknown = || Error::ManifestUnknown(reference.to_string());
+        let digest = match reference {
+            Reference::Tag(t) => self.resolve_tag(name, t).await?.ok_or_else(unknown)?,
+            Reference::Digest(d) => d.clone(),
+        };
+        if !self.has_manifest(name, &digest).await? {
+            return Err(unknown());
+        }
+        let body = self.get_pool_content(&digest).await?.ok_or_else(unknown)?;
+        Ok(StoredManifest {
+            media_type: manifest::stored_media_type(&body),
+            digest,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Validates and stores a manifest. Every blob it references must be linked in `name`
+    /// and every child manifest must be a revision of `name`; the bytes go to the pool,
+    /// then the revision link, the referrers entry and last the tag.
+    pub async fn put_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PutManifest> {
+        let digest = match reference {
+            Reference::Digest(want) => {
+                let got = Digest::of(want.algorithm(), &body);
+                if &got != want {
+                    return Err(Error::DigestInvalid(format!(
+                        "manifest body has digest {got}, not {want}"
+                    )));
+                }
+                got
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
+        };
+        let m: Manifest = manifest::parse(&body, content_type)?;
+        for b in &m.blobs {
+            if self.blob_size(name, b).await?.is_none() {
+                return Err(Error::ManifestBlobUnknown(b.clone()));
+            }
+        }
+        for c in &m.children {
+            if !self.has_manifest(name, c).await? || self.pool_blob_size(c).await?.is_none() {
+                return Err(Error::ManifestBlobUnknown(c.clone()));
+            }
+        }
+        self.put_pool_content(&digest, body.to_vec()).await?;
+        self.write_link(PathSpec::ManifestRevisionLink(name, &digest), &digest)
+            .await?;
+        if let Some(subject) = &m.subject {
+            self.write_link(PathSpec::ReferrerLink(name, subject, &digest), &digest)
+                .await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            self.write_link(PathSpec::TagIndexLink(name, tag, &digest), &digest)
+                .await?;
+            self.write_link(PathSpec::TagCurrentLink(name, tag), &digest)
+                .await?;
+        }
+        Ok(PutManifest {
+            digest,
+            subject: m.subject,
+        })
+    }
+
+    /// Deletes a manifest by digest (its revision, every tag pointing at it, its referrers
+    /// entry) or a tag alone.
+    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+        match reference {
+            Reference::Tag(tag) => {
+                if self.resolve_tag(name, tag).await?.is_none() {
+                    return Err(Error::ManifestUnknown(tag.to_string()));
+                }
+                self.remove(PathSpec::TagDir(name, tag)).await?;
+                Ok(())
+            }
+            Reference::Digest(digest) => {
+                if !self.has_manifest(name, digest).await? {
+                    return Err(Error::ManifestUnknown(digest.to_string()));
+                }
+                for tag in self.tags(name).await? {
+                    if self.resolve_tag(name, &tag).await?.as_ref() == Some(digest) {
+                        self.remove(PathSpec::TagDir(name, &tag)).await?;
+                    }
+                }
+                if let Some(body) = self.get_pool_content(digest).await?
+                    && let Ok(m) = manifest::parse(&body, None)
+                    && let Some(subject) = &m.subject
+                {
+                    let link = path_for(PathSpec::ReferrerLink(name, subject, digest));
+                    let dir = link.trim_end_matches("/link");
+                    if let Err(e) = self.driver.delete(dir).await
+                        && !e.is_not_found()
+                    {
+                        return Err(e.into());
+                    }
+                }
+                self.remove(PathSpec::ManifestRevisionDir(name, digest))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// All tags of `name`, sorted; `NAME_UNKNOWN` when the repository does not exist.
+    pub async fn tags(&self, name: &RepoName) -> Result<Vec<Tag>> {
+        let names = self.list(PathSpec::TagsDir(name)).await?;
+        if names.is_empty() && !self.repository_exists(name).await? {
+            return Err(Error::NameUnknown(name.to_string()));
+        }
+        Ok(names.iter().filter_map(|n| Tag::parse(n).ok()).collect())
+    }
+
+    /// Every manifest revision of `name`.
+    pub async fn manifest_revisions(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for alg in self.list(PathSpec::ManifestRevisionsDir(name)).await? {
+            let dir = format!("{}/{alg}", path_for(PathSpec::ManifestRevisionsDir(name)));
+            for hex in self.driver.list(&dir).await.unwrap_or_default() {
+                if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Manifests in `name` whose `subject` is `subject`, as descriptors; filtered by
+    /// `artifact_type` when given. Answered from the `_referrers` index, not a scan.
+    pub async fn referrers(
+        &self,
+        name: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let dir = path_for(PathSpec::ReferrersDir(name, subject));
+        let mut out = Vec::new();
+        for alg in self.driver.list(&dir).await.unwrap_or_default() {
+            for hex in self
+                .driver
+                .list(&format!("{dir}/{alg}"))
+                .await
+                .unwrap_or_default()
+            {
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                if !self.has_manifest(name, &d).await? {
+                    continue;
+                }
+                let Some(body) = self.get_pool_content(&d).await? else {
+                    continue;
+                };
+                let Ok(m) = manifest::parse(&body, None) else {
+                    continue;
+                };
+                if artifact_type.is_some_and(|want| m.artifact_type.as_deref() != Some(want)) {
+                    continue;
+                }
+                out.push(Descriptor {
+                    media_type: m.media_type,
+                    digest: d.to_string(),
+                    size: body.len() as i64,
+                    urls: None,
+                    annotations: m.annotations,
+                    artifact_type: m.artifact_type,
+                    platform: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every repository name in the store, sorted.
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        let root = self.driver.full(&path_for(PathSpec::RepositoriesRoot));
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk_repositories(&root, "", &mut out);
+            out.sort();
+            out
+        })
+        .await
+        .map_err(Error::internal)
+    }
+}
+
+/// A folder is a repository when it has `_manifests` (as Distribution decides); folders
+/// starting with `_` are never descended into.
+fn walk_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut children: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    children.sort();
+    for c in children {
+        if c == "_manifests" {
+            if !prefix.is_empty() {
+                out.push(prefix.to_owned());
+            }
+        } else if !c.starts_with('_') && !c.starts_with('.') {
+            let p = if prefix.is_empty() {
+                c.clone()
+            } else {
+                format!("{prefix}/{c}")
+            };
+            walk_repositories(&dir.join(&c), &p, out);
+        }
+    }
+}

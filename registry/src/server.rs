@@ -1,0 +1,80 @@
+//! Wiring a configuration into a running server: `serve(listener, state, shutdown)` takes
+//! a listener the caller already bound (tests bind `127.0.0.1:0`), and a graceful
+//! shutdown stops accepting, then waits for in-flight requests up to the drain timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::storage::FsDriver;
+use crate::store::{Store, StoreOptions};
+
+/// Builds the shared state of a server from its configuration.
+pub fn state_from_config(config: &Config) -> AppState {
+    let driver = FsDriver::new(config.storage.filesystem.rootdirectory.clone());
+    let store = Store::new(
+        driver,
+        StoreOptions {
+            manifest_max_bytes: config.oci.manifest_max_bytes,
+            mount_without_from: config.oci.mount_without_from,
+        },
+    );
+    let mut extra = Vec::new();
+    for (k, values) in &config.http.headers {
+        for v in values {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
+                (Ok(k), Ok(v)) => extra.push((k, v)),
+                _ => {
+                    tracing::warn!(header = %k, "http.headers entry is not a valid header; ignored")
+                }
+            }
+        }
+    }
+    AppState {
+        store,
+        delete_enabled: config.storage.delete.enabled,
+        read_only: config.storage.maintenance.readonly.enabled,
+        access_log: !config.log.accesslog.disabled,
+        extra_headers: Arc::new(extra),
+        on_delete: None,
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains for at most
+/// `drain` before returning.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(());
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let deadline = async move {
+        if rx.await.is_ok() {
+            tokio::time::sleep(drain).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+            Ok(())
+        }
+    }
+}

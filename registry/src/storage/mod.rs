@@ -1,0 +1,261 @@
+//! The storage driver: the only code that touches the disk. Its shape follows CNCF
+//! Distribution's driver (small get/put, reader at an offset, stat, list, move, delete,
+//! walk) over paths that [`paths::path_for`] builds. Every write lands under a temporary
+//! name, is fsynced, renamed into place, and the folder is fsynced, so a crash leaves
+//! either the old file or the new one, never a torn one.
+//!
+//! It knows nothing of digests, repositories or HTTP.
+
+pub mod paths;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+pub use paths::{PathSpec, path_for};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("path not found: {0}")]
+    NotFound(String),
+    #[error("storage I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StorageError {
+    fn io(path: &Path, source: io::Error) -> StorageError {
+        if source.kind() == io::ErrorKind::NotFound {
+            StorageError::NotFound(path.display().to_string())
+        } else {
+            StorageError::Io {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What `stat` tells about a path.
+#[derive(Debug, Clone, Copy)]
+pub struct FileInfo {
+    pub size: u64,
+    pub modified: SystemTime,
+    pub is_dir: bool,
+}
+
+/// The filesystem driver, rooted at `storage.filesystem.rootdirectory`.
+#[derive(Debug, Clone)]
+pub struct FsDriver {
+    root: PathBuf,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StorageError::Io {
+            path: String::new(),
+            source: io::Error::other(e),
+        }),
+    }
+}
+
+impl FsDriver {
+    pub fn new(root: impl Into<PathBuf>) -> FsDriver {
+        FsDriver { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of a store path.
+    pub fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// Reads a small file whole (links, manifests, records).
+    pub async fn get_content(&self, path: &str) -> Result<Vec<u8>> {
+        let p = self.full(path);
+        tokio::fs::read(&p)
+            .await
+            .map_err(|e| StorageError::io(&p, e))
+    }
+
+    /// Writes a small file atomically: temp name, fsync, rename, fsync the folder.
+    pub async fn put_content(&self, path: &str, data: Vec<u8>) -> Result<()> {
+        let p = self.full(path);
+        blocking(move || put_atomic(&p, &data)).await
+    }
+
+    /// Opens a file for reading at `offset`; returns it with the file's size.
+    pub async fn reader(&self, path: &str, offset: u64) -> Result<(tokio::fs::File, u64)> {
+        use tokio::io::AsyncSeekExt;
+        let p = self.full(path);
+        let mut f = tokio::fs::File::open(&p)
+            .await
+            .map_err(|e| StorageError::io(&p, e))?;
+        let size = f
+            .metadata()
+            .await
+            .map_err(|e| StorageError::io(&p, e))?
+            .len();
+        if offset > 0 {
+            f.seek(io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| StorageError::io(&p, e))?;
+        }
+        Ok((f, size))
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let p = self.full(path);
+        let m = tokio::fs::metadata(&p)
+            .await
+            .map_err(|e| StorageError::io(&p, e))?;
+        Ok(FileInfo {
+            size: m.len(),
+            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            is_dir: m.is_dir(),
+        })
+    }
+
+    /// Whether a file or folder exists (an I/O error other than not-found is an error).
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        match self.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names of a folder's children, sorted; temporary files are left out.
+    pub async fn list(&self, path: &str) -> Result<Vec<String>> {
+        let p = self.full(path);
+        blocking(move || list_sync(&p)).await
+    }
+
+    /// Moves a file into place, creating the target's folders; fsyncs the target folder.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (self.full(from), self.full(to));
+        blocking(move || rename_sync(&f, &t)).await
+    }
+
+    /// Removes a file or a whole folder.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let p = self.full(path);
+        blocking(move || delete_sync(&p)).await
+    }
+
+    /// Creates a folder and its parents.
+    pub async fn mkdir(&self, path: &str) -> Result<()> {
+        let p = self.full(path);
+        tokio::fs::create_dir_all(&p)
+            .await
+            .map_err(|e| StorageError::io(&p, e))
+    }
+}
+
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    name.starts_with(".tmp-")
+}
+
+fn temp_sibling(p: &Path) -> PathBuf {
+    let name = format!(".tmp-{}", uuid::Uuid::new_v4().simple());
+    p.with_file_name(name)
+}
+
+/// Removes a temporary file if the write that made it did not finish.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let d = std::fs::File::open(dir).map_err(|e| StorageError::io(dir, e))?;
+    d.sync_all().map_err(|e| StorageError::io(dir, e))
+}
+
+pub(crate) fn put_atomic(p: &Path, data: &[u8]) -> Result<()> {
+    let dir = p.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    let tmp = temp_sibling(p);
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| StorageError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| StorageError::io(&tmp, e))?;
+    std::fs::rename(&tmp, p).map_err(|e| StorageError::io(p, e))?;
+    guard.0 = None;
+    sync_dir(dir)
+}
+
+fn list_sync(p: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(p).map_err(|e| StorageError::io(p, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| StorageError::io(p, e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && !is_temp_name(name)
+        {
+            out.push(name.to_owned());
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub(crate) fn rename_sync(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    std::fs::rename(from, to).map_err(|e| StorageError::io(from, e))?;
+    sync_dir(dir)
+}
+
+fn delete_sync(p: &Path) -> Result<()> {
+    let m = std::fs::symlink_metadata(p).map_err(|e| StorageError::io(p, e))?;
+    if m.is_dir() {
+        std::fs::remove_dir_all(p).map_err(|e| StorageError::io(p, e))
+    } else {
+        std::fs::remove_file(p).map_err(|e| StorageError::io(p, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_rename_delete_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(dir.path());
+        d.put_content("a/b/link", b"sha256:x".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(d.get_content("a/b/link").await.unwrap(), b"sha256:x");
+        d.put_content("a/b/link", b"v2".to_vec()).await.unwrap();
+        assert_eq!(d.get_content("a/b/link").await.unwrap(), b"v2");
+        assert_eq!(d.list("a/b").await.unwrap(), vec!["link"]);
+        d.rename("a/b/link", "c/d/link").await.unwrap();
+        assert!(d.get_content("a/b/link").await.unwrap_err().is_not_found());
+        assert_eq!(d.stat("c/d/link").await.unwrap().size, 2);
+        d.delete("c").await.unwrap();
+        assert!(!d.exists("c").await.unwrap());
+        d.delete("a").await.unwrap();
+        assert_eq!(d.list("").await.unwrap(), Vec::<String>::new());
+        assert!(d.reader("missing", 0).await.unwrap_err().is_not_found());
+    }
+}

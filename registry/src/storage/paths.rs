@@ -1,0 +1,177 @@
+//! The one place that knows where things live in the store. Every path is built by
+//! [`path_for`] from a typed [`PathSpec`]; nobody else joins path strings.
+//!
+//! The layout is CNCF Distribution's, so an existing registry root is served as it is
+//! (paths are relative to the storage root directory):
+//!
+//! ```text
+//! docker/registry/v2/
+//! ├── blobs/<alg>/<hex[0..2]>/<hex>/data                 the pool
+//! └── repositories/<name>/
+//!     ├── _layers/<alg>/<hex>/link                        blob visible in <name>
+//!     ├── _manifests/revisions/<alg>/<hex>/link           manifest stored in <name>
+//!     ├── _manifests/tags/<tag>/current/link              what <tag> points at
+//!     ├── _manifests/tags/<tag>/index/<alg>/<hex>/link    everything <tag> pointed at
+//!     ├── _uploads/<uuid>/{data,startedat}                upload sessions
+//!     └── _referrers/<alg>/<hex>/<alg>/<hex>/link         drydock: subject → referrer
+//! ```
+//!
+//! `_referrers` is drydock's own addition. Distribution skips every `_`-prefixed folder
+//! it does not know when it walks repositories, so it never misreads it.
+
+use crate::digest::Digest;
+use crate::names::{RepoName, Tag};
+
+/// Prefix of everything drydock and Distribution store under the root directory.
+pub const ROOT: &str = "docker/registry/v2";
+
+/// A typed description of one place in the store.
+#[derive(Debug, Clone, Copy)]
+pub enum PathSpec<'a> {
+    /// `blobs/`: the root of the pool.
+    BlobsRoot,
+    /// The folder holding one pool blob (removed whole by the sweeper).
+    BlobDir(&'a Digest),
+    BlobData(&'a Digest),
+    RepositoriesRoot,
+    Repository(&'a RepoName),
+    LayersDir(&'a RepoName),
+    LayerLink(&'a RepoName, &'a Digest),
+    ManifestRevisionsDir(&'a RepoName),
+    ManifestRevisionDir(&'a RepoName, &'a Digest),
+    ManifestRevisionLink(&'a RepoName, &'a Digest),
+    TagsDir(&'a RepoName),
+    TagDir(&'a RepoName, &'a Tag),
+    TagCurrentLink(&'a RepoName, &'a Tag),
+    TagIndexDir(&'a RepoName, &'a Tag),
+    TagIndexLink(&'a RepoName, &'a Tag, &'a Digest),
+    UploadsDir(&'a RepoName),
+    UploadDir(&'a RepoName, &'a str),
+    UploadData(&'a RepoName, &'a str),
+    UploadStartedAt(&'a RepoName, &'a str),
+    /// Referrers of one subject in one repository.
+    ReferrersDir(&'a RepoName, &'a Digest),
+    ReferrerLink(&'a RepoName, &'a Digest, &'a Digest),
+    /// Where drydock keeps its own state (locks, admin socket, maintenance records).
+    DrydockDir,
+}
+
+/// The path of `spec`, relative to the storage root directory.
+pub fn path_for(spec: PathSpec<'_>) -> String {
+    use PathSpec::*;
+    let repo = |n: &RepoName| format!("{ROOT}/repositories/{n}");
+    let dig = |d: &Digest| format!("{}/{}", d.algorithm().as_str(), d.hex());
+    match spec {
+        BlobsRoot => format!("{ROOT}/blobs"),
+        BlobDir(d) => format!(
+            "{ROOT}/blobs/{}/{}/{}",
+            d.algorithm().as_str(),
+            &d.hex()[..2],
+            d.hex()
+        ),
+        BlobData(d) => format!("{}/data", path_for(BlobDir(d))),
+        RepositoriesRoot => format!("{ROOT}/repositories"),
+        Repository(n) => repo(n),
+        LayersDir(n) => format!("{}/_layers", repo(n)),
+        LayerLink(n, d) => format!("{}/_layers/{}/link", repo(n), dig(d)),
+        ManifestRevisionsDir(n) => format!("{}/_manifests/revisions", repo(n)),
+        ManifestRevisionDir(n, d) => format!("{}/_manifests/revisions/{}", repo(n), dig(d)),
+        ManifestRevisionLink(n, d) => {
+            format!("{}/_manifests/revisions/{}/link", repo(n), dig(d))
+        }
+        TagsDir(n) => format!("{}/_manifests/tags", repo(n)),
+        TagDir(n, t) => format!("{}/_manifests/tags/{t}", repo(n)),
+        TagCurrentLink(n, t) => format!("{}/_manifests/tags/{t}/current/link", repo(n)),
+        TagIndexDir(n, t) => format!("{}/_manifests/tags/{t}/index", repo(n)),
+        TagIndexLink(n, t, d) => {
+            format!("{}/_manifests/tags/{t}/index/{}/link", repo(n), dig(d))
+        }
+        UploadsDir(n) => format!("{}/_uploads", repo(n)),
+        UploadDir(n, id) => format!("{}/_uploads/{id}", repo(n)),
+        UploadData(n, id) => format!("{}/_uploads/{id}/data", repo(n)),
+        UploadStartedAt(n, id) => format!("{}/_uploads/{id}/startedat", repo(n)),
+        ReferrersDir(n, s) => format!("{}/_referrers/{}", repo(n), dig(s)),
+        ReferrerLink(n, s, r) => format!("{}/_referrers/{}/{}/link", repo(n), dig(s), dig(r)),
+        DrydockDir => "drydock".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PathSpec::*;
+
+    #[test]
+    fn layout_matches_distribution() {
+        let n = RepoName::parse("library/alpine").unwrap();
+        let t = Tag::parse("3.20").unwrap();
+        let d: Digest = "sha256:ab0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855e"
+            .parse()
+            .unwrap();
+        let s: Digest = "sha256:cd0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855e"
+            .parse()
+            .unwrap();
+        let h = d.hex();
+        let r = "docker/registry/v2/repositories/library/alpine";
+        let table: Vec<(PathSpec, String)> = vec![
+            (BlobsRoot, "docker/registry/v2/blobs".into()),
+            (
+                BlobDir(&d),
+                format!("docker/registry/v2/blobs/sha256/ab/{h}"),
+            ),
+            (
+                BlobData(&d),
+                format!("docker/registry/v2/blobs/sha256/ab/{h}/data"),
+            ),
+            (RepositoriesRoot, "docker/registry/v2/repositories".into()),
+            (Repository(&n), r.into()),
+            (LayersDir(&n), format!("{r}/_layers")),
+            (LayerLink(&n, &d), format!("{r}/_layers/sha256/{h}/link")),
+            (
+                ManifestRevisionsDir(&n),
+                format!("{r}/_manifests/revisions"),
+            ),
+            (
+                ManifestRevisionDir(&n, &d),
+                format!("{r}/_manifests/revisions/sha256/{h}"),
+            ),
+            (
+                ManifestRevisionLink(&n, &d),
+                format!("{r}/_manifests/revisions/sha256/{h}/link"),
+            ),
+            (TagsDir(&n), format!("{r}/_manifests/tags")),
+            (TagDir(&n, &t), format!("{r}/_manifests/tags/3.20")),
+            (
+                TagCurrentLink(&n, &t),
+                format!("{r}/_manifests/tags/3.20/current/link"),
+            ),
+            (
+                TagIndexDir(&n, &t),
+                format!("{r}/_manifests/tags/3.20/index"),
+            ),
+            (
+                TagIndexLink(&n, &t, &d),
+                format!("{r}/_manifests/tags/3.20/index/sha256/{h}/link"),
+            ),
+            (UploadsDir(&n), format!("{r}/_uploads")),
+            (UploadDir(&n, "u1"), format!("{r}/_uploads/u1")),
+            (UploadData(&n, "u1"), format!("{r}/_uploads/u1/data")),
+            (
+                UploadStartedAt(&n, "u1"),
+                format!("{r}/_uploads/u1/startedat"),
+            ),
+            (
+                ReferrersDir(&n, &s),
+                format!("{r}/_referrers/sha256/{}", s.hex()),
+            ),
+            (
+                ReferrerLink(&n, &s, &d),
+                format!("{r}/_referrers/sha256/{}/sha256/{h}/link", s.hex()),
+            ),
+            (DrydockDir, "drydock".into()),
+        ];
+        for (spec, want) in table {
+            assert_eq!(path_for(spec), want, "{spec:?}");
+        }
+    }
+}

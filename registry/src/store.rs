@@ -1,0 +1,96 @@
+//! The `Store`: one registry root on disk, seen through the storage driver. The domain
+//! modules (`blobs`, `upload`, `repository`, `manifest`) each add their part of its API
+//! in their own `impl Store` block. The HTTP layer talks to nothing else.
+
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::storage::{FsDriver, PathSpec, path_for};
+use crate::upload::Sessions;
+use crate::{Error, Result};
+
+/// Options of the store that come from configuration.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest manifest accepted (bytes).
+    pub manifest_max_bytes: u64,
+    /// Allow `?mount=` without `from` when the blob is already in the pool.
+    pub mount_without_from: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            manifest_max_bytes: 4 * 1024 * 1024,
+            mount_without_from: false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) driver: FsDriver,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) options: Arc<StoreOptions>,
+}
+
+impl Store {
+    pub fn new(driver: FsDriver, options: StoreOptions) -> Store {
+        Store {
+            driver,
+            sessions: Arc::new(Sessions::default()),
+            options: Arc::new(options),
+        }
+    }
+
+    pub fn driver(&self) -> &FsDriver {
+        &self.driver
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.
+    pub(crate) async fn read_link(&self, spec: PathSpec<'_>) -> Result<Option<Digest>> {
+        let path = path_for(spec);
+        match self.driver.get_content(&path).await {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let d = text
+                    .trim()
+                    .parse::<Digest>()
+                    .map_err(|e| Error::Internal(format!("corrupt link file {path}: {}", e.0)))?;
+                Ok(Some(d))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a link file naming `digest`, atomically.
+    pub(crate) async fn write_link(&self, spec: PathSpec<'_>, digest: &Digest) -> Result<()> {
+        self.driver
+            .put_content(&path_for(spec), digest.to_string().into_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a file or folder; `false` when it was not there.
+    pub(crate) async fn remove(&self, spec: PathSpec<'_>) -> Result<bool> {
+        match self.driver.delete(&path_for(spec)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lists a folder's children; empty when it does not exist.
+    pub(crate) async fn list(&self, spec: PathSpec<'_>) -> Result<Vec<String>> {
+        match self.driver.list(&path_for(spec)).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

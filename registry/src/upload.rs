@@ -1,0 +1,350 @@
+//! Blob upload sessions: `_uploads/<uuid>/{data,startedat}` in Distribution's layout, so
+//! a session survives a restart. Bodies stream through a bounded channel to a blocking
+//! worker that appends and hashes in one pass; nothing holds a whole blob in memory.
+//! The running sha256 state is kept in memory next to the offset it covers; when it is
+//! missing (after a restart) it is rebuilt by re-reading the data file once.
+//!
+//! Completion verifies the digest, fsyncs once, renames the data into the pool and only
+//! then writes the layer link.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use tokio::sync::Mutex;
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::names::RepoName;
+use crate::storage::{self, PathSpec, path_for};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Frames in flight between the request body and the writer thread.
+const CHANNEL_FRAMES: usize = 16;
+/// Write buffer of the writer thread.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// In-memory state of live sessions, keyed by upload id.
+#[derive(Default)]
+pub struct Sessions {
+    map: DashMap<String, Arc<Mutex<SessionState>>>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// sha256 of the first `.0` bytes of the data file.
+    hasher: Option<(u64, Hasher)>,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Arc<Mutex<SessionState>> {
+        self.map.entry(id.to_owned()).or_default().value().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.map.remove(id);
+    }
+}
+
+/// Upload ids are UUIDs; anything else is unknown (and can never name a path).
+fn parse_id(id: &str) -> Result<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| Error::BlobUploadUnknown)
+}
+
+fn io_err(e: io::Error) -> Error {
+    Error::Internal(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Error::internal)?
+        .map_err(io_err)
+}
+
+/// Hashes a whole file with `algorithm`, in 1 MiB reads.
+fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Hasher)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Hasher::new(algorithm);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf)?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, h))
+}
+
+impl Store {
+    /// Starts a session in `name`; returns its id.
+    pub async fn start_upload(&self, name: &RepoName) -> Result<String> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(Error::internal)?;
+        self.driver
+            .put_content(
+                &path_for(PathSpec::UploadStartedAt(name, &id)),
+                now.into_bytes(),
+            )
+            .await?;
+        self.driver
+            .put_content(&path_for(PathSpec::UploadData(name, &id)), Vec::new())
+            .await?;
+        Ok(id)
+    }
+
+    fn upload_data_path(&self, name: &RepoName, id: &str) -> PathBuf {
+        self.driver.full(&path_for(PathSpec::UploadData(name, id)))
+    }
+
+    async fn upload_size(&self, name: &RepoName, id: &str) -> Result<u64> {
+        match self
+            .driver
+            .stat(&path_for(PathSpec::UploadData(name, id)))
+            .await
+        {
+            Ok(info) => Ok(info.size),
+            Err(e) if e.is_not_found() => Err(Error::BlobUploadUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// How many bytes a session holds.
+    pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<(String, u64)> {
+        let id = parse_id(id)?;
+        let session = self.sessions.get(&id);
+        let _guard = session.lock().await;
+        let size = self.upload_size(name, &id).await;
+        if size.is_err() {
+            self.sessions.forget(&id);
+        }
+        Ok((id, size?))
+    }
+
+    /// Appends a chunk. With `expect_start`, the chunk must start at the current offset
+    /// (else `RANGE_INVALID`, 416). Returns the new offset.
+    pub async fn append_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &str,
+        expect_start: Option<u64>,
+        body: S,
+    ) -> Result<(String, u64)>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = parse_id(id)?;
+        let session = self.sessions.get(&id);
+        let mut state = session.lock().await;
+        let size = match self.upload_size(name, &id).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.sessions.forget(&id);
+                return Err(e);
+            }
+        };
+        if let Some(start) = expect_start
+            && start != size
+        {
+            return Err(Error::RangeInvalid {
+                message: format!("chunk starts at byte {start}, but the upload has {size} bytes"),
+                size: None,
+            });
+        }
+        let offset = self
+            .append_locked(name, &id, &mut state, size, body)
+            .await?;
+        Ok((id, offset))
+    }
+
+    async fn append_locked<S, E>(
+        &self,
+        name: &RepoName,
+        id: &str,
+        state: &mut SessionState,
+        size: u64,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let path = self.upload_data_path(name, id);
+        let hasher = match state.hasher.take() {
+            Some((offset, h)) if offset == size => h,
+            _ => {
+                let p = path.clone();
+                blocking(move || hash_file(&p, Algorithm::Sha256)).await?.1
+            }
+        };
+        let before = hasher.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+        let wpath = path.clone();
+        let worker = tokio::task::spawn_blocking(move || -> io::Result<(Hasher, u64)> {
+            let f = std::fs::OpenOptions::new().append(true).open(&wpath)?;
+            let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
+            let mut h = hasher;
+            let mut n = 0u64;
+            while let Some(b) = rx.blocking_recv() {
+                w.write_all(&b)?;
+                h.update(&b);
+                n += b.len() as u64;
+            }
+            w.flush()?;
+            Ok((h, n))
+        });
+        let mut body_error = None;
+        futures::pin_mut!(body);
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(b) if b.is_empty() => {}
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        match worker.await {
+            Ok(Ok((h, n))) => {
+                state.hasher = Some((size + n, h));
+                match body_error {
+                    Some(e) => Err(Error::BlobUploadInvalid(format!(
+                        "request body ended early after {n} bytes ({e}); the session keeps them"
+                    ))),
+                    None => Ok(size + n),
+                }
+            }
+            failed => {
+                // Undo a partial write so the data file matches the hash state again.
+                let p = path.clone();
+                blocking(move || {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)?
+                        .set_len(size)
+                })
+                .await?;
+                state.hasher = Some((size, before));
+                Err(match failed {
+                    Ok(Err(e)) => io_err(e),
+                    Err(e) => Error::internal(e),
+                    Ok(Ok(_)) => Error::Internal("unreachable".into()),
+                })
+            }
+        }
+    }
+
+    /// Appends an optional last chunk, verifies `digest`, and moves the data into the pool
+    /// and links it into `name`. A digest mismatch cancels the session. Returns the size.
+    pub async fn finish_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &str,
+        digest: &Digest,
+        body: Option<S>,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = parse_id(id)?;
+        let session = self.sessions.get(&id);
+        let mut state = session.lock().await;
+        let mut size = match self.upload_size(name, &id).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.sessions.forget(&id);
+                return Err(e);
+            }
+        };
+        if let Some(body) = body {
+            size = self
+                .append_locked(name, &id, &mut state, size, body)
+                .await?;
+        }
+        let path = self.upload_data_path(name, &id);
+        let computed = match (&state.hasher, digest.algorithm()) {
+            (Some((offset, h)), Algorithm::Sha256) if *offset == size => h.clone().finish(),
+            (_, alg) => {
+                let p = path.clone();
+                blocking(move || hash_file(&p, alg)).await?.1.finish()
+            }
+        };
+        if &computed != digest {
+            drop(state);
+            self.discard_upload(name, &id).await?;
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded {size} bytes have digest {computed}, not {digest}"
+            )));
+        }
+        let pool = self.driver.full(&path_for(PathSpec::BlobData(digest)));
+        blocking(move || commit_to_pool(&path, &pool)).await?;
+        self.link_layer(name, digest).await?;
+        drop(state);
+        self.discard_upload(name, &id).await?;
+        Ok(size)
+    }
+
+    /// Cancels a session and removes its files.
+    pub async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<()> {
+        let id = parse_id(id)?;
+        let session = self.sessions.get(&id);
+        let _guard = session.lock().await;
+        if !self.remove(PathSpec::UploadDir(name, &id)).await? {
+            self.sessions.forget(&id);
+            return Err(Error::BlobUploadUnknown);
+        }
+        self.sessions.forget(&id);
+        Ok(())
+    }
+
+    async fn discard_upload(&self, name: &RepoName, id: &str) -> Result<()> {
+        self.remove(PathSpec::UploadDir(name, id)).await?;
+        self.sessions.forget(id);
+        Ok(())
+    }
+
+    /// A whole blob in one request (`POST ?digest=`, or a `PUT` of an artifact): a private
+    /// session that is finished at once and discarded on any failure.
+    pub async fn put_blob<S, E>(&self, name: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let id = self.start_upload(name).await?;
+        let r = self.finish_upload(name, &id, digest, Some(body)).await;
+        if r.is_err() {
+            let _ = self.discard_upload(name, &id).await;
+        }
+        r
+    }
+}
+
+/// fsync the data once, then rename it into the pool. If the pool has the blob already,
+/// the existing (identical) copy stays and the upload's copy is dropped.
+fn commit_to_pool(data: &Path, pool: &Path) -> io::Result<()> {
+    if pool.exists() {
+        return std::fs::remove_file(data);
+    }
+    std::fs::File::open(data)?.sync_all()?;
+    storage::rename_sync(data, pool).map_err(|e| io::Error::other(e.to_string()))
+}
