@@ -1,10 +1,12 @@
-//! The `registry` binary: CLI, configuration loading, logging, signals.
+//! The `registry` binary: CLI, configuration loading, logging, signals, and the wiring of
+//! the registry API, the online collector and the admin API into one server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use registry::config::{Config, Loaded};
+use gc::lock::{RootLock, admin_socket};
+use registry::config::{Config, Loaded, parse_duration};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -25,23 +27,44 @@ enum Command {
         /// A Distribution-style config.yml.
         config: Option<PathBuf>,
     },
+    /// Remove blobs, layer links and (with -m) manifests nothing references. When a
+    /// server owns the root, it is asked to run the collection instead.
+    #[command(name = "garbage-collect", alias = "gc")]
+    GarbageCollect {
+        /// Print what would be removed; remove nothing.
+        #[arg(short = 'd', long)]
+        dry_run: bool,
+        /// Also remove manifests that no tag reaches.
+        #[arg(short = 'm', long, visible_alias = "delete-untagged")]
+        remove_untagged: bool,
+        /// Keep anything newer than this (e.g. 0s, 30m, 1h); default: gc.grace.
+        #[arg(long)]
+        grace: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print only the summary line.
+        #[arg(short, long)]
+        quiet: bool,
+        config: PathBuf,
+    },
 }
 
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+fn load_config(path: Option<&Path>, log_level: Option<&str>) -> anyhow::Result<Config> {
     let Loaded {
         config,
         unknown_keys,
     } = Config::load(path, std::env::vars())?;
-    init_logging(&config);
+    init_logging(&config, log_level);
     for key in unknown_keys {
         tracing::warn!(key, "unknown configuration key ignored");
     }
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(config.log.level.to_ascii_lowercase()));
+fn init_logging(config: &Config, level: Option<&str>) {
+    let level = level.unwrap_or(&config.log.level).to_ascii_lowercase();
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -72,15 +95,100 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.storage.filesystem.rootdirectory.clone();
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create storage root {}", root.display()))?;
+    let Some(_lock) = RootLock::try_acquire(&root)
+        .with_context(|| format!("cannot lock storage root {}", root.display()))?
+    else {
+        bail!(
+            "storage root {} is owned by another drydock process (pid {:?}); one server per root",
+            root.display(),
+            RootLock::holder_pid(&root)
+        );
+    };
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
+
     let state = registry::server::state_from_config(&config);
-    registry::server::serve(listener, state, config.drain_timeout(), shutdown_signal()).await?;
+    let (app, cleaner) = gc::online::app(state, &config);
+    if config.gc.enabled {
+        let c = cleaner.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::user_defined1()) {
+                Ok(mut s) => {
+                    while s.recv().await.is_some() {
+                        tracing::info!("SIGUSR1: garbage collection scheduled");
+                        c.schedule();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot listen for SIGUSR1"),
+            }
+        });
+    }
+    gc::admin::serve_socket(admin_socket(&root), gc::admin::router(cleaner, false))
+        .await
+        .context("cannot open the admin socket")?;
+    tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
+    registry::server::serve(listener, app, config.drain_timeout(), shutdown_signal()).await?;
+    let _ = std::fs::remove_file(admin_socket(&root));
     tracing::info!("stopped");
+    Ok(())
+}
+
+struct GcArgs {
+    dry_run: bool,
+    remove_untagged: bool,
+    grace: Option<String>,
+    json: bool,
+    quiet: bool,
+}
+
+async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
+    let mut opts = gc::online::options(&config);
+    opts.dry_run = args.dry_run;
+    opts.remove_untagged = args.remove_untagged;
+    if let Some(g) = &args.grace {
+        opts.grace = parse_duration(g).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
+    }
+    let root = config.storage.filesystem.rootdirectory.clone();
+    if !root.exists() {
+        bail!("storage root {} does not exist", root.display());
+    }
+    let lock = RootLock::try_acquire(&root)
+        .with_context(|| format!("cannot lock storage root {}", root.display()))?;
+    let report = match lock {
+        Some(_held) => {
+            let state = registry::server::state_from_config(&config);
+            gc::collect(&state.store, &opts, None).await?
+        }
+        None => {
+            let socket = admin_socket(&root);
+            tracing::info!(socket = %socket.display(), "a server owns this root; asking it to collect");
+            let q = format!(
+                "/admin/gc?wait=true&dry_run={}&remove_untagged={}&grace={}s",
+                opts.dry_run,
+                opts.remove_untagged,
+                opts.grace.as_secs_f64()
+            );
+            let (status, body) = gc::admin::request(&socket, "POST", &q).await.map_err(|e| {
+                anyhow::anyhow!("the server owning {} did not answer: {e}", root.display())
+            })?;
+            if !status.is_success() {
+                bail!(
+                    "the server refused: {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            serde_json::from_slice::<gc::Report>(&body).context("the server's report")?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text(args.quiet));
+    }
     Ok(())
 }
 
@@ -92,8 +200,26 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve { config } => {
-            let config = load_config(config.as_deref())?;
+            let config = load_config(config.as_deref(), None)?;
             rt.block_on(serve(config))
+        }
+        Command::GarbageCollect {
+            dry_run,
+            remove_untagged,
+            grace,
+            json,
+            quiet,
+            config,
+        } => {
+            let config = load_config(Some(&config), Some("warn"))?;
+            let args = GcArgs {
+                dry_run,
+                remove_untagged,
+                grace,
+                json,
+                quiet,
+            };
+            rt.block_on(garbage_collect(config, args))
         }
     }
 }

@@ -11,12 +11,15 @@ use std::time::Duration;
 use registry::config::Config;
 use sha2::{Digest as _, Sha256};
 
-/// A running in-process server with its own root directory.
+/// A running in-process server with its own root directory: the same application the
+/// binary serves (registry API, admin API, online collector).
 pub struct TestServer {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`
     pub base: String,
     pub config: Config,
+    /// The server's online garbage collector.
+    pub cleaner: gc::cleaner::Cleaner,
     root: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -55,10 +58,11 @@ impl TestServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = registry::server::state_from_config(&config);
+        let (app, cleaner) = gc::online::app(state, &config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(registry::server::serve(
             listener,
-            state,
+            app,
             Duration::from_secs(5),
             async move {
                 let _ = rx.await;
@@ -67,6 +71,7 @@ impl TestServer {
         TestServer {
             addr,
             base: format!("http://{addr}"),
+            cleaner,
             config,
             root,
             shutdown: Some(tx),

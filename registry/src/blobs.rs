@@ -86,13 +86,18 @@ impl Store {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<Option<u64>> {
+        let _pin = self.liveness.pin(vec![digest.clone()]).await;
         let size = match from {
             Some(from) => self.blob_size(from, digest).await?,
             None if self.options.mount_without_from => self.pool_blob_size(digest).await?,
             None => None,
         };
         if size.is_some() {
+            self.driver
+                .touch(&path_for(PathSpec::BlobData(digest)))
+                .await?;
             self.link_layer(name, digest).await?;
+            self.liveness.pending_add([digest.clone()]);
         }
         Ok(size)
     }
@@ -100,6 +105,9 @@ impl Store {
     /// Puts small content (a manifest) into the pool under its digest, atomically.
     pub(crate) async fn put_pool_content(&self, digest: &Digest, data: Vec<u8>) -> Result<()> {
         if self.pool_blob_size(digest).await?.is_some() {
+            self.driver
+                .touch(&path_for(PathSpec::BlobData(digest)))
+                .await?;
             return Ok(());
         }
         self.driver

@@ -35,6 +35,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub http: HttpConfig,
     pub oci: OciConfig,
+    pub gc: GcConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +181,55 @@ impl Default for OciConfig {
     }
 }
 
+/// The garbage collector: the `garbage-collect` command's defaults and the online
+/// cleaner inside the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GcConfig {
+    /// Run the online cleaner inside the server.
+    pub enabled: bool,
+    /// Time between periodic cycles (Go duration).
+    pub interval: String,
+    /// Nothing whose file is newer than this is removed (Go duration).
+    pub grace: String,
+    /// Online cycles also remove untagged manifests.
+    pub remove_untagged: bool,
+    /// Run a cycle when the server starts.
+    pub on_startup: bool,
+    /// How long the server itself protects a blob linked but not yet referenced by any
+    /// manifest (a push between its blobs and its manifest), independent of `grace`.
+    pub pending_ttl: String,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval: "24h".into(),
+            grace: "1h".into(),
+            remove_untagged: false,
+            on_startup: true,
+            pending_ttl: "1h".into(),
+        }
+    }
+}
+
+/// The admin endpoints (`/admin/...`) and the admin socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Answer `/admin/...` on the HTTP listener only to loopback clients.
+    pub loopback_only: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            loopback_only: true,
+        }
+    }
+}
+
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let v = Value::deserialize(d)?;
     Ok(match v {
@@ -277,6 +328,9 @@ impl Config {
         }
         for (path, value) in [
             ("http.draintimeout", &config.http.draintimeout),
+            ("gc.interval", &config.gc.interval),
+            ("gc.grace", &config.gc.grace),
+            ("gc.pending_ttl", &config.gc.pending_ttl),
             (
                 "storage.maintenance.uploadpurging.age",
                 &config.storage.maintenance.uploadpurging.age,
@@ -296,6 +350,14 @@ impl Config {
             config,
             unknown_keys: unknown,
         })
+    }
+
+    pub fn gc_grace(&self) -> Duration {
+        parse_duration(&self.gc.grace).unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn gc_interval(&self) -> Duration {
+        parse_duration(&self.gc.interval).unwrap_or(Duration::from_secs(86400))
     }
 
     pub fn drain_timeout(&self) -> Duration {

@@ -71,6 +71,15 @@ impl Digest {
         Digest::of(Algorithm::Sha256, data)
     }
 
+    /// The 32 raw bytes of a sha256 digest (the GC mark set stores these).
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        match self.algorithm {
+            Algorithm::Sha256 => hex::decode_to_slice(&self.hex, &mut out).ok().map(|_| out),
+            Algorithm::Sha512 => None,
+        }
+    }
+
     /// The 32 or 64 raw bytes, for compact sets (the GC mark set).
     pub fn to_bytes(&self) -> Vec<u8> {
         hex::decode(&self.hex).unwrap_or_default()

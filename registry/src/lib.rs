@@ -7,6 +7,8 @@ pub mod api;
 pub mod blobs;
 pub mod config;
 pub mod digest;
+pub mod inventory;
+pub mod liveness;
 pub mod manifest;
 pub mod names;
 pub mod repository;

@@ -95,6 +95,9 @@ impl Store {
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
         let m: Manifest = manifest::parse(&body, content_type)?;
+        let mut pinned: Vec<Digest> = m.blobs.iter().chain(&m.children).cloned().collect();
+        pinned.push(digest.clone());
+        let pin = self.liveness.pin(pinned).await;
         for b in &m.blobs {
             if self.blob_size(name, b).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(b.clone()));
@@ -118,6 +121,13 @@ impl Store {
             self.write_link(PathSpec::TagCurrentLink(name, tag), &digest)
                 .await?;
         }
+        self.liveness
+            .pending_remove(m.blobs.iter().chain(&m.children));
+        match reference {
+            Reference::Tag(_) => self.liveness.pending_remove([&digest]),
+            Reference::Digest(_) => self.liveness.pending_add([digest.clone()]),
+        }
+        drop(pin);
         Ok(PutManifest {
             digest,
             subject: m.subject,

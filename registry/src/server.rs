@@ -6,10 +6,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::AppState;
 use crate::config::Config;
 use crate::storage::FsDriver;
 use crate::store::{Store, StoreOptions};
@@ -22,6 +23,8 @@ pub fn state_from_config(config: &Config) -> AppState {
         StoreOptions {
             manifest_max_bytes: config.oci.manifest_max_bytes,
             mount_without_from: config.oci.mount_without_from,
+            pending_ttl: crate::config::parse_duration(&config.gc.pending_ttl)
+                .unwrap_or(Duration::from_secs(3600)),
         },
     );
     let mut extra = Vec::new();
@@ -48,21 +51,24 @@ pub fn state_from_config(config: &Config) -> AppState {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains for at most
-/// `drain` before returning.
+/// Serves `app` on `listener` until `shutdown` completes, then drains for at most
+/// `drain` before returning. Handlers can see the peer address (`ConnectInfo`).
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    app: Router,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = api::router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = tx.send(());
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
     let deadline = async move {
         if rx.await.is_ok() {
             tokio::time::sleep(drain).await;

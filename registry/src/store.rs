@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::digest::Digest;
+use crate::liveness::Liveness;
 use crate::storage::{FsDriver, PathSpec, path_for};
 use crate::upload::Sessions;
 use crate::{Error, Result};
@@ -16,6 +17,9 @@ pub struct StoreOptions {
     pub manifest_max_bytes: u64,
     /// Allow `?mount=` without `from` when the blob is already in the pool.
     pub mount_without_from: bool,
+    /// How long a blob linked but not yet referenced by a manifest is protected from an
+    /// in-process collection.
+    pub pending_ttl: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -23,6 +27,7 @@ impl Default for StoreOptions {
         StoreOptions {
             manifest_max_bytes: 4 * 1024 * 1024,
             mount_without_from: false,
+            pending_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -32,6 +37,7 @@ pub struct Store {
     pub(crate) driver: FsDriver,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
+    pub(crate) liveness: Arc<Liveness>,
 }
 
 impl Store {
@@ -39,6 +45,7 @@ impl Store {
         Store {
             driver,
             sessions: Arc::new(Sessions::default()),
+            liveness: Arc::new(Liveness::new(options.pending_ttl)),
             options: Arc::new(options),
         }
     }
@@ -49,6 +56,11 @@ impl Store {
 
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// The pins, journal and pending set shared with an in-process collector.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.

@@ -296,9 +296,12 @@ impl Store {
                 "the uploaded {size} bytes have digest {computed}, not {digest}"
             )));
         }
+        let pin = self.liveness.pin(vec![digest.clone()]).await;
         let pool = self.driver.full(&path_for(PathSpec::BlobData(digest)));
         blocking(move || commit_to_pool(&path, &pool)).await?;
         self.link_layer(name, digest).await?;
+        self.liveness.pending_add([digest.clone()]);
+        drop(pin);
         drop(state);
         self.discard_upload(name, &id).await?;
         Ok(size)
@@ -340,9 +343,11 @@ impl Store {
 }
 
 /// fsync the data once, then rename it into the pool. If the pool has the blob already,
-/// the existing (identical) copy stays and the upload's copy is dropped.
+/// the existing (identical) copy stays, touched so it counts as new for the grace
+/// period, and the upload's copy is dropped.
 fn commit_to_pool(data: &Path, pool: &Path) -> io::Result<()> {
     if pool.exists() {
+        storage::touch_sync(pool).map_err(|e| io::Error::other(e.to_string()))?;
         return std::fs::remove_file(data);
     }
     std::fs::File::open(data)?.sync_all()?;

@@ -156,6 +156,30 @@ impl FsDriver {
         blocking(move || delete_sync(&p)).await
     }
 
+    /// Sets a file's modification time to now: content that is reused (deduplicated or
+    /// mounted) counts as new for the collector's grace period.
+    pub async fn touch(&self, path: &str) -> Result<()> {
+        let p = self.full(path);
+        blocking(move || touch_sync(&p)).await
+    }
+
+    /// Every file called `file_name` below `path`, with its path relative to `path` and
+    /// its metadata, in one blocking pass (used to enumerate the pool and link folders).
+    /// A missing `path` yields nothing.
+    pub async fn walk_files(
+        &self,
+        path: &str,
+        file_name: &'static str,
+    ) -> Result<Vec<(String, FileInfo)>> {
+        let p = self.full(path);
+        blocking(move || {
+            let mut out = Vec::new();
+            walk_sync(&p, "", file_name, &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Creates a folder and its parents.
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let p = self.full(path);
@@ -201,6 +225,54 @@ pub(crate) fn put_atomic(p: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, p).map_err(|e| StorageError::io(p, e))?;
     guard.0 = None;
     sync_dir(dir)
+}
+
+pub(crate) fn touch_sync(p: &Path) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(p)
+        .map_err(|e| StorageError::io(p, e))?;
+    f.set_modified(SystemTime::now())
+        .map_err(|e| StorageError::io(p, e))
+}
+
+fn walk_sync(
+    dir: &Path,
+    rel: &str,
+    file_name: &str,
+    out: &mut Vec<(String, FileInfo)>,
+) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let ft = entry.file_type().map_err(|e| StorageError::io(dir, e))?;
+        let child_rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if ft.is_dir() {
+            walk_sync(&entry.path(), &child_rel, file_name, out)?;
+        } else if name == file_name {
+            let m = entry.metadata().map_err(|e| StorageError::io(dir, e))?;
+            out.push((
+                child_rel,
+                FileInfo {
+                    size: m.len(),
+                    modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    is_dir: false,
+                },
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn list_sync(p: &Path) -> Result<Vec<String>> {

@@ -1,0 +1,146 @@
+//! The admin API of a server: `GET /admin/gc` (status and last report) and
+//! `POST /admin/gc` (schedule a cycle, or with `wait=true` run one and answer its
+//! report; `dry_run`, `remove_untagged` and `grace` override the configured options).
+//! On the HTTP listener it answers loopback clients only unless configured otherwise;
+//! it is also served on the root's admin socket, which the offline command uses to ask
+//! the owning server to collect instead of racing it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use crate::Options;
+use crate::cleaner::Cleaner;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct GcParams {
+    #[serde(default)]
+    pub wait: bool,
+    pub dry_run: Option<bool>,
+    pub remove_untagged: Option<bool>,
+    /// Go duration.
+    pub grace: Option<String>,
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_string(v).unwrap_or_else(|_| "{}".into());
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn gc_status(State(c): State<Cleaner>) -> Response {
+    json(StatusCode::OK, &c.status())
+}
+
+async fn gc_run(State(c): State<Cleaner>, Query(p): Query<GcParams>) -> Response {
+    let custom = p.dry_run.is_some() || p.remove_untagged.is_some() || p.grace.is_some();
+    if !p.wait && !custom {
+        c.schedule();
+        return json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "scheduled": true }),
+        );
+    }
+    let mut opts: Options = c.options().clone();
+    if let Some(v) = p.dry_run {
+        opts.dry_run = v;
+    }
+    if let Some(v) = p.remove_untagged {
+        opts.remove_untagged = v;
+    }
+    if let Some(g) = &p.grace {
+        match registry::config::parse_duration(g) {
+            Ok(d) => opts.grace = d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("grace: {e}")),
+        }
+    }
+    match c.run_now(&opts).await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Refuses non-loopback peers when the request came over TCP.
+async fn loopback_only(req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
+        && !peer.ip().is_loopback()
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the admin API answers loopback clients only (admin.loopback_only)".into(),
+        );
+    }
+    next.run(req).await
+}
+
+/// The admin routes. With `loopback_only`, TCP peers that are not loopback get 403.
+pub fn router(cleaner: Cleaner, loopback_only_flag: bool) -> Router {
+    let r = Router::new()
+        .route("/admin/gc", get(gc_status).post(gc_run))
+        .with_state(cleaner);
+    if loopback_only_flag {
+        r.layer(middleware::from_fn(loopback_only))
+    } else {
+        r
+    }
+}
+
+/// Serves `router` on a unix socket at `path` (a stale socket file is replaced).
+pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "admin socket server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Sends one request to an admin socket; returns the status and body.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    path_and_query: &str,
+) -> Result<(StatusCode, bytes::Bytes), String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("admin socket handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", "drydock-admin")
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("admin request failed: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("admin response: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}

@@ -1,0 +1,123 @@
+//! The online collector of one server. [`Cleaner::schedule`] asks for a cycle: it wakes
+//! the loop (cancelling the timer's wait); a request that arrives while a cycle runs
+//! leaves a permit, so exactly one more cycle starts right after. When a cycle ends with
+//! no permit left, the periodic timer is armed again. Triggers: startup, every DELETE
+//! (the response never waits), the timer, SIGUSR1 and the admin API. Cycles never
+//! overlap: [`Cleaner::run_now`] (admin runs with their own options) takes the same lock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use registry::Store;
+use registry::api::DeleteListener;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::{GcError, Options, Report, collect};
+
+struct Inner {
+    store: Store,
+    options: Options,
+    interval: Duration,
+    wake: Notify,
+    cycle: tokio::sync::Mutex<()>,
+    status: Mutex<Status>,
+}
+
+/// What `GET /admin/gc` answers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub running: bool,
+    pub cycles: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub last: Option<Report>,
+}
+
+#[derive(Clone)]
+pub struct Cleaner {
+    inner: Arc<Inner>,
+}
+
+impl Cleaner {
+    /// Starts the background loop on the current runtime.
+    pub fn start(store: Store, options: Options, interval: Duration) -> Cleaner {
+        let inner = Arc::new(Inner {
+            store,
+            options,
+            interval,
+            wake: Notify::new(),
+            cycle: tokio::sync::Mutex::new(()),
+            status: Mutex::new(Status::default()),
+        });
+        let c = Cleaner { inner };
+        let bg = c.clone();
+        tokio::spawn(async move { bg.run_loop().await });
+        c
+    }
+
+    /// Requests a cycle; returns at once.
+    pub fn schedule(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs a cycle with `options` now (after any running one) and returns its report.
+    pub async fn run_now(&self, options: &Options) -> Result<Report, GcError> {
+        self.cycle(options).await
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock_status().clone()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.inner.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn cycle(&self, options: &Options) -> Result<Report, GcError> {
+        let _one_at_a_time = self.inner.cycle.lock().await;
+        self.lock_status().running = true;
+        let r = collect(
+            &self.inner.store,
+            options,
+            Some(self.inner.store.liveness()),
+        )
+        .await;
+        let mut st = self.lock_status();
+        st.running = false;
+        st.cycles += 1;
+        match &r {
+            Ok(report) => {
+                st.last = Some(report.summary());
+                st.last_error = None;
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+                tracing::error!(error = %e, "garbage collection cycle failed");
+            }
+        }
+        r
+    }
+
+    async fn run_loop(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.interval) => {}
+            }
+            let options = self.inner.options.clone();
+            let _ = self.cycle(&options).await;
+        }
+    }
+}
+
+impl DeleteListener for Cleaner {
+    fn deleted(&self) {
+        self.schedule();
+    }
+}

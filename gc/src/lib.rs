@@ -1,0 +1,136 @@
+//! drydock's garbage collector. [`collect`] runs one cycle: [`mark`] walks every
+//! repository's roots (tags, or every revision when untagged manifests are kept) through
+//! manifests, index children, subjects and referrers into a set of raw digests;
+//! [`sweep`] removes untagged manifests (with `remove_untagged`), layer links no live
+//! manifest of their repository needs, and pool blobs nobody marked. Nothing newer than
+//! the grace period is removed. In the server, the [`cleaner::Cleaner`] runs cycles while
+//! the registry serves, coordinating with writers through `registry::liveness`.
+//!
+//! This crate decides what is garbage; `registry::inventory` lists and deletes.
+
+pub mod admin;
+pub mod cleaner;
+pub mod lock;
+pub mod mark;
+pub mod online;
+pub mod report;
+pub mod sweep;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use registry::liveness::Liveness;
+use registry::{Digest, Store};
+
+pub use report::Report;
+
+/// How one cycle runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Options {
+    /// Plan only; delete nothing.
+    pub dry_run: bool,
+    /// Also remove manifests no tag reaches.
+    pub remove_untagged: bool,
+    /// Nothing whose file is newer than this is removed.
+    #[serde(with = "secs")]
+    pub grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            remove_untagged: false,
+            grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Ok(Duration::from_secs_f64(v.max(0.0)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Whether a file modified at `modified` is still inside the grace period at `now`.
+pub(crate) fn is_young(modified: SystemTime, now: SystemTime, grace: Duration) -> bool {
+    match now.duration_since(modified) {
+        Ok(age) => age < grace,
+        Err(_) => true, // modified in the future: young
+    }
+}
+
+/// Runs one full cycle. `liveness` is the server's coordination with its writers (none
+/// for the offline command, where only the grace period protects recent content).
+#[tracing::instrument(skip_all, fields(dry_run = opts.dry_run, remove_untagged = opts.remove_untagged))]
+pub async fn collect(
+    store: &Store,
+    opts: &Options,
+    liveness: Option<&Arc<Liveness>>,
+) -> Result<Report, GcError> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    if let Some(l) = liveness {
+        l.begin_cycle();
+    }
+    let result = async {
+        let pending: HashSet<Digest> = liveness
+            .map(|l| l.pending())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let marked = mark::mark(store, opts, &pending, started).await?;
+        let mark_time = t0.elapsed();
+        let t1 = Instant::now();
+        let swept = sweep::sweep(store, &marked, opts, &pending, liveness, started).await?;
+        Ok::<_, GcError>(Report::new(
+            opts,
+            started,
+            &marked,
+            swept,
+            mark_time,
+            t1.elapsed(),
+        ))
+    }
+    .await;
+    if let Some(l) = liveness {
+        l.end_cycle();
+    }
+    let report = result?;
+    tracing::info!(
+        repositories = report.repositories,
+        manifests_marked = report.manifests_marked,
+        blobs_marked = report.blobs_marked,
+        manifests_removed = report.manifests_removed,
+        layer_links_removed = report.layer_links_removed,
+        blobs_removed = report.blobs_removed,
+        bytes_freed = report.bytes_freed,
+        skipped_in_use = report.skipped_in_use,
+        duration_ms = report.duration_ms,
+        "garbage collection {}",
+        if opts.dry_run {
+            "planned (dry run)"
+        } else {
+            "done"
+        }
+    );
+    Ok(report)
+}

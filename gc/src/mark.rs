@@ -1,0 +1,150 @@
+//! The mark phase: every digest some root reaches, per repository and for the pool.
+//! Roots are tags (or every revision when untagged manifests are kept), revisions newer
+//! than the grace period, and digests the server holds pending. From each root it
+//! follows config and layers, index children (recursively), `subject`, and referrers
+//! from the `_referrers` index, so a referrer whose subject is live is live.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use registry::manifest;
+use registry::names::RepoName;
+use registry::{Digest, Store};
+
+use crate::{GcError, Options, is_young};
+
+/// A set of digests holding raw bytes (32 per sha256 digest).
+#[derive(Default, Debug)]
+pub struct DigestSet {
+    sha256: HashSet<[u8; 32]>,
+    other: HashSet<Digest>,
+}
+
+impl DigestSet {
+    pub fn insert(&mut self, d: &Digest) -> bool {
+        match d.sha256_bytes() {
+            Some(b) => self.sha256.insert(b),
+            None => self.other.insert(d.clone()),
+        }
+    }
+
+    pub fn contains(&self, d: &Digest) -> bool {
+        match d.sha256_bytes() {
+            Some(b) => self.sha256.contains(&b),
+            None => self.other.contains(d),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sha256.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one repository holds and which of it is live.
+#[derive(Debug, Default)]
+pub struct RepoMark {
+    /// Every revision with its link's mtime.
+    pub revisions: Vec<(Digest, SystemTime)>,
+    /// Every layer link with its mtime.
+    pub layer_links: Vec<(Digest, SystemTime)>,
+    /// Manifests reached from a root.
+    pub live_manifests: DigestSet,
+    /// Blobs the live manifests reference (their layer links stay).
+    pub needed_layers: DigestSet,
+}
+
+/// The result of the mark phase.
+#[derive(Debug, Default)]
+pub struct Marked {
+    /// Pool digests that stay.
+    pub blobs: DigestSet,
+    pub repos: Vec<(RepoName, RepoMark)>,
+    pub manifests_marked: usize,
+}
+
+/// Runs the mark phase.
+pub async fn mark(
+    store: &Store,
+    opts: &Options,
+    pending: &HashSet<Digest>,
+    now: SystemTime,
+) -> Result<Marked, GcError> {
+    let mut marked = Marked::default();
+    for d in pending {
+        marked.blobs.insert(d);
+    }
+    for repo in store.repositories_all().await? {
+        let rm = mark_repo(store, opts, pending, now, &repo, &mut marked.blobs).await?;
+        marked.manifests_marked += rm.live_manifests.len();
+        marked.repos.push((repo, rm));
+    }
+    Ok(marked)
+}
+
+async fn mark_repo(
+    store: &Store,
+    opts: &Options,
+    pending: &HashSet<Digest>,
+    now: SystemTime,
+    repo: &RepoName,
+    blobs: &mut DigestSet,
+) -> Result<RepoMark, GcError> {
+    let mut rm = RepoMark {
+        revisions: store.revisions_with_time(repo).await?,
+        layer_links: store.layer_links(repo).await?,
+        ..RepoMark::default()
+    };
+    let revision_set: HashSet<&Digest> = rm.revisions.iter().map(|(d, _)| d).collect();
+    let mut stack: Vec<Digest> = Vec::new();
+    if opts.remove_untagged {
+        for tag in store.tags(repo).await.unwrap_or_default() {
+            if let Some(d) = store.resolve_tag(repo, &tag).await? {
+                stack.push(d);
+            }
+        }
+        for (d, modified) in &rm.revisions {
+            if is_young(*modified, now, opts.grace) || pending.contains(d) {
+                stack.push(d.clone());
+            }
+        }
+    } else {
+        stack.extend(rm.revisions.iter().map(|(d, _)| d.clone()));
+    }
+    while let Some(d) = stack.pop() {
+        if !rm.live_manifests.insert(&d) {
+            continue;
+        }
+        blobs.insert(&d);
+        if let Some(bytes) = store.manifest_bytes(&d).await? {
+            match manifest::parse(&bytes, None) {
+                Ok(m) => {
+                    for b in &m.blobs {
+                        blobs.insert(b);
+                        rm.needed_layers.insert(b);
+                    }
+                    stack.extend(m.children.iter().cloned());
+                    if let Some(s) = m.subject
+                        && revision_set.contains(&s)
+                    {
+                        stack.push(s);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(repository = %repo, digest = %d, error = %e, "unreadable manifest kept as is");
+                }
+            }
+        } else {
+            tracing::warn!(repository = %repo, digest = %d, "manifest revision without pool blob");
+        }
+        for r in store.referrer_digests(repo, &d).await? {
+            if revision_set.contains(&r) {
+                stack.push(r);
+            }
+        }
+    }
+    Ok(rm)
+}
