@@ -33,6 +33,23 @@ impl Store {
         self.pool_blob_size(digest).await
     }
 
+    /// A push's existence check (`HEAD`): like [`Store::blob_size`], but a blob found
+    /// present stays protected from an in-process collection for the pending period,
+    /// since the client will now reference it instead of uploading it again. The pin
+    /// taken before the check closes the gap between the answer and the protection.
+    pub async fn blob_size_for_push(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let _pin = self.liveness.pin(vec![digest.clone()]).await;
+        let size = self.blob_size(name, digest).await?;
+        if size.is_some() {
+            self.liveness.pending_add([digest.clone()]);
+        }
+        Ok(size)
+    }
+
     pub async fn layer_linked(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
         Ok(self
             .read_link(PathSpec::LayerLink(name, digest))

@@ -4,9 +4,11 @@
 //! - A write **pins** the digests it is about to link *before* it checks they exist, and
 //!   unpins when its link is written ([`Liveness::pin`] returns a guard).
 //! - While a cycle runs, every digest pinned goes into the cycle's **journal**.
-//! - Digests linked by uploads, mounts and untagged manifest puts stay **pending** until
-//!   a manifest put references them or `pending_ttl` passes: a client pushes blobs first
-//!   and the manifest later, and the blobs must survive cycles in between.
+//! - Digests a push linked (upload, mount, untagged manifest put) or was told exist
+//!   (`HEAD`) stay **pending** for `pending_ttl`: a client pushes blobs first and the
+//!   manifest later, and the blobs must survive cycles in between. A manifest put does
+//!   not end it early: another client may have been told the same shared layer exists
+//!   and not have pushed its manifest yet.
 //! - The sweeper [`claims`](Liveness::claim) a digest before deleting anything named by
 //!   it; a claim fails for a pinned, journaled or pending digest, under the same lock.
 //!   A writer that pins a digest being deleted waits for the deletion to finish and then
@@ -101,14 +103,6 @@ impl Liveness {
         }
     }
 
-    /// A manifest now references these digests: they no longer need protecting.
-    pub fn pending_remove<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
-        let mut st = self.lock();
-        for d in digests {
-            st.pending.remove(d);
-        }
-    }
-
     /// The pending digests (expired ones are dropped first).
     pub fn pending(&self) -> Vec<Digest> {
         let ttl = self.pending_ttl;
@@ -117,9 +111,12 @@ impl Liveness {
         st.pending.keys().cloned().collect()
     }
 
-    /// Starts a cycle's journal.
+    /// Starts a cycle's journal. Digests pinned right now go in first: their writes may
+    /// land after the mark has looked, and they unpin before the sweep looks.
     pub fn begin_cycle(&self) {
-        self.lock().journal = Some(HashSet::new());
+        let mut st = self.lock();
+        let journal = st.pins.keys().cloned().collect();
+        st.journal = Some(journal);
     }
 
     /// Ends the cycle's journal; returns how many digests it recorded.
@@ -187,7 +184,19 @@ mod tests {
         l.release(&b);
         l.pending_add([a.clone()]);
         assert!(!l.claim(&a), "pending digest claimed");
-        l.pending_remove([&a]);
+        let short = Liveness::new(Duration::from_millis(1));
+        short.pending_add([a.clone()]);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.claim(&a), "expired pending digest still protected");
+        assert!(short.pending().is_empty());
+        // A pin taken before the cycle began is journaled too.
+        let early = l.pin(vec![b.clone()]).await;
+        l.begin_cycle();
+        drop(early);
+        assert!(!l.claim(&b), "digest pinned before the cycle claimed");
+        l.end_cycle();
+        l.pending_add([]);
+        let l = Arc::new(Liveness::new(Duration::ZERO));
         assert!(l.claim(&a));
         // A pin waits for the claim to be released.
         let l2 = l.clone();

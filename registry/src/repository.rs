@@ -29,12 +29,17 @@ pub struct PutManifest {
 }
 
 impl Store {
-    /// Whether `name` exists (has been pushed to).
+    /// Whether `name` exists (has been pushed to): it has layer links or manifests. A
+    /// folder that only holds deeper repositories (`a` of `a/b`) is not a repository.
     pub async fn repository_exists(&self, name: &RepoName) -> Result<bool> {
         Ok(self
             .driver
-            .exists(&path_for(PathSpec::Repository(name)))
-            .await?)
+            .exists(&path_for(PathSpec::LayersDir(name)))
+            .await?
+            || self
+                .driver
+                .exists(&path_for(PathSpec::ManifestRevisionsDir(name)))
+                .await?)
     }
 
     /// The digest a tag points at.
@@ -70,6 +75,23 @@ impl Store {
             digest,
             body: Bytes::from(body),
         })
+    }
+
+    /// A push's existence check of a manifest (`HEAD`): a manifest found by digest stays
+    /// protected from an in-process collection for the pending period, since the client
+    /// (pushing an index, say) will now reference it.
+    pub async fn manifest_for_push(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let Reference::Digest(d) = reference else {
+            return self.get_manifest(name, reference).await;
+        };
+        let _pin = self.liveness.pin(vec![d.clone()]).await;
+        let m = self.get_manifest(name, reference).await?;
+        self.liveness.pending_add([d.clone()]);
+        Ok(m)
     }
 
     /// Validates and stores a manifest. Every blob it references must be linked in `name`
@@ -121,11 +143,8 @@ impl Store {
             self.write_link(PathSpec::TagCurrentLink(name, tag), &digest)
                 .await?;
         }
-        self.liveness
-            .pending_remove(m.blobs.iter().chain(&m.children));
-        match reference {
-            Reference::Tag(_) => self.liveness.pending_remove([&digest]),
-            Reference::Digest(_) => self.liveness.pending_add([digest.clone()]),
+        if let Reference::Digest(_) = reference {
+            self.liveness.pending_add([digest.clone()]);
         }
         drop(pin);
         Ok(PutManifest {

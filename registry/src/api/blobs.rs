@@ -75,7 +75,7 @@ pub(super) async fn get(
     let (file, size) = if head {
         let size = state
             .store
-            .blob_size(&name, &digest)
+            .blob_size_for_push(&name, &digest)
             .await?
             .ok_or_else(|| Error::BlobUnknown(Some(digest.clone())))?;
         (None, size)

@@ -1,6 +1,8 @@
 //! Content discovery: tag listing, the catalog (both with `n`/`last`/`Link`
 //! pagination) and the referrers API with `artifactType` filtering.
 
+use std::cmp::Ordering;
+
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -33,10 +35,11 @@ impl Page {
         })
     }
 
-    /// Applies the page to a sorted list; returns the slice and the `Link` for the next.
+    /// Applies the page to a list sorted by [`lexical`]; returns the slice and the `Link`
+    /// for the next.
     fn apply(&self, items: Vec<String>, path: &str) -> (Vec<String>, Option<String>) {
         let start = match &self.last {
-            Some(l) => items.partition_point(|x| x.as_str() <= l.as_str()),
+            Some(l) => items.partition_point(|x| lexical(x, l) != Ordering::Greater),
             None => 0,
         };
         let rest = &items[start..];
@@ -51,6 +54,16 @@ impl Page {
             _ => (rest.to_vec(), None),
         }
     }
+}
+
+/// The spec's order of listings: "lexical order (i.e. case-insensitive alphanumeric
+/// order)"; names that differ only in case fall back to byte order, so it is total.
+/// Repository names are lowercase, so for the catalog this is plain byte order.
+fn lexical(a: &str, b: &str) -> Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+        .then_with(|| a.cmp(b))
 }
 
 fn json_response(
@@ -69,13 +82,14 @@ fn json_response(
 
 pub(super) async fn tags(state: &AppState, name: RepoName, uri: &Uri) -> ApiResult {
     let page = Page::from_uri(uri)?;
-    let all: Vec<String> = state
+    let mut all: Vec<String> = state
         .store
         .tags(&name)
         .await?
         .into_iter()
         .map(|t| t.as_str().to_owned())
         .collect();
+    all.sort_by(|a, b| lexical(a, b));
     let (tags, link) = page.apply(all, &format!("/v2/{name}/tags/list"));
     let extra = link.map(|l| vec![("link", l)]).unwrap_or_default();
     Ok(json_response(

@@ -30,7 +30,11 @@ pub(super) async fn handle(
 }
 
 async fn get(state: &AppState, head: bool, name: RepoName, reference: Reference) -> ApiResult {
-    let m = state.store.get_manifest(&name, &reference).await?;
+    let m = if head {
+        state.store.manifest_for_push(&name, &reference).await?
+    } else {
+        state.store.get_manifest(&name, &reference).await?
+    };
     let hdrs = [
         ("content-type", m.media_type.clone()),
         ("content-length", m.body.len().to_string()),
