@@ -13,12 +13,19 @@ use crate::{Error, Result};
 impl Store {
     /// Size of a blob in the pool, `None` if it is not there.
     pub async fn pool_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.cache.size(digest) {
+            return Ok(Some(size));
+        }
+        let generation = self.cache.generation();
         match self
             .driver
             .stat(&path_for(PathSpec::BlobData(digest)))
             .await
         {
-            Ok(info) if !info.is_dir => Ok(Some(info.size)),
+            Ok(info) if !info.is_dir => {
+                self.cache.fill_size(digest, info.size, generation);
+                Ok(Some(info.size))
+            }
             Ok(_) => Ok(None),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -86,13 +93,7 @@ impl Store {
 
     /// Removes `name`'s link to a blob (the pool blob stays for the collector).
     pub async fn unlink_layer(&self, name: &RepoName, digest: &Digest) -> Result<bool> {
-        let dir = path_for(PathSpec::LayerLink(name, digest));
-        let dir = dir.trim_end_matches("/link");
-        match self.driver.delete(dir).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.remove(PathSpec::LayerDir(name, digest)).await
     }
 
     /// Cross-repository mount: links a blob `from` sees into `name`. `from == None`

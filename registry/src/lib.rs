@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod blobs;
+pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod inventory;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use crate::cache::CachedManifest;
 use crate::digest::{Algorithm, Digest};
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::names::{Reference, RepoName, Tag};
@@ -69,11 +70,28 @@ impl Store {
         if !self.has_manifest(name, &digest).await? {
             return Err(unknown());
         }
-        let body = self.get_pool_content(&digest).await?.ok_or_else(unknown)?;
+        if let Some(m) = self.cache.manifest(&digest) {
+            return Ok(StoredManifest {
+                digest,
+                media_type: m.media_type,
+                body: m.body,
+            });
+        }
+        let generation = self.cache.generation();
+        let body = Bytes::from(self.get_pool_content(&digest).await?.ok_or_else(unknown)?);
+        let media_type = manifest::stored_media_type(&body);
+        self.cache.fill_manifest(
+            &digest,
+            CachedManifest {
+                media_type: media_type.clone(),
+                body: body.clone(),
+            },
+            generation,
+        );
         Ok(StoredManifest {
-            media_type: manifest::stored_media_type(&body),
+            media_type,
             digest,
-            body: Bytes::from(body),
+            body,
         })
     }
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::liveness::Liveness;
 use crate::storage::{FsDriver, PathSpec, path_for};
@@ -38,6 +39,7 @@ pub struct Store {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
     pub(crate) liveness: Arc<Liveness>,
+    pub(crate) cache: Arc<Cache>,
 }
 
 impl Store {
@@ -46,6 +48,7 @@ impl Store {
             driver,
             sessions: Arc::new(Sessions::default()),
             liveness: Arc::new(Liveness::new(options.pending_ttl)),
+            cache: Arc::new(Cache::default()),
             options: Arc::new(options),
         }
     }
@@ -82,15 +85,34 @@ impl Store {
 
     /// Writes a link file naming `digest`, atomically.
     pub(crate) async fn write_link(&self, spec: PathSpec<'_>, digest: &Digest) -> Result<()> {
-        self.driver
-            .put_content(&path_for(spec), digest.to_string().into_bytes())
-            .await?;
+        let path = path_for(spec);
+        let r = self
+            .driver
+            .put_content(&path, digest.to_string().into_bytes())
+            .await;
+        self.cache.invalidate_link(&path);
+        r?;
         Ok(())
     }
 
-    /// Removes a file or folder; `false` when it was not there.
+    /// Removes a file or folder; `false` when it was not there. Whatever the cache held
+    /// for it is invalidated.
     pub(crate) async fn remove(&self, spec: PathSpec<'_>) -> Result<bool> {
-        match self.driver.delete(&path_for(spec)).await {
+        let r = self.driver.delete(&path_for(spec)).await;
+        match spec {
+            PathSpec::TagDir(n, t) => self
+                .cache
+                .invalidate_link(&path_for(PathSpec::TagCurrentLink(n, t))),
+            PathSpec::ManifestRevisionDir(n, d) => self
+                .cache
+                .invalidate_link(&path_for(PathSpec::ManifestRevisionLink(n, d))),
+            PathSpec::LayerDir(n, d) => self
+                .cache
+                .invalidate_link(&path_for(PathSpec::LayerLink(n, d))),
+            PathSpec::BlobDir(d) => self.cache.invalidate_blob(d),
+            _ => {}
+        }
+        match r {
             Ok(()) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e.into()),

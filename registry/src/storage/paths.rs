@@ -36,6 +36,8 @@ pub enum PathSpec<'a> {
     RepositoriesRoot,
     Repository(&'a RepoName),
     LayersDir(&'a RepoName),
+    /// The folder of one layer link (removed whole).
+    LayerDir(&'a RepoName, &'a Digest),
     LayerLink(&'a RepoName, &'a Digest),
     ManifestRevisionsDir(&'a RepoName),
     ManifestRevisionDir(&'a RepoName, &'a Digest),
@@ -73,6 +75,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         RepositoriesRoot => format!("{ROOT}/repositories"),
         Repository(n) => repo(n),
         LayersDir(n) => format!("{}/_layers", repo(n)),
+        LayerDir(n, d) => format!("{}/_layers/{}", repo(n), dig(d)),
         LayerLink(n, d) => format!("{}/_layers/{}/link", repo(n), dig(d)),
         ManifestRevisionsDir(n) => format!("{}/_manifests/revisions", repo(n)),
         ManifestRevisionDir(n, d) => format!("{}/_manifests/revisions/{}", repo(n), dig(d)),
@@ -126,6 +129,7 @@ mod tests {
             (RepositoriesRoot, "docker/registry/v2/repositories".into()),
             (Repository(&n), r.into()),
             (LayersDir(&n), format!("{r}/_layers")),
+            (LayerDir(&n, &d), format!("{r}/_layers/sha256/{h}")),
             (LayerLink(&n, &d), format!("{r}/_layers/sha256/{h}/link")),
             (
                 ManifestRevisionsDir(&n),

@@ -1,0 +1,126 @@
+//! In-memory caches in front of the store's small reads: link files (tags, manifest
+//! revisions, layer links), pool blob sizes and manifest bodies. Only positive answers
+//! are cached, and every write and removal of the store (API deletes, tag moves, the
+//! collector's sweep) invalidates what it changed, so a cached answer is never staler
+//! than the disk. A fill that raced with an invalidation is dropped: readers note the
+//! generation before reading the disk and insert only if no invalidation happened since.
+//! Each map is bounded; when full it is emptied (entries are cheap to refill).
+//!
+//! Correct only while one process writes the root — the root lock guarantees it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::digest::Digest;
+
+const MAX_LINKS: usize = 200_000;
+const MAX_SIZES: usize = 200_000;
+const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// A manifest as served: media type and exact bytes.
+#[derive(Clone, Debug)]
+pub struct CachedManifest {
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+pub struct Cache {
+    generation: AtomicU64,
+    links: DashMap<String, Digest>,
+    sizes: DashMap<Digest, u64>,
+    manifests: DashMap<Digest, CachedManifest>,
+    manifest_bytes: AtomicUsize,
+}
+
+impl Cache {
+    /// The generation to pass to a later `fill_*` call; read it before the disk.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn unchanged(&self, since: u64) -> bool {
+        self.generation.load(Ordering::SeqCst) == since
+    }
+
+    pub fn link(&self, path: &str) -> Option<Digest> {
+        self.links.get(path).map(|d| d.clone())
+    }
+
+    pub fn fill_link(&self, path: &str, digest: &Digest, since: u64) {
+        if self.links.len() >= MAX_LINKS {
+            self.links.clear();
+        }
+        if self.unchanged(since) {
+            self.links.insert(path.to_owned(), digest.clone());
+        }
+    }
+
+    /// Call after the link at `path` was written or removed on disk.
+    pub fn invalidate_link(&self, path: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.links.remove(path);
+    }
+
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        self.sizes.get(digest).map(|s| *s)
+    }
+
+    pub fn fill_size(&self, digest: &Digest, size: u64, since: u64) {
+        if self.sizes.len() >= MAX_SIZES {
+            self.sizes.clear();
+        }
+        if self.unchanged(since) {
+            self.sizes.insert(digest.clone(), size);
+        }
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Option<CachedManifest> {
+        self.manifests.get(digest).map(|m| m.clone())
+    }
+
+    pub fn fill_manifest(&self, digest: &Digest, m: CachedManifest, since: u64) {
+        let n = m.body.len();
+        if self.manifest_bytes.load(Ordering::Relaxed) + n > MAX_MANIFEST_BYTES {
+            self.manifests.clear();
+            self.manifest_bytes.store(0, Ordering::Relaxed);
+        }
+        if self.unchanged(since) && self.manifests.insert(digest.clone(), m).is_none() {
+            self.manifest_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Call after a pool blob was removed on disk.
+    pub fn invalidate_blob(&self, digest: &Digest) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.sizes.remove(digest);
+        if let Some((_, m)) = self.manifests.remove(digest) {
+            self.manifest_bytes.fetch_sub(m.body.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_dropped() {
+        let c = Cache::default();
+        let d = Digest::sha256(b"x");
+        let g = c.generation();
+        c.invalidate_link("p");
+        c.fill_link("p", &d, g);
+        assert!(c.link("p").is_none());
+        let g = c.generation();
+        c.fill_link("p", &d, g);
+        assert_eq!(c.link("p"), Some(d.clone()));
+        c.invalidate_link("p");
+        assert!(c.link("p").is_none());
+        c.fill_size(&d, 5, c.generation());
+        c.invalidate_blob(&d);
+        assert!(c.size(&d).is_none());
+    }
+}
