@@ -48,6 +48,64 @@ enum Command {
         quiet: bool,
         config: PathBuf,
     },
+    /// Scheduled maintenance: gc, retention, upload purge, scrub.
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MaintenanceAction {
+    /// Run tasks now (through the server when one owns the root).
+    Run {
+        /// A task to run (gc, retention, uploads, scrub); repeatable. Default: every
+        /// enabled task (or those of --schedule / --auto).
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<String>,
+        /// Only the tasks configured with this schedule (hourly, daily, weekly).
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only tasks that are due and whose thresholds are met.
+        #[arg(long)]
+        auto: bool,
+        /// Report what the tasks would do; change nothing, record nothing.
+        #[arg(short = 'd', long)]
+        dry_run: bool,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+        config: PathBuf,
+    },
+    /// Show each task's last run (and the server's queue when one owns the root).
+    Status {
+        #[arg(long)]
+        json: bool,
+        config: PathBuf,
+    },
+    /// Install the schedule as systemd timers or a crontab block.
+    Start {
+        #[arg(long, default_value = "auto")]
+        scheduler: String,
+        /// Where to write systemd units (default /etc/systemd/system); with this, units
+        /// are written but systemctl is not called.
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+        /// Edit this file instead of the user's crontab.
+        #[arg(long)]
+        crontab_file: Option<PathBuf>,
+        config: PathBuf,
+    },
+    /// Remove what `start` installed.
+    Stop {
+        #[arg(long, default_value = "auto")]
+        scheduler: String,
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+        #[arg(long)]
+        crontab_file: Option<PathBuf>,
+        config: PathBuf,
+    },
 }
 
 fn load_config(path: Option<&Path>, log_level: Option<&str>) -> anyhow::Result<Config> {
@@ -63,7 +121,7 @@ fn load_config(path: Option<&Path>, log_level: Option<&str>) -> anyhow::Result<C
 }
 
 fn init_logging(config: &Config, level: Option<&str>) {
-    let level = level.unwrap_or(&config.log.level).to_ascii_lowercase();
+    let level = level.unwrap_or(config.log_filter());
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -92,6 +150,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
     let root = config.storage.filesystem.rootdirectory.clone();
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create storage root {}", root.display()))?;
@@ -111,7 +170,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let state = registry::server::state_from_config(&config);
-    let (app, cleaner) = gc::online::app(state, &config);
+    let gc::online::Online {
+        router: app,
+        cleaner,
+        maintenance,
+    } = gc::online::app(state, &config);
     if config.gc.enabled {
         let c = cleaner.clone();
         tokio::spawn(async move {
@@ -127,9 +190,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    gc::admin::serve_socket(admin_socket(&root), gc::admin::router(cleaner, false))
-        .await
-        .context("cannot open the admin socket")?;
+    gc::admin::serve_socket(
+        admin_socket(&root),
+        gc::admin::router(cleaner, maintenance, false),
+    )
+    .await
+    .context("cannot open the admin socket")?;
     tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
     registry::server::serve(listener, app, config.drain_timeout(), shutdown_signal()).await?;
     let _ = std::fs::remove_file(admin_socket(&root));
@@ -192,6 +258,192 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_records(records: &[gc::maintenance::Record], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(records)?);
+        return Ok(());
+    }
+    for r in records {
+        println!(
+            "{:<10} {:<8} {:>9.0} ms  {}{}",
+            r.task.name(),
+            format!("{:?}", r.outcome).to_lowercase(),
+            r.duration_ms,
+            r.started_at,
+            if r.message.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", r.message)
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
+    use gc::maintenance::{Maintenance, Outcome, Task, units};
+    match action {
+        MaintenanceAction::Run {
+            tasks,
+            schedule,
+            auto,
+            dry_run,
+            json,
+            config,
+        } => {
+            let config = load_config(Some(&config), Some("info"))?;
+            gc::maintenance::validate(&config)
+                .map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
+            let mut chosen = Vec::new();
+            for t in &tasks {
+                chosen.push(Task::parse(t).ok_or_else(|| {
+                    anyhow::anyhow!("unknown task {t:?}: gc, retention, uploads or scrub")
+                })?);
+            }
+            let root = config.storage.filesystem.rootdirectory.clone();
+            let trigger = match &schedule {
+                Some(s) => format!("timer:{s}"),
+                None => "cli".to_owned(),
+            };
+            let lock = RootLock::try_acquire(&root)
+                .with_context(|| format!("cannot lock storage root {}", root.display()))?;
+            let records: Vec<gc::maintenance::Record> = match lock {
+                Some(_held) => {
+                    let state = registry::server::state_from_config(&config);
+                    let m = Maintenance::new(state.store, config.clone(), None);
+                    if chosen.is_empty() {
+                        chosen = if auto || schedule.is_some() {
+                            m.due(schedule.as_deref(), auto)
+                        } else {
+                            Task::ALL
+                                .into_iter()
+                                .filter(|t| t.config(&config).enabled)
+                                .collect()
+                        };
+                    }
+                    m.run_with(chosen, &trigger, dry_run).await
+                }
+                None => {
+                    let mut q = format!("/admin/maintenance/run?wait=true&trigger={trigger}");
+                    for t in &chosen {
+                        q.push_str(&format!("&task={}", t.name()));
+                    }
+                    if let Some(s) = &schedule {
+                        q.push_str(&format!("&schedule={s}"));
+                    }
+                    if auto {
+                        q.push_str("&auto=true");
+                    }
+                    if dry_run {
+                        q.push_str("&dry_run=true");
+                    }
+                    let (status, body) = gc::admin::request(&admin_socket(&root), "POST", &q)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "the server owning {} did not answer: {e}",
+                                root.display()
+                            )
+                        })?;
+                    if !status.is_success() {
+                        bail!(
+                            "the server refused: {status} {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    serde_json::from_slice(&body).context("the server's records")?
+                }
+            };
+            print_records(&records, json)?;
+            if records
+                .iter()
+                .any(|r| matches!(r.outcome, Outcome::Failed | Outcome::Killed))
+            {
+                bail!("a maintenance task failed");
+            }
+            Ok(())
+        }
+        MaintenanceAction::Status { json, config } => {
+            let config = load_config(Some(&config), Some("warn"))?;
+            let root = config.storage.filesystem.rootdirectory.clone();
+            let records: Vec<_> = Task::ALL
+                .into_iter()
+                .filter_map(|t| gc::maintenance::last_record(&root, t))
+                .collect();
+            let server = match RootLock::try_acquire(&root) {
+                Ok(None) => gc::admin::request(&admin_socket(&root), "GET", "/admin/maintenance")
+                    .await
+                    .ok()
+                    .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok()),
+                _ => None,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "last": records, "server": server })
+                    )?
+                );
+            } else {
+                print_records(&records, false)?;
+                match server {
+                    Some(s) => println!("server: {}", s["counters"]),
+                    None => println!("server: none owns {}", root.display()),
+                }
+            }
+            Ok(())
+        }
+        MaintenanceAction::Start {
+            scheduler,
+            unit_dir,
+            crontab_file,
+            config,
+        } => {
+            let config =
+                std::fs::canonicalize(&config).with_context(|| format!("{}", config.display()))?;
+            let binary = std::env::current_exe().context("the path of this binary")?;
+            match units::Scheduler::parse(&scheduler).map_err(anyhow::Error::msg)? {
+                units::Scheduler::SystemdTimer => {
+                    let activate = unit_dir.is_none();
+                    let dir = unit_dir.unwrap_or_else(|| PathBuf::from("/etc/systemd/system"));
+                    for p in units::install_systemd(&dir, &binary, &config, activate)
+                        .map_err(anyhow::Error::msg)?
+                    {
+                        println!("wrote {}", p.display());
+                    }
+                }
+                units::Scheduler::Crontab => {
+                    units::install_crontab(crontab_file.as_deref(), &binary, &config)
+                        .map_err(anyhow::Error::msg)?;
+                    println!("crontab block installed");
+                }
+            }
+            Ok(())
+        }
+        MaintenanceAction::Stop {
+            scheduler,
+            unit_dir,
+            crontab_file,
+            config: _,
+        } => {
+            match units::Scheduler::parse(&scheduler).map_err(anyhow::Error::msg)? {
+                units::Scheduler::SystemdTimer => {
+                    let activate = unit_dir.is_none();
+                    let dir = unit_dir.unwrap_or_else(|| PathBuf::from("/etc/systemd/system"));
+                    for p in units::remove_systemd(&dir, activate).map_err(anyhow::Error::msg)? {
+                        println!("removed {}", p.display());
+                    }
+                }
+                units::Scheduler::Crontab => {
+                    units::remove_crontab(crontab_file.as_deref()).map_err(anyhow::Error::msg)?;
+                    println!("crontab block removed");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -221,5 +473,6 @@ fn main() -> anyhow::Result<()> {
             };
             rt.block_on(garbage_collect(config, args))
         }
+        Command::Maintenance { action } => rt.block_on(maintenance(action)),
     }
 }

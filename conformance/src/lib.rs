@@ -20,6 +20,8 @@ pub struct TestServer {
     pub config: Config,
     /// The server's online garbage collector.
     pub cleaner: gc::cleaner::Cleaner,
+    /// The server's maintenance run queue.
+    pub maintenance: gc::maintenance::Maintenance,
     root: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -58,7 +60,11 @@ impl TestServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = registry::server::state_from_config(&config);
-        let (app, cleaner) = gc::online::app(state, &config);
+        let gc::online::Online {
+            router: app,
+            cleaner,
+            maintenance,
+        } = gc::online::app(state, &config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(registry::server::serve(
             listener,
@@ -72,6 +78,7 @@ impl TestServer {
             addr,
             base: format!("http://{addr}"),
             cleaner,
+            maintenance,
             config,
             root,
             shutdown: Some(tx),

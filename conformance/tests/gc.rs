@@ -137,8 +137,15 @@ async fn gc_keeps_layer_shared_with_tagged_image() {
     let s = server().await;
     let shared = random_bytes(4000, 1);
     let only_b = random_bytes(3000, 2);
-    let (_, _, a_blobs) =
-        push_with_layers(&s, "team/a", "v1", r#"{"a":1}"#, std::slice::from_ref(&shared), "").await;
+    let (_, _, a_blobs) = push_with_layers(
+        &s,
+        "team/a",
+        "v1",
+        r#"{"a":1}"#,
+        std::slice::from_ref(&shared),
+        "",
+    )
+    .await;
     let (b_digest, _, b_blobs) = push_with_layers(
         &s,
         "team/b",
@@ -185,8 +192,15 @@ async fn gc_removes_orphan_blob_and_its_link() {
 async fn gc_removes_layer_links_of_deleted_images_but_not_of_live_ones() {
     let s = server().await;
     let shared = random_bytes(2000, 5);
-    let (live, _, live_blobs) =
-        push_with_layers(&s, "x", "live", r#"{"l":1}"#, std::slice::from_ref(&shared), "").await;
+    let (live, _, live_blobs) = push_with_layers(
+        &s,
+        "x",
+        "live",
+        r#"{"l":1}"#,
+        std::slice::from_ref(&shared),
+        "",
+    )
+    .await;
     let (dead, _, dead_blobs) = push_with_layers(
         &s,
         "y",

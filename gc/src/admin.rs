@@ -14,12 +14,13 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::Options;
 use crate::cleaner::Cleaner;
+use crate::maintenance::{Maintenance, Task};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct GcParams {
@@ -72,6 +73,48 @@ async fn gc_run(State(c): State<Cleaner>, Query(p): Query<GcParams>) -> Response
     }
 }
 
+async fn maintenance_status(State(m): State<Maintenance>) -> Response {
+    json(StatusCode::OK, &m.status())
+}
+
+/// `POST /admin/maintenance/run?task=gc&task=scrub` (or `schedule=daily`, `auto=true`,
+/// nothing: every enabled task); `wait=true` answers the records, else 202.
+async fn maintenance_run(State(m): State<Maintenance>, uri: axum::http::Uri) -> Response {
+    let pairs: Vec<(String, String)> = uri
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    let get = |k: &str| pairs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+    let mut tasks = Vec::new();
+    for (k, v) in &pairs {
+        if k == "task" {
+            match Task::parse(v) {
+                Some(t) => tasks.push(t),
+                None => return error(StatusCode::BAD_REQUEST, format!("unknown task {v:?}")),
+            }
+        }
+    }
+    let auto = get("auto") == Some("true");
+    let schedule = get("schedule");
+    if tasks.is_empty() {
+        tasks = if auto || schedule.is_some() {
+            m.due(schedule, auto)
+        } else {
+            Task::ALL.to_vec()
+        };
+    }
+    let trigger = get("trigger").unwrap_or("admin").to_owned();
+    let dry_run = get("dry_run") == Some("true");
+    if get("wait") == Some("true") || dry_run {
+        let records = m.run_with(tasks, &trigger, dry_run).await;
+        return json(StatusCode::OK, &records);
+    }
+    let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+    let body = serde_json::json!({ "queued": names });
+    tokio::spawn(async move { m.run(tasks, &trigger).await });
+    json(StatusCode::ACCEPTED, &body)
+}
+
 /// Refuses non-loopback peers when the request came over TCP.
 async fn loopback_only(req: Request, next: Next) -> Response {
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
@@ -86,10 +129,16 @@ async fn loopback_only(req: Request, next: Next) -> Response {
 }
 
 /// The admin routes. With `loopback_only`, TCP peers that are not loopback get 403.
-pub fn router(cleaner: Cleaner, loopback_only_flag: bool) -> Router {
+pub fn router(cleaner: Cleaner, maintenance: Maintenance, loopback_only_flag: bool) -> Router {
     let r = Router::new()
         .route("/admin/gc", get(gc_status).post(gc_run))
-        .with_state(cleaner);
+        .with_state(cleaner)
+        .merge(
+            Router::new()
+                .route("/admin/maintenance", get(maintenance_status))
+                .route("/admin/maintenance/run", post(maintenance_run))
+                .with_state(maintenance),
+        );
     if loopback_only_flag {
         r.layer(middleware::from_fn(loopback_only))
     } else {

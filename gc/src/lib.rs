@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cleaner;
 pub mod lock;
+pub mod maintenance;
 pub mod mark;
 pub mod online;
 pub mod report;
@@ -88,9 +89,20 @@ pub async fn collect(
 ) -> Result<Report, GcError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
+    // Ends the journal even when the cycle is cancelled (a maintenance time limit drops
+    // this future); a dropped sweep is as safe as a killed one.
+    struct CycleGuard<'a>(Option<&'a Arc<Liveness>>);
+    impl Drop for CycleGuard<'_> {
+        fn drop(&mut self) {
+            if let Some(l) = self.0 {
+                l.end_cycle();
+            }
+        }
+    }
     if let Some(l) = liveness {
         l.begin_cycle();
     }
+    let guard = CycleGuard(liveness);
     let result = async {
         let pending: HashSet<Digest> = liveness
             .map(|l| l.pending())
@@ -111,9 +123,7 @@ pub async fn collect(
         ))
     }
     .await;
-    if let Some(l) = liveness {
-        l.end_cycle();
-    }
+    drop(guard);
     let report = result?;
     tracing::info!(
         repositories = report.repositories,

@@ -2,7 +2,8 @@
 //! Roots are tags (or every revision when untagged manifests are kept), revisions newer
 //! than the grace period, and digests the server holds pending. From each root it
 //! follows config and layers, index children (recursively), `subject`, and referrers
-//! from the `_referrers` index, so a referrer whose subject is live is live.
+//! from the `_referrers` index, so a referrer whose subject is live is live. Every
+//! generic-artifact link is a root too: the blob it names stays.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -64,6 +65,8 @@ pub struct Marked {
     pub blobs: DigestSet,
     pub repos: Vec<(RepoName, RepoMark)>,
     pub manifests_marked: usize,
+    /// Artifact links seen (each one a root).
+    pub artifact_links: usize,
 }
 
 /// Runs the mark phase.
@@ -76,6 +79,10 @@ pub async fn mark(
     let mut marked = Marked::default();
     for d in pending {
         marked.blobs.insert(d);
+    }
+    for (d, _) in store.artifact_links().await? {
+        marked.blobs.insert(&d);
+        marked.artifact_links += 1;
     }
     for repo in store.repositories_all().await? {
         let rm = mark_repo(store, opts, pending, now, &repo, &mut marked.blobs).await?;

@@ -2,11 +2,9 @@
 //! links. A repository sees a pool blob only through its own link: the link check is the
 //! access check. Pool blobs are never modified once in place.
 
-use tokio::fs::File;
-
 use crate::digest::Digest;
 use crate::names::RepoName;
-use crate::storage::{PathSpec, path_for};
+use crate::storage::{MappedFile, PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -64,19 +62,19 @@ impl Store {
             .is_some_and(|d| &d == digest))
     }
 
-    /// Opens a blob of `name` for reading from `offset`.
-    pub async fn open_blob(
-        &self,
-        name: &RepoName,
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<(File, u64)> {
+    /// Opens a blob of `name` for streaming (see [`MappedFile::stream`]).
+    pub async fn open_blob(&self, name: &RepoName, digest: &Digest) -> Result<MappedFile> {
         if !self.layer_linked(name, digest).await? {
             return Err(Error::BlobUnknown(Some(digest.clone())));
         }
+        self.open_pool_blob(digest).await
+    }
+
+    /// Opens a pool blob for streaming, whoever links it.
+    pub async fn open_pool_blob(&self, digest: &Digest) -> Result<MappedFile> {
         match self
             .driver
-            .reader(&path_for(PathSpec::BlobData(digest)), offset)
+            .open_mapped(&path_for(PathSpec::BlobData(digest)))
             .await
         {
             Ok(r) => Ok(r),

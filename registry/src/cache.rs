@@ -97,7 +97,8 @@ impl Cache {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.sizes.remove(digest);
         if let Some((_, m)) = self.manifests.remove(digest) {
-            self.manifest_bytes.fetch_sub(m.body.len(), Ordering::Relaxed);
+            self.manifest_bytes
+                .fetch_sub(m.body.len(), Ordering::Relaxed);
         }
     }
 }

@@ -37,6 +37,130 @@ pub struct Config {
     pub oci: OciConfig,
     pub gc: GcConfig,
     pub admin: AdminConfig,
+    pub artifacts: ArtifactsConfig,
+    pub maintenance: SchedulerConfig,
+    pub uploads: UploadsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Scheduled maintenance (`maintenance:`): which tasks run, when, and how hard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// The server runs due tasks itself.
+    pub enabled: bool,
+    /// How often the server checks for due tasks (Go duration).
+    pub tick: String,
+    /// Tasks running at once (gc and scrub never run together whatever this says).
+    pub max_parallel: usize,
+    /// Queued tasks wait while the 1-minute load average is above this (0: never).
+    pub load_pause: f64,
+    /// ...and start again once it is below this.
+    pub load_resume: f64,
+    /// Interval of the STATUS log line (Go duration).
+    pub status_interval: String,
+    pub tasks: TasksConfig,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            enabled: true,
+            tick: "30s".into(),
+            max_parallel: 2,
+            load_pause: 0.0,
+            load_resume: 0.0,
+            status_interval: "5m".into(),
+            tasks: TasksConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TasksConfig {
+    pub gc: TaskConfig,
+    pub retention: TaskConfig,
+    pub uploads: TaskConfig,
+    pub scrub: TaskConfig,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            gc: TaskConfig::new("daily", "2h"),
+            retention: TaskConfig::new("daily", "1h"),
+            uploads: TaskConfig::new("hourly", "30m"),
+            scrub: TaskConfig::new("weekly", "12h"),
+        }
+    }
+}
+
+/// One maintenance task's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskConfig {
+    pub enabled: bool,
+    /// `hourly`, `daily`, `weekly`, or a Go duration (`6h`).
+    pub schedule: String,
+    /// A run longer than this is cancelled and recorded as killed (Go duration).
+    pub time_limit: String,
+    /// `--auto` threshold: gc runs once this many deletes happened since its last run.
+    pub min_deletes: u64,
+}
+
+impl TaskConfig {
+    fn new(schedule: &str, time_limit: &str) -> TaskConfig {
+        TaskConfig {
+            enabled: true,
+            schedule: schedule.into(),
+            time_limit: time_limit.into(),
+            min_deletes: 1,
+        }
+    }
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        TaskConfig::new("daily", "1h")
+    }
+}
+
+/// The upload purger (`uploads:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UploadsConfig {
+    /// Upload sessions older than this are removed (Go duration; Distribution's 168h).
+    pub max_age: String,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            max_age: "168h".into(),
+        }
+    }
+}
+
+/// Image tag retention (`retention:`): policies applied by the `retention` task.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RetentionConfig {
+    pub images: Vec<ImagePolicy>,
+}
+
+/// A tag policy for the repositories whose name matches `repositories`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ImagePolicy {
+    /// Regex over repository names (anchored); empty matches every repository.
+    pub repositories: String,
+    /// Keep the newest N tags (by the time the tag was last pushed); `None`: keep all.
+    pub keep_last: Option<usize>,
+    /// Tags matching this regex (anchored) are always kept.
+    pub keep_tags: Option<String>,
+    /// Untagged manifests older than this (Go duration) are removed.
+    pub untagged_older_than: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,10 +265,10 @@ pub struct HttpConfig {
     pub draintimeout: String,
     /// Extra headers on every response.
     pub headers: BTreeMap<String, Vec<String>>,
-    pub secret: Option<String>,
+    pub secret: String,
     pub relativeurls: bool,
-    pub host: Option<String>,
-    pub prefix: Option<String>,
+    pub host: String,
+    pub prefix: String,
 }
 
 impl Default for HttpConfig {
@@ -154,10 +278,10 @@ impl Default for HttpConfig {
             net: "tcp".into(),
             draintimeout: "30s".into(),
             headers: BTreeMap::new(),
-            secret: None,
+            secret: String::new(),
             relativeurls: true,
-            host: None,
-            prefix: None,
+            host: String::new(),
+            prefix: String::new(),
         }
     }
 }
@@ -230,6 +354,25 @@ impl Default for AdminConfig {
     }
 }
 
+/// Generic artifacts (`/artifacts/...`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ArtifactsConfig {
+    pub post_process: PostProcessConfig,
+}
+
+/// A command run when a format is finalised (`PATCH`), on private copies of its files.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PostProcessConfig {
+    /// Run with `sh -c`, in a folder holding copies of the format's files (those the
+    /// filter selects), which are also its arguments. None: no post-processing.
+    pub command: Option<String>,
+    /// A regular expression over file paths (relative to the format) that selects the
+    /// files to copy and process; none selects every file.
+    pub filter: Option<String>,
+}
+
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let v = Value::deserialize(d)?;
     Ok(match v {
@@ -290,6 +433,24 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let file: Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(source.to_owned(), e))?;
+        for (path, present) in [
+            ("auth", file.get("auth").is_some_and(|v| !v.is_null())),
+            (
+                "http.tls",
+                file.get("http")
+                    .and_then(|h| h.get("tls"))
+                    .is_some_and(|v| !v.is_null()),
+            ),
+        ] {
+            if present {
+                return Err(ConfigError::Key {
+                    path: path.into(),
+                    message: "is not supported by drydock; refusing to start rather than serve \
+                              without it (terminate TLS and authenticate in a reverse proxy)"
+                        .into(),
+                });
+            }
+        }
         if let Some(storage) = file.get("storage").and_then(Value::as_mapping) {
             for driver in UNSUPPORTED_DRIVERS {
                 if storage.contains_key(driver) {
@@ -345,6 +506,12 @@ impl Config {
                 message,
             })?;
         }
+        if let Some(f) = &config.artifacts.post_process.filter {
+            regex::Regex::new(f).map_err(|e| ConfigError::Key {
+                path: "artifacts.post_process.filter".into(),
+                message: e.to_string(),
+            })?;
+        }
         unknown.sort();
         Ok(Loaded {
             config,
@@ -358,6 +525,17 @@ impl Config {
 
     pub fn gc_interval(&self) -> Duration {
         parse_duration(&self.gc.interval).unwrap_or(Duration::from_secs(86400))
+    }
+
+    /// The tracing filter for `log.level`, accepting Distribution's level names.
+    pub fn log_filter(&self) -> &'static str {
+        match self.log.level.to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "warn" | "warning" => "warn",
+            "error" | "fatal" | "panic" => "error",
+            _ => "info",
+        }
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -525,10 +703,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.delete.enabled"), "{e}");
+        for refused in [
+            "auth:\n  htpasswd:\n    realm: r\n",
+            "http:\n  tls:\n    certificate: c\n",
+        ] {
+            let e = Config::from_yaml(refused, "t", env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not supported"), "{e}");
+        }
+        let l = Config::from_yaml(
+            "log:\n  level: warning\n",
+            "t",
+            env(&[("REGISTRY_HTTP_SECRET", "12345")]),
+        )
+        .unwrap();
+        assert_eq!(l.config.log_filter(), "warn");
+        assert_eq!(l.config.http.secret, "12345");
         let e = Config::from_yaml("storage:\n  s3:\n    bucket: x\n", "t", env(&[]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.s3"), "{e}");
+        let e = Config::from_yaml(
+            "artifacts:\n  post_process:\n    command: 'true'\n    filter: '(['\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("artifacts.post_process.filter"), "{e}");
+    }
+
+    #[test]
+    fn artifacts_post_process() {
+        let l = Config::from_yaml(
+            "artifacts:\n  post_process:\n    command: rpmsign --addsign \"$@\"\n    filter: '\\.rpm$'\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap();
+        let pp = &l.config.artifacts.post_process;
+        assert_eq!(pp.command.as_deref(), Some("rpmsign --addsign \"$@\""));
+        assert_eq!(pp.filter.as_deref(), Some("\\.rpm$"));
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        let d = Config::load(None, env(&[])).unwrap().config;
+        assert!(d.artifacts.post_process.command.is_none());
     }
 
     #[test]

@@ -179,3 +179,148 @@ fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         out.push(prefix.to_owned());
     }
 }
+
+/// An upload session and when it was last active.
+#[derive(Debug, Clone)]
+pub struct UploadSession {
+    pub repository: RepoName,
+    pub id: String,
+    pub last_active: SystemTime,
+}
+
+/// What the scrubber found about one pool blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobHealth {
+    Ok,
+    /// The bytes hash to another digest.
+    Corrupt {
+        actual: Digest,
+    },
+    /// Gone between listing and checking.
+    Missing,
+}
+
+impl Store {
+    /// Every upload session with the time of its last activity (the later of its
+    /// `startedat` and its data file's modification time).
+    pub async fn upload_sessions(&self) -> Result<Vec<UploadSession>> {
+        let mut out = Vec::new();
+        for repo in self.repositories_all().await? {
+            for id in self.list(PathSpec::UploadsDir(&repo)).await? {
+                let started = self
+                    .driver
+                    .get_content(&path_for(PathSpec::UploadStartedAt(&repo, &id)))
+                    .await
+                    .ok()
+                    .and_then(|b| {
+                        time::OffsetDateTime::parse(
+                            String::from_utf8_lossy(&b).trim(),
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(SystemTime::from);
+                let data = self
+                    .driver
+                    .stat(&path_for(PathSpec::UploadData(&repo, &id)))
+                    .await
+                    .ok()
+                    .map(|i| i.modified);
+                let dir = self
+                    .driver
+                    .stat(&path_for(PathSpec::UploadDir(&repo, &id)))
+                    .await
+                    .ok()
+                    .map(|i| i.modified);
+                let last_active = [started, data, dir]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push(UploadSession {
+                    repository: repo.clone(),
+                    id,
+                    last_active,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an upload session (waits for a chunk being written to it).
+    pub async fn purge_upload(&self, name: &RepoName, id: &str) -> Result<bool> {
+        match self.cancel_upload(name, id).await {
+            Ok(()) => Ok(true),
+            Err(Error::BlobUploadUnknown) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
+    pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
+        let path = self.driver.full(&path_for(PathSpec::BlobData(digest)));
+        let algorithm = digest.algorithm();
+        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&path)?;
+            let mut h = crate::digest::Hasher::new(algorithm);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finish())
+        })
+        .await
+        .map_err(Error::internal)?;
+        match hashed {
+            Ok(actual) if &actual == digest => Ok(BlobHealth::Ok),
+            Ok(actual) => Ok(BlobHealth::Corrupt { actual }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BlobHealth::Missing),
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
+    /// Moves a pool blob into the quarantine folder (never deletes it); from then on it
+    /// is unknown to clients, so they push it again. Returns the quarantine path.
+    pub async fn quarantine_pool_blob(&self, digest: &Digest) -> Result<std::path::PathBuf> {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = path_for(PathSpec::Quarantine(digest, secs));
+        let r = self
+            .driver
+            .rename(&path_for(PathSpec::BlobDir(digest)), &to)
+            .await;
+        self.cache.invalidate_blob(digest);
+        r?;
+        Ok(self.driver.full(&to))
+    }
+
+    /// Whether the pool has a blob, asking the disk (not the cache).
+    pub async fn pool_blob_on_disk(&self, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .driver
+            .exists(&path_for(PathSpec::BlobData(digest)))
+            .await?)
+    }
+
+    /// Tags of `name` with the digest they point at and when they were last pushed.
+    pub async fn tags_with_time(&self, name: &RepoName) -> Result<Vec<(Tag, Digest, SystemTime)>> {
+        let mut out = Vec::new();
+        for tag in self.tags(name).await? {
+            let link = path_for(PathSpec::TagCurrentLink(name, &tag));
+            let Ok(info) = self.driver.stat(&link).await else {
+                continue;
+            };
+            if let Some(d) = self.resolve_tag(name, &tag).await? {
+                out.push((tag, d, info.modified));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,9 +1,10 @@
 //! drydock's registry library: the storage driver and layout (`storage`), the domain
-//! (`blobs`, `upload`, `manifest`, `repository`), the HTTP API (`api`) and the server
+//! (`blobs`, `upload`, `manifest`, `repository`, `artifacts`), the HTTP API (`api`) and the server
 //! wiring (`server`). It knows nothing of garbage collection; deletions are announced
 //! through [`api::DeleteListener`].
 
 pub mod api;
+pub mod artifacts;
 pub mod blobs;
 pub mod cache;
 pub mod config;

@@ -143,6 +143,17 @@ impl Liveness {
         true
     }
 
+    /// A claim that only pinned digests refuse (the scrubber quarantining corrupt
+    /// content: recent or journaled content is no less corrupt). Release it the same way.
+    pub fn claim_unpinned(&self, digest: &Digest) -> bool {
+        let mut st = self.lock();
+        if st.pins.contains_key(digest) {
+            return false;
+        }
+        st.deleting.insert(digest.clone());
+        true
+    }
+
     /// Ends a claim; writers waiting on the digest go on.
     pub fn release(&self, digest: &Digest) {
         self.lock().deleting.remove(digest);

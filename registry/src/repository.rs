@@ -293,8 +293,9 @@ impl Store {
     }
 }
 
-/// A folder is a repository when it has `_manifests` (as Distribution decides); folders
-/// starting with `_` are never descended into.
+/// A folder is a repository when it has `_manifests` or `_layers` (Distribution 2.8
+/// decides by `_layers`, 3.x by `_manifests`); folders starting with `_` are never
+/// descended into.
 fn walk_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -306,8 +307,8 @@ fn walk_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         .collect();
     children.sort();
     for c in children {
-        if c == "_manifests" {
-            if !prefix.is_empty() {
+        if c == "_manifests" || c == "_layers" {
+            if !prefix.is_empty() && out.last().map(String::as_str) != Some(prefix) {
                 out.push(prefix.to_owned());
             }
         } else if !c.starts_with('_') && !c.starts_with('.') {

@@ -25,6 +25,9 @@ pub fn state_from_config(config: &Config) -> AppState {
             mount_without_from: config.oci.mount_without_from,
             pending_ttl: crate::config::parse_duration(&config.gc.pending_ttl)
                 .unwrap_or(Duration::from_secs(3600)),
+            post_process: crate::artifacts::PostProcess::from_config(
+                &config.artifacts.post_process,
+            ),
         },
     );
     let mut extra = Vec::new();

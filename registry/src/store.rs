@@ -21,6 +21,8 @@ pub struct StoreOptions {
     /// How long a blob linked but not yet referenced by a manifest is protected from an
     /// in-process collection.
     pub pending_ttl: std::time::Duration,
+    /// The command run when an artifact format is finalised.
+    pub post_process: Option<crate::artifacts::PostProcess>,
 }
 
 impl Default for StoreOptions {
@@ -29,6 +31,7 @@ impl Default for StoreOptions {
             manifest_max_bytes: 4 * 1024 * 1024,
             mount_without_from: false,
             pending_ttl: std::time::Duration::from_secs(3600),
+            post_process: None,
         }
     }
 }
@@ -40,6 +43,7 @@ pub struct Store {
     pub(crate) options: Arc<StoreOptions>,
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) cache: Arc<Cache>,
+    pub(crate) artifacts: Arc<crate::artifacts::Locks>,
 }
 
 impl Store {
@@ -49,6 +53,7 @@ impl Store {
             sessions: Arc::new(Sessions::default()),
             liveness: Arc::new(Liveness::new(options.pending_ttl)),
             cache: Arc::new(Cache::default()),
+            artifacts: Arc::default(),
             options: Arc::new(options),
         }
     }

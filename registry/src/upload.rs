@@ -5,7 +5,9 @@
 //! missing (after a restart) it is rebuilt by re-reading the data file once.
 //!
 //! Completion verifies the digest, fsyncs once, renames the data into the pool and only
-//! then writes the layer link.
+//! then writes the layer link. The pool-commit half is shared with generic artifacts
+//! ([`Store::ingest_stream`], [`Store::commit_file_pinned`]), which link the blob into
+//! their own tree instead of a repository.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::Mutex;
 
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::liveness::PinGuard;
 use crate::names::RepoName;
 use crate::storage::{self, PathSpec, path_for};
 use crate::store::Store;
@@ -164,16 +167,14 @@ impl Store {
                 size: None,
             });
         }
-        let offset = self
-            .append_locked(name, &id, &mut state, size, body)
-            .await?;
+        let path = self.upload_data_path(name, &id);
+        let offset = self.append_locked(path, &mut state, size, body).await?;
         Ok((id, offset))
     }
 
     async fn append_locked<S, E>(
         &self,
-        name: &RepoName,
-        id: &str,
+        path: PathBuf,
         state: &mut SessionState,
         size: u64,
         body: S,
@@ -182,7 +183,6 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let path = self.upload_data_path(name, id);
         let hasher = match state.hasher.take() {
             Some((offset, h)) if offset == size => h,
             _ => {
@@ -276,19 +276,13 @@ impl Store {
                 return Err(e);
             }
         };
+        let path = self.upload_data_path(name, &id);
         if let Some(body) = body {
             size = self
-                .append_locked(name, &id, &mut state, size, body)
+                .append_locked(path.clone(), &mut state, size, body)
                 .await?;
         }
-        let path = self.upload_data_path(name, &id);
-        let computed = match (&state.hasher, digest.algorithm()) {
-            (Some((offset, h)), Algorithm::Sha256) if *offset == size => h.clone().finish(),
-            (_, alg) => {
-                let p = path.clone();
-                blocking(move || hash_file(&p, alg)).await?.1.finish()
-            }
-        };
+        let computed = data_digest(&path, size, &state, digest.algorithm()).await?;
         if &computed != digest {
             drop(state);
             self.discard_upload(name, &id).await?;
@@ -296,9 +290,7 @@ impl Store {
                 "the uploaded {size} bytes have digest {computed}, not {digest}"
             )));
         }
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
-        let pool = self.driver.full(&path_for(PathSpec::BlobData(digest)));
-        blocking(move || commit_to_pool(&path, &pool)).await?;
+        let (pin, _) = self.commit_file_pinned(path, digest).await?;
         self.link_layer(name, digest).await?;
         self.liveness.pending_add([digest.clone()]);
         drop(pin);
@@ -342,14 +334,108 @@ impl Store {
     }
 }
 
+/// The digest of a data file of `size` bytes: from the running hash state when it covers
+/// the whole file (sha256), else by reading the file once.
+async fn data_digest(
+    path: &Path,
+    size: u64,
+    state: &SessionState,
+    algorithm: Algorithm,
+) -> Result<Digest> {
+    Ok(match (&state.hasher, algorithm) {
+        (Some((offset, h)), Algorithm::Sha256) if *offset == size => h.clone().finish(),
+        (_, alg) => {
+            let p = path.to_owned();
+            blocking(move || hash_file(&p, alg)).await?.1.finish()
+        }
+    })
+}
+
+/// A blob that [`Store::ingest_stream`] put into the pool. The pin protects it from an
+/// in-process collection until the caller has written its link and dropped the pin.
+pub(crate) struct Ingested {
+    pub digest: Digest,
+    pub size: u64,
+    /// The pool already held this content; the upload's copy was dropped.
+    pub reused: bool,
+    pub pin: PinGuard,
+}
+
+impl Store {
+    /// Moves a finished data file (anywhere under the root) into the pool under
+    /// `digest`, which the caller has verified. Returns the pin on `digest`, to hold
+    /// until the caller's link is written, and whether the pool already had the blob.
+    pub(crate) async fn commit_file_pinned(
+        &self,
+        data: PathBuf,
+        digest: &Digest,
+    ) -> Result<(PinGuard, bool)> {
+        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pool = self.driver.full(&path_for(PathSpec::BlobData(digest)));
+        let reused = blocking(move || commit_to_pool(&data, &pool)).await?;
+        Ok((pin, reused))
+    }
+
+    /// Streams `body` into the data file `data` (created here; the caller owns and
+    /// removes its folder), verifies it against `expected` when given (else computes
+    /// the sha256 digest) and commits it to the pool, without linking it anywhere.
+    pub(crate) async fn ingest_stream<S, E>(
+        &self,
+        data: PathBuf,
+        expected: Option<&Digest>,
+        body: S,
+    ) -> Result<Ingested>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        if let Some(dir) = data.parent() {
+            let dir = dir.to_owned();
+            blocking(move || std::fs::create_dir_all(dir)).await?;
+        }
+        let p = data.clone();
+        blocking(move || std::fs::File::create(p).map(drop)).await?;
+        let mut state = SessionState {
+            hasher: Some((0, Hasher::new(Algorithm::Sha256))),
+        };
+        let size = self
+            .append_locked(data.clone(), &mut state, 0, body)
+            .await?;
+        let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
+        let computed = data_digest(&data, size, &state, algorithm).await?;
+        if let Some(expected) = expected
+            && &computed != expected
+        {
+            return Err(Error::DigestInvalid(format!(
+                "the uploaded {size} bytes have digest {computed}, not {expected}"
+            )));
+        }
+        let (pin, reused) = self.commit_file_pinned(data, &computed).await?;
+        Ok(Ingested {
+            digest: computed,
+            size,
+            reused,
+            pin,
+        })
+    }
+}
+
+/// The size and sha256 digest of a local file (read once, on a blocking thread).
+pub(crate) async fn hash_local_file(path: PathBuf) -> Result<(u64, Digest)> {
+    let (n, h) = blocking(move || hash_file(&path, Algorithm::Sha256)).await?;
+    Ok((n, h.finish()))
+}
+
 /// fsync the data once, then rename it into the pool. If the pool has the blob already,
 /// the existing (identical) copy stays, touched so it counts as new for the grace
-/// period, and the upload's copy is dropped.
-fn commit_to_pool(data: &Path, pool: &Path) -> io::Result<()> {
+/// period, and the upload's copy is dropped (returns `true`).
+fn commit_to_pool(data: &Path, pool: &Path) -> io::Result<bool> {
     if pool.exists() {
         storage::touch_sync(pool).map_err(|e| io::Error::other(e.to_string()))?;
-        return std::fs::remove_file(data);
+        std::fs::remove_file(data)?;
+        return Ok(true);
     }
     std::fs::File::open(data)?.sync_all()?;
-    storage::rename_sync(data, pool).map_err(|e| io::Error::other(e.to_string()))
+    storage::rename_sync(data, pool).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(false)
 }

@@ -3,16 +3,11 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::{ApiResult, AppState, header_str, response};
 use crate::api::error::Error;
 use crate::digest::Digest;
 use crate::names::RepoName;
-
-/// Read size when streaming a blob to a client.
-const STREAM_CHUNK: usize = 256 * 1024;
 
 /// An inclusive byte range parsed from `Range: bytes=...`; `None` means the whole blob.
 pub(crate) fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, Error> {
@@ -71,7 +66,6 @@ pub(super) async fn get(
         }
         None => None,
     };
-    let offset = range.map_or(0, |(a, _)| a);
     let (file, size) = if head {
         let size = state
             .store
@@ -80,7 +74,8 @@ pub(super) async fn get(
             .ok_or_else(|| Error::BlobUnknown(Some(digest.clone())))?;
         (None, size)
     } else {
-        let (f, size) = state.store.open_blob(&name, &digest, offset).await?;
+        let f = state.store.open_blob(&name, &digest).await?;
+        let size = f.size();
         (Some(f), size)
     };
     let (status, len, mut hdrs) = match range {
@@ -100,7 +95,7 @@ pub(super) async fn get(
         ("cache-control", "max-age=31536000".to_owned()),
     ]);
     let body = match file {
-        Some(f) => Body::from_stream(ReaderStream::with_capacity(f.take(len), STREAM_CHUNK)),
+        Some(f) => Body::from_stream(f.stream(range.map_or(0, |(a, _)| a), len)),
         None => Body::empty(),
     };
     Ok(response(status, &hdrs, body))

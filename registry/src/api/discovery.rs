@@ -25,7 +25,7 @@ impl Page {
         let q = query_pairs(uri);
         let n = match query_get(&q, "n") {
             Some(v) => Some(v.parse::<usize>().map_err(|_| {
-                Error::Unsupported(format!("n={v:?} is not a non-negative integer"))
+                Error::PaginationNumberInvalid(format!("n={v:?} is not a non-negative integer"))
             })?),
             None => None,
         };

@@ -45,8 +45,20 @@ pub enum Error {
     Unsupported(String),
     #[error("too many requests")]
     TooManyRequests,
+    #[error("invalid number of results requested: {0}")]
+    PaginationNumberInvalid(String),
     #[error("not found")]
     NotFound,
+    /// The target's state forbids the change (a locked or released artifact tag, a file
+    /// path that is a folder): 409 with the spec's `DENIED` code and the reason.
+    #[error("{0}")]
+    Conflict(String),
+    /// A request body that is not what the endpoint takes (an artifact policy's JSON).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// An artifact format's post-process command failed; nothing was changed.
+    #[error("post-process command failed ({status}); stderr: {stderr}")]
+    PostProcessFailed { status: String, stderr: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -71,7 +83,11 @@ impl Error {
             Error::Denied => "DENIED",
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::TooManyRequests => "TOOMANYREQUESTS",
+            Error::PaginationNumberInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::NotFound => "NOT_FOUND",
+            Error::Conflict(_) => "DENIED",
+            Error::BadRequest(_) => "BAD_REQUEST",
+            Error::PostProcessFailed { .. } => "POST_PROCESS_FAILED",
             Error::Internal(_) => "UNKNOWN",
         }
     }
@@ -88,14 +104,19 @@ impl Error {
             | Error::ManifestBlobUnknown(_)
             | Error::ManifestInvalid(_)
             | Error::NameInvalid(_)
-            | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            | Error::PaginationNumberInvalid(_)
+            | Error::SizeInvalid(_)
+            | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Denied => StatusCode::FORBIDDEN,
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Internal(_) | Error::PostProcessFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -106,6 +127,9 @@ impl Error {
             }
             Error::ManifestUnknown(r) => serde_json::json!({ "reference": r }),
             Error::NameUnknown(n) => serde_json::json!({ "name": n }),
+            Error::PostProcessFailed { status, stderr } => {
+                serde_json::json!({ "status": status, "stderr": stderr })
+            }
             _ => serde_json::Value::Null,
         }
     }

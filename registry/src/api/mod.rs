@@ -6,6 +6,7 @@
 
 pub mod error;
 
+mod artifacts;
 mod blobs;
 mod discovery;
 mod manifests;
@@ -143,6 +144,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", get(base))
         .route("/v2/_catalog", get(discovery::catalog))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/artifacts", any(artifacts::dispatch))
+        .route("/artifacts/", any(artifacts::dispatch))
+        .route("/artifacts/{*rest}", any(artifacts::dispatch))
         .fallback(|| async { Error::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

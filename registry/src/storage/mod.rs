@@ -180,12 +180,96 @@ impl FsDriver {
         .await
     }
 
+    /// Opens an immutable file (a pool blob) for streaming by memory-mapped chunks.
+    pub async fn open_mapped(&self, path: &str) -> Result<MappedFile> {
+        let p = self.full(path);
+        blocking(move || {
+            let file = std::fs::File::open(&p).map_err(|e| StorageError::io(&p, e))?;
+            let size = file.metadata().map_err(|e| StorageError::io(&p, e))?.len();
+            Ok(MappedFile {
+                file: std::sync::Arc::new(file),
+                size,
+            })
+        })
+        .await
+    }
+
     /// Creates a folder and its parents.
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let p = self.full(path);
         tokio::fs::create_dir_all(&p)
             .await
             .map_err(|e| StorageError::io(&p, e))
+    }
+}
+
+/// Bytes of one mapped window; unmapped when hyper has written it and drops it.
+struct Window {
+    map: memmap2::Mmap,
+    skip: usize,
+}
+
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.skip..]
+    }
+}
+
+/// An open immutable file served by mapping it window by window: the socket write copies
+/// straight from the page cache (no read into a user buffer), and each window is
+/// unmapped once written, so resident memory stays at a few windows whatever the size.
+/// Safe for pool blobs because they are never modified or truncated in place; a blob
+/// unlinked by the collector stays readable through the open descriptor.
+#[derive(Debug, Clone)]
+pub struct MappedFile {
+    file: std::sync::Arc<std::fs::File>,
+    size: u64,
+}
+
+/// Size of one mapped window.
+const WINDOW: u64 = 8 << 20;
+
+impl MappedFile {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Streams `len` bytes from `offset`.
+    pub fn stream(
+        self,
+        offset: u64,
+        len: u64,
+    ) -> impl futures::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static {
+        let end = offset.saturating_add(len).min(self.size);
+        futures::stream::try_unfold((self, offset), move |(f, pos)| async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let page = 4096u64;
+            let start = pos - pos % page;
+            let stop = (pos + WINDOW).min(end);
+            let file = f.file.clone();
+            let map = tokio::task::spawn_blocking(move || {
+                // SAFETY: the file is an immutable pool blob: nobody writes or truncates
+                // it while mapped (writers create new files and rename them in).
+                let map = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(start)
+                        .len((stop - start) as usize)
+                        .populate()
+                        .map(&*file)
+                }?;
+                let _ = map.advise(memmap2::Advice::Sequential);
+                Ok::<_, io::Error>(map)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            let chunk = bytes::Bytes::from_owner(Window {
+                map,
+                skip: (pos - start) as usize,
+            });
+            Ok(Some((chunk, (f, stop))))
+        })
     }
 }
 
@@ -214,9 +298,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     d.sync_all().map_err(|e| StorageError::io(dir, e))
 }
 
+/// Creates `dir` and its missing parents, fsyncing each new folder's parent so that the
+/// new entries themselves survive a power loss (not only the files put in them).
+pub(crate) fn create_dir_all_synced(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all_synced(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(StorageError::io(dir, e)),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn put_atomic(p: &Path, data: &[u8]) -> Result<()> {
     let dir = p.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    create_dir_all_synced(dir)?;
     let tmp = temp_sibling(p);
     let mut guard = TempGuard(Some(tmp.clone()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
@@ -292,7 +396,7 @@ fn list_sync(p: &Path) -> Result<Vec<String>> {
 
 pub(crate) fn rename_sync(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    create_dir_all_synced(dir)?;
     std::fs::rename(from, to).map_err(|e| StorageError::io(from, e))?;
     sync_dir(dir)
 }

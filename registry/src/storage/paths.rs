@@ -7,6 +7,17 @@
 //! ```text
 //! docker/registry/v2/
 //! ├── blobs/<alg>/<hex[0..2]>/<hex>/data                 the pool
+//! ├── artifacts/                                         drydock: generic artifacts
+//! │   ├── .uploads/<uuid>/data                            artifact upload in flight
+//! │   ├── .work/<uuid>/…                                  post-process working copies
+//! │   ├── .trash/<uuid>/…                                 a deleted subtree, being removed
+//! │   └── <branch>/
+//! │       ├── .branch.json                                retention policy
+//! │       └── <tag>/
+//! │           ├── .tag.json                               created, released, locked
+//! │           └── <job>/<format>/
+//! │               ├── .format.json                        dirty, finalized
+//! │               └── <file path…>/.link                  the file's digest
 //! └── repositories/<name>/
 //!     ├── _layers/<alg>/<hex>/link                        blob visible in <name>
 //!     ├── _manifests/revisions/<alg>/<hex>/link           manifest stored in <name>
@@ -17,13 +28,39 @@
 //! ```
 //!
 //! `_referrers` is drydock's own addition. Distribution skips every `_`-prefixed folder
-//! it does not know when it walks repositories, so it never misreads it.
+//! it does not know when it walks repositories, so it never misreads it. `artifacts/` is
+//! drydock's too, beside `blobs/` and `repositories/`, where Distribution never looks.
+//! Artifact names never start with `.`, so the tree's own files and scratch folders
+//! (`.link`, `.tag.json`, `.work`, …) cannot collide with a client's names.
 
+use crate::artifacts::{FilePath, FormatId, Segment};
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
 
 /// Prefix of everything drydock and Distribution store under the root directory.
 pub const ROOT: &str = "docker/registry/v2";
+
+/// Scratch folders of the artifacts tree (their names start with `.`, so they are never
+/// a branch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scratch {
+    /// Artifact uploads in flight.
+    Uploads,
+    /// Post-process working copies.
+    Work,
+    /// Deleted subtrees, moved here in one rename and then removed.
+    Trash,
+}
+
+impl Scratch {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Scratch::Uploads => ".uploads",
+            Scratch::Work => ".work",
+            Scratch::Trash => ".trash",
+        }
+    }
+}
 
 /// A typed description of one place in the store.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +93,36 @@ pub enum PathSpec<'a> {
     ReferrerLink(&'a RepoName, &'a Digest, &'a Digest),
     /// Where drydock keeps its own state (locks, admin socket, maintenance records).
     DrydockDir,
+    /// Where the scrubber moves a corrupt pool blob (digest, unix time of the move).
+    Quarantine(&'a Digest, u64),
+    /// A maintenance task's last-run record.
+    MaintenanceRecord(&'a str),
+    /// `artifacts/`: the root of the generic-artifacts tree.
+    ArtifactsRoot,
+    /// A scratch folder (`.uploads`, `.work`, `.trash`).
+    ArtifactScratchDir(Scratch),
+    /// One entry (by uuid) of a scratch folder.
+    ArtifactScratchEntry(Scratch, &'a str),
+    /// The data file of an artifact upload in flight.
+    ArtifactUploadData(&'a str),
+    ArtifactBranch(&'a Segment),
+    /// A branch's retention policy (JSON).
+    ArtifactBranchMeta(&'a Segment),
+    ArtifactTag(&'a Segment, &'a Segment),
+    /// A tag's creation time and flags (JSON).
+    ArtifactTagMeta(&'a Segment, &'a Segment),
+    ArtifactJob(&'a Segment, &'a Segment, &'a Segment),
+    ArtifactFormat(&'a FormatId),
+    /// A format's state (JSON).
+    ArtifactFormatMeta(&'a FormatId),
+    /// The folder of a file path inside a format: a file's link folder or a sub-folder.
+    ArtifactEntry(&'a FormatId, &'a FilePath),
+    /// A file's link: the digest of its content in the pool.
+    ArtifactLink(&'a FormatId, &'a FilePath),
 }
+
+/// Name of the link file of an artifact file, inside the file path's folder.
+pub const ARTIFACT_LINK: &str = ".link";
 
 /// The path of `spec`, relative to the storage root directory.
 pub fn path_for(spec: PathSpec<'_>) -> String {
@@ -96,6 +162,25 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         ReferrersDir(n, s) => format!("{}/_referrers/{}", repo(n), dig(s)),
         ReferrerLink(n, s, r) => format!("{}/_referrers/{}/{}/link", repo(n), dig(s), dig(r)),
         DrydockDir => "drydock".to_owned(),
+        Quarantine(d, t) => format!(
+            "drydock/quarantine/{}/{}-{t}",
+            d.algorithm().as_str(),
+            d.hex()
+        ),
+        MaintenanceRecord(task) => format!("drydock/maintenance/{task}.json"),
+        ArtifactsRoot => format!("{ROOT}/artifacts"),
+        ArtifactScratchDir(k) => format!("{ROOT}/artifacts/{}", k.dir_name()),
+        ArtifactScratchEntry(k, id) => format!("{ROOT}/artifacts/{}/{id}", k.dir_name()),
+        ArtifactUploadData(id) => format!("{ROOT}/artifacts/.uploads/{id}/data"),
+        ArtifactBranch(b) => format!("{ROOT}/artifacts/{b}"),
+        ArtifactBranchMeta(b) => format!("{ROOT}/artifacts/{b}/.branch.json"),
+        ArtifactTag(b, t) => format!("{ROOT}/artifacts/{b}/{t}"),
+        ArtifactTagMeta(b, t) => format!("{ROOT}/artifacts/{b}/{t}/.tag.json"),
+        ArtifactJob(b, t, j) => format!("{ROOT}/artifacts/{b}/{t}/{j}"),
+        ArtifactFormat(f) => format!("{ROOT}/artifacts/{f}"),
+        ArtifactFormatMeta(f) => format!("{ROOT}/artifacts/{f}/.format.json"),
+        ArtifactEntry(f, p) => format!("{ROOT}/artifacts/{f}/{p}"),
+        ArtifactLink(f, p) => format!("{ROOT}/artifacts/{f}/{p}/{ARTIFACT_LINK}"),
     }
 }
 
@@ -173,6 +258,55 @@ mod tests {
                 format!("{r}/_referrers/sha256/{}/sha256/{h}/link", s.hex()),
             ),
             (DrydockDir, "drydock".into()),
+            (
+                Quarantine(&d, 7),
+                format!("drydock/quarantine/sha256/{h}-7"),
+            ),
+            (
+                MaintenanceRecord("gc"),
+                "drydock/maintenance/gc.json".into(),
+            ),
+        ];
+        for (spec, want) in table {
+            assert_eq!(path_for(spec), want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn artifacts_layout() {
+        let seg = |s: &str| Segment::parse("x", s).unwrap();
+        let (b, t, j) = (seg("main"), seg("v1.0"), seg("build-x86"));
+        let f = FormatId {
+            branch: b.clone(),
+            tag: t.clone(),
+            job: j.clone(),
+            format: seg("rpm"),
+        };
+        let p = FilePath::parse("x86_64/foo.rpm").unwrap();
+        let a = "docker/registry/v2/artifacts";
+        let fmt = format!("{a}/main/v1.0/build-x86/rpm");
+        let table: Vec<(PathSpec, String)> = vec![
+            (ArtifactsRoot, a.into()),
+            (
+                ArtifactScratchDir(Scratch::Uploads),
+                format!("{a}/.uploads"),
+            ),
+            (ArtifactScratchDir(Scratch::Work), format!("{a}/.work")),
+            (ArtifactScratchDir(Scratch::Trash), format!("{a}/.trash")),
+            (
+                ArtifactScratchEntry(Scratch::Work, "u1"),
+                format!("{a}/.work/u1"),
+            ),
+            (ArtifactUploadData("u1"), format!("{a}/.uploads/u1/data")),
+            (ArtifactBranch(&b), format!("{a}/main")),
+            (ArtifactBranchMeta(&b), format!("{a}/main/.branch.json")),
+            (ArtifactTag(&b, &t), format!("{a}/main/v1.0")),
+            (ArtifactTagMeta(&b, &t), format!("{a}/main/v1.0/.tag.json")),
+            (ArtifactJob(&b, &t, &j), format!("{a}/main/v1.0/build-x86")),
+            (ArtifactFormat(&f), fmt.clone()),
+            (ArtifactFormatMeta(&f), format!("{fmt}/.format.json")),
+            (ArtifactEntry(&f, &p), format!("{fmt}/x86_64/foo.rpm")),
+            (ArtifactLink(&f, &p), format!("{fmt}/x86_64/foo.rpm/.link")),
         ];
         for (spec, want) in table {
             assert_eq!(path_for(spec), want, "{spec:?}");

@@ -1,0 +1,405 @@
+//! The run queue: one per process, shared by the scheduler loop, the admin API and
+//! the CLI.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use registry::Store;
+use registry::config::{Config, parse_duration};
+use registry::storage::{PathSpec, path_for};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::{Outcome, Record, Task, last_record, schedule_period, tasks};
+use crate::cleaner::Cleaner;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub queued: u64,
+    pub running: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub killed: u64,
+}
+
+/// What `GET /admin/maintenance` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub counters: Counters,
+    pub running: Vec<Task>,
+    pub paused_for_load: bool,
+    pub load_average: Option<f64>,
+    pub last: Vec<Record>,
+}
+
+struct Inner {
+    store: Store,
+    config: Config,
+    root: PathBuf,
+    cleaner: Option<Cleaner>,
+    running: Mutex<BTreeSet<Task>>,
+    slots: Semaphore,
+    intensive: Semaphore,
+    counters: Mutex<Counters>,
+    paused: std::sync::atomic::AtomicBool,
+    deletes_since_gc: AtomicU64,
+    load: LoadProbe,
+}
+
+/// Where the load average comes from (`/proc/loadavg`; tests drive it themselves).
+pub type LoadProbe = Arc<dyn Fn() -> Option<f64> + Send + Sync>;
+
+/// The maintenance run queue of one process.
+#[derive(Clone)]
+pub struct Maintenance {
+    inner: Arc<Inner>,
+}
+
+fn now_rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Maintenance {
+    /// A run queue over `store`. With a `cleaner` (in the server) the gc task runs
+    /// through it, so it never overlaps the online collector.
+    pub fn new(store: Store, config: Config, cleaner: Option<Cleaner>) -> Maintenance {
+        let root = config.storage.filesystem.rootdirectory.clone();
+        let max = config.maintenance.max_parallel.max(1);
+        Maintenance {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                root,
+                cleaner,
+                running: Mutex::new(BTreeSet::new()),
+                slots: Semaphore::new(max),
+                intensive: Semaphore::new(1),
+                counters: Mutex::new(Counters::default()),
+                paused: std::sync::atomic::AtomicBool::new(false),
+                deletes_since_gc: AtomicU64::new(0),
+                load: Arc::new(load_average),
+            }),
+        }
+    }
+
+    /// The same queue reading the load average from `probe` instead of `/proc/loadavg`.
+    pub fn with_load_probe(self, probe: LoadProbe) -> Maintenance {
+        let i = &self.inner;
+        Maintenance {
+            inner: Arc::new(Inner {
+                store: i.store.clone(),
+                config: i.config.clone(),
+                root: i.root.clone(),
+                cleaner: i.cleaner.clone(),
+                running: Mutex::new(BTreeSet::new()),
+                slots: Semaphore::new(i.config.maintenance.max_parallel.max(1)),
+                intensive: Semaphore::new(1),
+                counters: Mutex::new(Counters::default()),
+                paused: std::sync::atomic::AtomicBool::new(false),
+                deletes_since_gc: AtomicU64::new(0),
+                load: probe,
+            }),
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.inner
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<Task>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A delete happened (the gc task's `--auto` threshold counts them).
+    pub fn note_delete(&self) {
+        self.inner.deletes_since_gc.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            counters: self.counters().clone(),
+            running: self.running().iter().copied().collect(),
+            paused_for_load: self.inner.paused.load(Ordering::Relaxed),
+            load_average: (self.inner.load)(),
+            last: Task::ALL
+                .into_iter()
+                .filter_map(|t| last_record(&self.inner.root, t))
+                .collect(),
+        }
+    }
+
+    /// Enabled tasks whose schedule has come (never run, or last started one period
+    /// ago). `schedule` keeps only tasks configured with that schedule name; `auto`
+    /// also requires the task's threshold (gc: `min_deletes` deletes since its last
+    /// run, in a server that counts them).
+    pub fn due(&self, schedule: Option<&str>, auto: bool) -> Vec<Task> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        Task::ALL
+            .into_iter()
+            .filter(|t| {
+                let c = t.config(&self.inner.config);
+                if !c.enabled {
+                    return false;
+                }
+                if let Some(s) = schedule {
+                    return c.schedule == s;
+                }
+                let Ok(period) = schedule_period(&c.schedule) else {
+                    return false;
+                };
+                let due = last_record(&self.inner.root, *t)
+                    .is_none_or(|r| now - r.started_unix >= period.as_secs_f64());
+                let threshold = match t {
+                    Task::Gc if auto && self.inner.cleaner.is_some() => {
+                        self.inner.deletes_since_gc.load(Ordering::Relaxed) >= c.min_deletes
+                    }
+                    _ => true,
+                };
+                due && threshold
+            })
+            .collect()
+    }
+
+    /// Runs `tasks` (concurrently, within the queue's limits) and returns their records.
+    pub async fn run(&self, tasks: Vec<Task>, trigger: &str) -> Vec<Record> {
+        self.run_with(tasks, trigger, false).await
+    }
+
+    /// Like [`Maintenance::run`]; with `dry_run` every task only reports what it would
+    /// do, and no last-run record is written.
+    pub async fn run_with(&self, tasks: Vec<Task>, trigger: &str, dry_run: bool) -> Vec<Record> {
+        let runs = tasks.into_iter().map(|t| {
+            let me = self.clone();
+            let trigger = trigger.to_owned();
+            async move { me.run_one(t, &trigger, dry_run).await }
+        });
+        futures::future::join_all(runs).await
+    }
+
+    async fn wait_for_load(&self) {
+        let (pause, resume) = (
+            self.inner.config.maintenance.load_pause,
+            self.inner.config.maintenance.load_resume,
+        );
+        if pause <= 0.0 {
+            return;
+        }
+        let load = &self.inner.load;
+        if load().is_none_or(|l| l <= pause) {
+            return;
+        }
+        self.inner.paused.store(true, Ordering::Relaxed);
+        tracing::info!(load = ?load(), pause, resume, "maintenance paused: load average above trigger");
+        while load().is_some_and(|l| l > resume) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.inner.paused.store(false, Ordering::Relaxed);
+        tracing::info!(load = ?load(), "maintenance resumed");
+    }
+
+    async fn run_one(&self, task: Task, trigger: &str, dry_run: bool) -> Record {
+        let started = SystemTime::now();
+        let skipped = |message: &str| Record {
+            task,
+            trigger: trigger.to_owned(),
+            started_at: now_rfc3339(started),
+            ended_at: now_rfc3339(started),
+            started_unix: started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            duration_ms: 0.0,
+            outcome: Outcome::Skipped,
+            message: message.to_owned(),
+            summary: serde_json::Value::Null,
+        };
+        if !self.running().insert(task) {
+            self.counters().skipped += 1;
+            tracing::info!(
+                task = task.name(),
+                trigger,
+                "maintenance skipped: a run is in progress"
+            );
+            return skipped("a run of this task is in progress");
+        }
+        /// Takes the task off the running set however the run ends.
+        struct Done<'a>(&'a Maintenance, Task);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.running().remove(&self.1);
+            }
+        }
+        let _done = Done(self, task);
+
+        self.counters().queued += 1;
+        let slot = self.inner.slots.acquire().await;
+        let heavy = if task.intensive() {
+            Some(self.inner.intensive.acquire().await)
+        } else {
+            None
+        };
+        self.wait_for_load().await;
+        {
+            let mut c = self.counters();
+            c.queued -= 1;
+            c.running += 1;
+        }
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let limit = parse_duration(&task.config(&self.inner.config).time_limit)
+            .unwrap_or(Duration::from_secs(3600));
+        let result = tokio::time::timeout(limit, self.execute(task, dry_run)).await;
+        drop(heavy);
+        drop(slot);
+        let (outcome, message, summary) = match result {
+            Ok(Ok(summary)) => (Outcome::Ok, String::new(), summary),
+            Ok(Err(e)) => (Outcome::Failed, e, serde_json::Value::Null),
+            Err(_) => (
+                Outcome::Killed,
+                format!("cancelled at its time limit of {limit:?}"),
+                serde_json::Value::Null,
+            ),
+        };
+        {
+            let mut c = self.counters();
+            c.running -= 1;
+            match outcome {
+                Outcome::Ok => c.finished += 1,
+                Outcome::Failed => c.failed += 1,
+                Outcome::Killed => c.killed += 1,
+                Outcome::Skipped => c.skipped += 1,
+            }
+        }
+        let record = Record {
+            task,
+            trigger: trigger.to_owned(),
+            started_at: now_rfc3339(started),
+            ended_at: now_rfc3339(SystemTime::now()),
+            started_unix: started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+            outcome,
+            message,
+            summary,
+        };
+        if !dry_run {
+            self.save(&record).await;
+        }
+        tracing::info!(
+            task = task.name(),
+            trigger,
+            outcome = ?record.outcome,
+            duration_ms = record.duration_ms,
+            summary = %record.summary,
+            message = %record.message,
+            "maintenance run"
+        );
+        record
+    }
+
+    async fn save(&self, record: &Record) {
+        let path = path_for(PathSpec::MaintenanceRecord(record.task.name()));
+        match serde_json::to_vec_pretty(record) {
+            Ok(bytes) => {
+                if let Err(e) = self.inner.store.driver().put_content(&path, bytes).await {
+                    tracing::error!(error = %e, "cannot write the maintenance record");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the maintenance record"),
+        }
+    }
+
+    async fn execute(&self, task: Task, dry_run: bool) -> Result<serde_json::Value, String> {
+        let i = &self.inner;
+        let v = match task {
+            Task::Gc => {
+                let mut opts = crate::online::options(&i.config);
+                opts.dry_run = dry_run;
+                let report = match &i.cleaner {
+                    Some(c) => c.run_now(&opts).await,
+                    None => crate::collect(&i.store, &opts, None).await,
+                }
+                .map_err(|e| e.to_string())?;
+                if !dry_run {
+                    i.deletes_since_gc.store(0, Ordering::Relaxed);
+                }
+                serde_json::to_value(report.summary())
+            }
+            Task::Retention => {
+                serde_json::to_value(tasks::retention(&i.store, &i.config, dry_run).await?)
+            }
+            Task::Uploads => {
+                serde_json::to_value(tasks::purge_uploads(&i.store, &i.config, dry_run).await?)
+            }
+            Task::Scrub => serde_json::to_value(tasks::scrub(&i.store, dry_run).await?),
+        };
+        v.map_err(|e| e.to_string())
+    }
+
+    /// Starts the scheduler (runs due tasks every `maintenance.tick`) and the STATUS
+    /// log line. Call once, in the server.
+    pub fn start(&self) {
+        let tick =
+            parse_duration(&self.inner.config.maintenance.tick).unwrap_or(Duration::from_secs(30));
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let due: Vec<Task> = me
+                    .due(None, false)
+                    .into_iter()
+                    .filter(|t| !me.running().contains(t))
+                    .collect();
+                if !due.is_empty() {
+                    let m = me.clone();
+                    tokio::spawn(async move { m.run(due, "schedule").await });
+                }
+            }
+        });
+        let every = parse_duration(&self.inner.config.maintenance.status_interval)
+            .unwrap_or(Duration::from_secs(300));
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let c = me.counters().clone();
+                let running: Vec<&str> = me.running().iter().map(|t| t.name()).collect();
+                tracing::info!(
+                    queued = c.queued,
+                    running = c.running,
+                    finished = c.finished,
+                    failed = c.failed,
+                    skipped = c.skipped,
+                    killed = c.killed,
+                    tasks = ?running,
+                    paused = me.inner.paused.load(Ordering::Relaxed),
+                    "STATUS maintenance"
+                );
+            }
+        });
+    }
+}

@@ -1,0 +1,235 @@
+//! What each maintenance task does. `gc` is the collector itself (`crate::collect`);
+//! these are the other three, written over the store's inventory API.
+
+use std::time::{Duration, SystemTime};
+
+use registry::config::{Config, parse_duration};
+use registry::inventory::BlobHealth;
+use registry::names::Reference;
+use registry::{Digest, Store};
+use serde::Serialize;
+
+use crate::{Options, is_young};
+
+fn anchored(re: &str) -> Result<regex::Regex, String> {
+    let re = if re.is_empty() { ".*" } else { re };
+    regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())
+}
+
+/// What the retention task removed (or, in a dry run, would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct RetentionSummary {
+    pub dry_run: bool,
+    /// `repo:tag`
+    pub tags_removed: Vec<String>,
+    /// `repo@digest`
+    pub manifests_removed: Vec<String>,
+    pub tags_kept: usize,
+}
+
+/// Applies the image tag policies of `retention.images`: per matching repository, keep
+/// tags matching `keep_tags`, keep the newest `keep_last` others (by when the tag was
+/// last pushed), untag the rest; remove untagged manifests older than
+/// `untagged_older_than` (never a child of a live index or a referrer of a live
+/// subject: the collector's mark decides what is untagged). The content goes with the
+/// next gc.
+pub async fn retention(
+    store: &Store,
+    config: &Config,
+    dry_run: bool,
+) -> Result<RetentionSummary, String> {
+    let mut out = RetentionSummary {
+        dry_run,
+        ..RetentionSummary::default()
+    };
+    let repos = store.repositories_all().await.map_err(|e| e.to_string())?;
+    for policy in &config.retention.images {
+        let matches = anchored(&policy.repositories)?;
+        let keep_tags = match &policy.keep_tags {
+            Some(k) => Some(anchored(k)?),
+            None => None,
+        };
+        for repo in repos.iter().filter(|r| matches.is_match(r.as_str())) {
+            let Some(keep_last) = policy.keep_last else {
+                continue;
+            };
+            let mut tags = store.tags_with_time(repo).await.unwrap_or_default();
+            tags.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            let mut kept_newest = 0;
+            for (tag, _, _) in tags {
+                if keep_tags.as_ref().is_some_and(|k| k.is_match(tag.as_str())) {
+                    out.tags_kept += 1;
+                    continue;
+                }
+                if kept_newest < keep_last {
+                    kept_newest += 1;
+                    out.tags_kept += 1;
+                    continue;
+                }
+                if !dry_run {
+                    match store
+                        .delete_manifest(repo, &Reference::Tag(tag.clone()))
+                        .await
+                    {
+                        Ok(()) | Err(registry::Error::ManifestUnknown(_)) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                out.tags_removed.push(format!("{repo}:{tag}"));
+            }
+        }
+    }
+    // Untagged manifests: one mark per age, over the repositories its policies match.
+    for policy in &config.retention.images {
+        let Some(age) = &policy.untagged_older_than else {
+            continue;
+        };
+        let age = parse_duration(age)?;
+        let matches = anchored(&policy.repositories)?;
+        let opts = Options {
+            dry_run,
+            remove_untagged: true,
+            grace: age,
+        };
+        let now = SystemTime::now();
+        let pending = store.liveness().pending().into_iter().collect();
+        let marked = crate::mark::mark(store, &opts, &pending, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (repo, rm) in &marked.repos {
+            if !matches.is_match(repo.as_str()) {
+                continue;
+            }
+            for (d, modified) in &rm.revisions {
+                if rm.live_manifests.contains(d) || is_young(*modified, now, age) {
+                    continue;
+                }
+                if !dry_run {
+                    if !store.liveness().claim(d) {
+                        continue;
+                    }
+                    let r = store.remove_revision(repo, d).await;
+                    store.liveness().release(d);
+                    r.map_err(|e| e.to_string())?;
+                }
+                out.manifests_removed.push(format!("{repo}@{d}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the upload purge did.
+#[derive(Debug, Default, Serialize)]
+pub struct UploadsSummary {
+    pub max_age_seconds: f64,
+    /// `repo/uuid`
+    pub removed: Vec<String>,
+    pub kept: usize,
+}
+
+/// Removes upload sessions idle for longer than `uploads.max_age`.
+pub async fn purge_uploads(
+    store: &Store,
+    config: &Config,
+    dry_run: bool,
+) -> Result<UploadsSummary, String> {
+    let max_age = parse_duration(&config.uploads.max_age)?;
+    let now = SystemTime::now();
+    let mut out = UploadsSummary {
+        max_age_seconds: max_age.as_secs_f64(),
+        ..UploadsSummary::default()
+    };
+    for s in store.upload_sessions().await.map_err(|e| e.to_string())? {
+        let idle = now.duration_since(s.last_active).unwrap_or(Duration::ZERO);
+        if idle < max_age {
+            out.kept += 1;
+            continue;
+        }
+        if dry_run
+            || store
+                .purge_upload(&s.repository, &s.id)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            out.removed.push(format!("{}/{}", s.repository, s.id));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Corrupt {
+    pub digest: String,
+    pub actual: String,
+    /// Where the blob was moved; `None` when a write held it and it stayed.
+    pub quarantined_to: Option<String>,
+}
+
+/// What the scrub found.
+#[derive(Debug, Default, Serialize)]
+pub struct ScrubSummary {
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub corrupt: Vec<Corrupt>,
+    /// `repo@digest` of layer links whose blob is not in the pool.
+    pub dangling_layer_links: Vec<String>,
+    /// `repo@digest` of manifest revisions whose blob is not in the pool.
+    pub dangling_manifests: Vec<String>,
+}
+
+/// Re-hashes every pool blob; a corrupt one is moved to the quarantine folder (never
+/// deleted) so clients see it as unknown and push it again; links whose blob is missing
+/// are reported.
+pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
+    let mut out = ScrubSummary::default();
+    for blob in store.pool_blobs().await.map_err(|e| e.to_string())? {
+        let d: &Digest = &blob.digest;
+        match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
+            BlobHealth::Ok => {}
+            BlobHealth::Missing => continue,
+            BlobHealth::Corrupt { actual } => {
+                let quarantined_to = if !dry_run && store.liveness().claim_unpinned(d) {
+                    let r = store.quarantine_pool_blob(d).await;
+                    store.liveness().release(d);
+                    Some(r.map_err(|e| e.to_string())?.display().to_string())
+                } else {
+                    None
+                };
+                tracing::warn!(digest = %d, actual = %actual, quarantined = ?quarantined_to, "corrupt blob");
+                out.corrupt.push(Corrupt {
+                    digest: d.to_string(),
+                    actual: actual.to_string(),
+                    quarantined_to,
+                });
+            }
+        }
+        out.blobs_checked += 1;
+        out.bytes_checked += blob.size;
+    }
+    for repo in store.repositories_all().await.map_err(|e| e.to_string())? {
+        for (d, _) in store.layer_links(&repo).await.map_err(|e| e.to_string())? {
+            if !store
+                .pool_blob_on_disk(&d)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                out.dangling_layer_links.push(format!("{repo}@{d}"));
+            }
+        }
+        for (d, _) in store
+            .revisions_with_time(&repo)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if !store
+                .pool_blob_on_disk(&d)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                out.dangling_manifests.push(format!("{repo}@{d}"));
+            }
+        }
+    }
+    Ok(out)
+}
