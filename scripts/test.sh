@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of drydock: installs the real clients the end-to-end tests drive
-# (skopeo, podman, docker, CNCF Distribution's docker-registry), builds the binary the
-# process tests spawn, then runs the whole workspace's tests. Fails loudly when
+# (skopeo, podman, docker, CNCF Distribution's docker-registry) and systemd-analyze,
+# builds the binary the process tests spawn, then runs the whole workspace's tests. Fails loudly when
 # something cannot be installed; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 for pair in skopeo:skopeo podman:podman docker:docker.io dockerd:docker.io \
-            docker-registry:docker-registry; do
+            docker-registry:docker-registry systemd-analyze:systemd; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done

@@ -149,6 +149,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// The listener systemd passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`, fd 3),
+/// if any; `http.addr` is then not bound.
+fn activated_listener() -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !for_us || fds == 0 {
+        return Ok(None);
+    }
+    // SAFETY: systemd hands the first passed socket over as fd 3 (SD_LISTEN_FDS_START),
+    // owned by this process from now on; nothing else in the process uses fd 3.
+    let std_listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+    std_listener
+        .set_nonblocking(true)
+        .context("socket-activated listener")?;
+    Ok(Some(
+        tokio::net::TcpListener::from_std(std_listener).context("socket-activated listener")?,
+    ))
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
     let root = config.storage.filesystem.rootdirectory.clone();
@@ -163,10 +189,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             RootLock::holder_pid(&root)
         );
     };
-    let addr = config.listen_addr();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = match activated_listener()? {
+        Some(l) => l,
+        None => {
+            let addr = config.listen_addr();
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?
+        }
+    };
     let local = listener.local_addr()?;
 
     let state = registry::server::state_from_config(&config);

@@ -580,3 +580,120 @@ async fn start_writes_units_systemd_accepts_and_a_crontab_block_stop_removes_who
     ]);
     assert_eq!(std::fs::read_to_string(&crontab).unwrap(), mine);
 }
+
+#[test]
+fn deploy_units_pass_systemd_analyze_verify() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dir = tempfile::tempdir().unwrap();
+    let binary = registry_binary().canonicalize().unwrap();
+    for (src, dst) in [
+        ("registry.service", "registry.service"),
+        ("registry.socket", "registry.socket"),
+        (
+            "registry-maintenance@.service",
+            "registry-maintenance@daily.service",
+        ),
+        (
+            "registry-maintenance@.timer",
+            "registry-maintenance@daily.timer",
+        ),
+    ] {
+        let text = std::fs::read_to_string(deploy.join(src)).unwrap();
+        assert!(
+            text.contains("/usr/bin/registry")
+                || src.ends_with(".socket")
+                || src.ends_with(".timer")
+        );
+        std::fs::write(
+            dir.path().join(dst),
+            text.replace("/usr/bin/registry", &binary.display().to_string()),
+        )
+        .unwrap();
+    }
+    let service = std::fs::read_to_string(deploy.join("registry.service")).unwrap();
+    for hardening in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/drydock",
+        "NoNewPrivileges=yes",
+        "User=drydock",
+    ] {
+        assert!(
+            service.contains(hardening),
+            "registry.service lacks {hardening}"
+        );
+    }
+    let out = Command::new("systemd-analyze")
+        .current_dir(dir.path())
+        .args([
+            "verify",
+            "registry.socket",
+            "registry.service",
+            "registry-maintenance@daily.timer",
+            "registry-maintenance@daily.service",
+        ])
+        .output()
+        .expect("systemd-analyze (package systemd) must be installed");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_accepts_a_socket_activated_listener() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // http.addr names an address this machine does not have: only the passed socket
+    // can serve.
+    let cfg = config_file(dir.path(), &root, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", "203.0.113.1:1");
+    std::fs::write(&cfg, text).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    // LISTEN_PID must be the server's pid: exec through sh, which knows it as $$.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "LISTEN_PID=$$ exec {} serve {}",
+            registry_binary().display(),
+            cfg.display()
+        ),
+    ])
+    .env("LISTEN_FDS", "1")
+    .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match c.get(format!("http://{addr}/v2/")).send().await {
+            Ok(r) => break r.status(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the activated server never answered: {e}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+}

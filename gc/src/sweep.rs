@@ -121,5 +121,17 @@ pub async fn sweep(
             out.skipped_in_use += 1;
         }
     }
+
+    // Folders an interrupted deletion left without their data.
+    if !opts.dry_run {
+        for (d, modified) in store.pool_leftovers().await? {
+            if !is_young(modified, now, opts.grace) {
+                claimed(liveness, &d, || async {
+                    store.remove_pool_blob(&d).await.map(|_| ())
+                })
+                .await?;
+            }
+        }
+    }
     Ok(out)
 }

@@ -324,3 +324,43 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// Blob folders in the pool without a `data` file (what a deletion interrupted by a
+    /// crash leaves behind), with their modification time.
+    pub async fn pool_leftovers(&self) -> Result<Vec<(Digest, SystemTime)>> {
+        let root = self.driver.full(&path_for(PathSpec::BlobsRoot));
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let dirs = |p: &Path| -> Vec<std::fs::DirEntry> {
+                std::fs::read_dir(p)
+                    .map(|rd| {
+                        rd.filter_map(|e| e.ok())
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for alg in dirs(&root) {
+                for hh in dirs(&alg.path()) {
+                    for blob in dirs(&hh.path()) {
+                        if blob.path().join("data").exists() {
+                            continue;
+                        }
+                        let name = format!(
+                            "{}:{}",
+                            alg.file_name().to_string_lossy(),
+                            blob.file_name().to_string_lossy()
+                        );
+                        if let (Ok(d), Ok(m)) = (name.parse::<Digest>(), blob.metadata()) {
+                            out.push((d, m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .map_err(Error::internal)
+    }
+}
