@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of drydock: installs the real clients the end-to-end tests drive
-# (skopeo, podman, docker, CNCF Distribution's docker-registry) and systemd-analyze,
-# builds the binary the process tests spawn, then runs the whole workspace's tests. Fails loudly when
-# something cannot be installed; no test is skipped.
+# Runs every test of drydock: installs what the tests drive when it is missing (skopeo,
+# podman, docker, CNCF Distribution's docker-registry, systemd-analyze, oras-py),
+# builds the binary the process tests spawn, then runs the whole workspace's tests.
+# Fails loudly when something cannot be installed; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
          DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
            "${pkgs[@]}"; }; then
     echo "FATAL: could not install ${pkgs[*]}; the end-to-end tests need them" >&2
+    exit 1
+  fi
+fi
+
+if ! python3 -c "import oras.client" >/dev/null 2>&1; then
+  echo "== installing oras-py (the ORAS client the artifact tests drive)"
+  if ! python3 -m pip install --quiet oras; then
+    echo "FATAL: could not install oras-py from PyPI" >&2
     exit 1
   fi
 fi

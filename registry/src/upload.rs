@@ -191,29 +191,45 @@ impl Store {
             }
         };
         let before = hasher.clone();
+        // Two threads per request body: one writes (starting writeback early so the
+        // final fsync is short), one hashes; the frames are shared, not copied.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
         let wpath = path.clone();
-        let worker = tokio::task::spawn_blocking(move || -> io::Result<(Hasher, u64)> {
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
             let f = std::fs::OpenOptions::new().append(true).open(&wpath)?;
             let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
-            let mut h = hasher;
             let mut n = 0u64;
+            let mut flushed = 0u64;
             while let Some(b) = rx.blocking_recv() {
                 w.write_all(&b)?;
-                h.update(&b);
                 n += b.len() as u64;
+                if n - flushed >= WRITEBACK_EVERY {
+                    w.flush()?;
+                    start_writeback(w.get_ref(), size + flushed, n - flushed);
+                    flushed = n;
+                }
             }
             w.flush()?;
-            Ok((h, n))
+            Ok(n)
+        });
+        let hasher_task = tokio::task::spawn_blocking(move || {
+            let mut h = hasher;
+            while let Some(b) = hrx.blocking_recv() {
+                h.update(&b);
+            }
+            h
         });
         let mut body_error = None;
+        let mut sent = 0u64;
         futures::pin_mut!(body);
         while let Some(item) = body.next().await {
             match item {
                 Ok(b) if b.is_empty() => {}
                 Ok(b) => {
-                    if tx.send(b).await.is_err() {
-                        break; // the writer failed; its error is reported below
+                    sent += b.len() as u64;
+                    if htx.send(b.clone()).await.is_err() || tx.send(b).await.is_err() {
+                        break; // a worker failed; its error is reported below
                     }
                 }
                 Err(e) => {
@@ -223,7 +239,14 @@ impl Store {
             }
         }
         drop(tx);
-        match worker.await {
+        drop(htx);
+        let worker = match (writer.await, hasher_task.await) {
+            (Ok(Ok(n)), Ok(h)) if n == sent => Ok(Ok((h, n))),
+            (Ok(Ok(_)), _) => Ok(Err(io::Error::other("the hashing thread stopped early"))),
+            (Ok(Err(e)), _) => Ok(Err(e)),
+            (Err(e), _) => Err(e),
+        };
+        match worker {
             Ok(Ok((h, n))) => {
                 state.hasher = Some((size + n, h));
                 match body_error {
@@ -424,6 +447,24 @@ impl Store {
 pub(crate) async fn hash_local_file(path: PathBuf) -> Result<(u64, Digest)> {
     let (n, h) = blocking(move || hash_file(&path, Algorithm::Sha256)).await?;
     Ok((n, h.finish()))
+}
+
+/// Bytes written between two writeback kicks.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Asks the kernel to start writing a range to disk now (not wait for it), so the fsync
+/// at completion only waits for the tail.
+fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; a failure only loses the hint.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 /// fsync the data once, then rename it into the pool. If the pool has the blob already,
