@@ -30,7 +30,7 @@ const CHANNEL_FRAMES: usize = 16;
 /// Write buffer of the writer thread.
 const WRITE_BUFFER: usize = 1 << 20;
 
-/// In-memory state of live sessions, keyed by upload id.
+/// In-memory state of live sessions, keyed by repository and upload id.
 #[derive(Default)]
 pub struct Sessions {
     map: DashMap<String, Arc<Mutex<SessionState>>>,
@@ -43,12 +43,18 @@ struct SessionState {
 }
 
 impl Sessions {
-    fn get(&self, id: &str) -> Arc<Mutex<SessionState>> {
-        self.map.entry(id.to_owned()).or_default().value().clone()
+    /// Sessions are keyed by repository and id, so a request naming the id under the
+    /// wrong repository can never touch (or forget) the real session's lock.
+    fn get(&self, name: &RepoName, id: &str) -> Arc<Mutex<SessionState>> {
+        self.map
+            .entry(format!("{name}/{id}"))
+            .or_default()
+            .value()
+            .clone()
     }
 
-    fn forget(&self, id: &str) {
-        self.map.remove(id);
+    fn forget(&self, name: &RepoName, id: &str) {
+        self.map.remove(&format!("{name}/{id}"));
     }
 }
 
@@ -127,11 +133,11 @@ impl Store {
     /// How many bytes a session holds.
     pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<(String, u64)> {
         let id = parse_id(id)?;
-        let session = self.sessions.get(&id);
+        let session = self.sessions.get(name, &id);
         let _guard = session.lock().await;
         let size = self.upload_size(name, &id).await;
         if size.is_err() {
-            self.sessions.forget(&id);
+            self.sessions.forget(name, &id);
         }
         Ok((id, size?))
     }
@@ -150,12 +156,12 @@ impl Store {
         E: std::fmt::Display,
     {
         let id = parse_id(id)?;
-        let session = self.sessions.get(&id);
+        let session = self.sessions.get(name, &id);
         let mut state = session.lock().await;
         let size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
-                self.sessions.forget(&id);
+                self.sessions.forget(name, &id);
                 return Err(e);
             }
         };
@@ -290,12 +296,12 @@ impl Store {
         E: std::fmt::Display,
     {
         let id = parse_id(id)?;
-        let session = self.sessions.get(&id);
+        let session = self.sessions.get(name, &id);
         let mut state = session.lock().await;
         let mut size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
-                self.sessions.forget(&id);
+                self.sessions.forget(name, &id);
                 return Err(e);
             }
         };
@@ -325,19 +331,19 @@ impl Store {
     /// Cancels a session and removes its files.
     pub async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<()> {
         let id = parse_id(id)?;
-        let session = self.sessions.get(&id);
+        let session = self.sessions.get(name, &id);
         let _guard = session.lock().await;
         if !self.remove(PathSpec::UploadDir(name, &id)).await? {
-            self.sessions.forget(&id);
+            self.sessions.forget(name, &id);
             return Err(Error::BlobUploadUnknown);
         }
-        self.sessions.forget(&id);
+        self.sessions.forget(name, &id);
         Ok(())
     }
 
     async fn discard_upload(&self, name: &RepoName, id: &str) -> Result<()> {
         self.remove(PathSpec::UploadDir(name, id)).await?;
-        self.sessions.forget(id);
+        self.sessions.forget(name, id);
         Ok(())
     }
 
