@@ -697,3 +697,36 @@ async fn the_server_accepts_a_socket_activated_listener() {
     let _ = child.wait();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_task_applies_artifact_branch_policies_too() {
+    let s = quiet_server(|_| {}).await;
+    let c = client();
+    for tag in ["b1", "b2", "b3"] {
+        let r = c
+            .put(s.url(&format!("/artifacts/main/{tag}/job/docs/index.html")))
+            .body(format!("docs of {tag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = c
+        .put(s.url("/artifacts/main/policy"))
+        .body(r#"{"max_daily_tags": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = queue(&s).run(vec![Task::Retention], "test").await.remove(0);
+    assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+    for (tag, status) in [("b1", 404), ("b2", 404), ("b3", 200)] {
+        let got = c
+            .get(s.url(&format!("/artifacts/main/{tag}/job/docs/index.html")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), status, "{tag}: {}", r.summary);
+    }
+}

@@ -350,7 +350,14 @@ impl Maintenance {
                 serde_json::to_value(report.summary())
             }
             Task::Retention => {
-                serde_json::to_value(tasks::retention(&i.store, &i.config, dry_run).await?)
+                let r = tasks::retention(&i.store, &i.config, dry_run).await?;
+                // What retention untagged or deleted is collected by the next cycle.
+                if let Some(c) = &i.cleaner
+                    && !dry_run
+                {
+                    c.schedule();
+                }
+                serde_json::to_value(r)
             }
             Task::Uploads => {
                 serde_json::to_value(tasks::purge_uploads(&i.store, &i.config, dry_run).await?)

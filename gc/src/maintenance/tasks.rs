@@ -25,9 +25,12 @@ pub struct RetentionSummary {
     /// `repo@digest`
     pub manifests_removed: Vec<String>,
     pub tags_kept: usize,
+    /// The artifact branch policies' report.
+    pub artifacts: serde_json::Value,
 }
 
-/// Applies the image tag policies of `retention.images`: per matching repository, keep
+/// Applies the artifact branch policies (see `registry::artifacts`), then the image tag
+/// policies of `retention.images`: per matching repository, keep
 /// tags matching `keep_tags`, keep the newest `keep_last` others (by when the tag was
 /// last pushed), untag the rest; remove untagged manifests older than
 /// `untagged_older_than` (never a child of a live index or a referrer of a live
@@ -79,6 +82,11 @@ pub async fn retention(
             }
         }
     }
+    let artifacts = store
+        .apply_artifact_retention(dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.artifacts = serde_json::to_value(artifacts).map_err(|e| e.to_string())?;
     // Untagged manifests: one mark per age, over the repositories its policies match.
     for policy in &config.retention.images {
         let Some(age) = &policy.untagged_older_than else {
