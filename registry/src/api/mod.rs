@@ -196,19 +196,18 @@ fn method_not_allowed() -> Response {
 
 /// Logs every request (method, path, status, duration) and adds the API version header.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
     let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let logged = state
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     for (k, v) in state.extra_headers.iter() {
         h.append(k.clone(), v.clone());
     }
-    if state.access_log {
+    if let Some((method, path)) = logged {
         tracing::info!(
             target: "drydock::access",
             %method,
