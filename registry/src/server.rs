@@ -67,6 +67,12 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(());
     };
+    // Without TCP_NODELAY a streamed body waits behind its headers for the client's
+    // delayed ACK (40 ms per small blob GET on one connection).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

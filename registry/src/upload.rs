@@ -102,14 +102,16 @@ impl Store {
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(Error::internal)?;
+        // Session files need no fsync: a session lost in a crash is restarted by its
+        // client; what is durable is the blob at completion.
         self.driver
-            .put_content(
+            .put_content_unsynced(
                 &path_for(PathSpec::UploadStartedAt(name, &id)),
                 now.into_bytes(),
             )
             .await?;
         self.driver
-            .put_content(&path_for(PathSpec::UploadData(name, &id)), Vec::new())
+            .put_content_unsynced(&path_for(PathSpec::UploadData(name, &id)), Vec::new())
             .await?;
         Ok(id)
     }

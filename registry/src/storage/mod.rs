@@ -97,6 +97,18 @@ impl FsDriver {
         blocking(move || put_atomic(&p, &data)).await
     }
 
+    /// Writes a new file without fsync (upload session files: losing one in a crash
+    /// only makes the client start its upload again).
+    pub async fn put_content_unsynced(&self, path: &str, data: Vec<u8>) -> Result<()> {
+        let p = self.full(path);
+        blocking(move || {
+            let dir = p.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+            std::fs::write(&p, data).map_err(|e| StorageError::io(&p, e))
+        })
+        .await
+    }
+
     /// Opens a file for reading at `offset`; returns it with the file's size.
     pub async fn reader(&self, path: &str, offset: u64) -> Result<(tokio::fs::File, u64)> {
         use tokio::io::AsyncSeekExt;
