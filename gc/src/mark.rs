@@ -48,10 +48,13 @@ impl DigestSet {
 /// What one repository holds and which of it is live.
 #[derive(Debug, Default)]
 pub struct RepoMark {
-    /// Every revision with its link's mtime.
-    pub revisions: Vec<(Digest, SystemTime)>,
-    /// Every layer link with its mtime.
-    pub layer_links: Vec<(Digest, SystemTime)>,
+    /// Every manifest revision.
+    pub revisions: Vec<Digest>,
+    /// Revisions no root reaches and older than the grace period, with the time of
+    /// their link: what untagged removal takes (empty when untagged ones are kept).
+    pub unreached: Vec<(Digest, SystemTime)>,
+    /// Every layer link.
+    pub layer_links: Vec<Digest>,
     /// Manifests reached from a root.
     pub live_manifests: DigestSet,
     /// Blobs the live manifests reference (their layer links stay).
@@ -100,27 +103,63 @@ async fn mark_repo(
     repo: &RepoName,
     blobs: &mut DigestSet,
 ) -> Result<RepoMark, GcError> {
+    // Names only: times are read for the few candidates, not for every entry.
     let mut rm = RepoMark {
-        revisions: store.revisions_with_time(repo).await?,
-        layer_links: store.layer_links(repo).await?,
+        revisions: store.revision_digests(repo).await?,
+        layer_links: store.layer_link_digests(repo).await?,
         ..RepoMark::default()
     };
-    let revision_set: HashSet<&Digest> = rm.revisions.iter().map(|(d, _)| d).collect();
-    let mut stack: Vec<Digest> = Vec::new();
-    if opts.remove_untagged {
-        for tag in store.tags(repo).await.unwrap_or_default() {
-            if let Some(d) = store.resolve_tag(repo, &tag).await? {
-                stack.push(d);
-            }
-        }
-        for (d, modified) in &rm.revisions {
-            if is_young(*modified, now, opts.grace) || pending.contains(d) {
-                stack.push(d.clone());
-            }
-        }
-    } else {
-        stack.extend(rm.revisions.iter().map(|(d, _)| d.clone()));
+    let revision_set: HashSet<Digest> = rm.revisions.iter().cloned().collect();
+    if !opts.remove_untagged {
+        let roots = rm.revisions.clone();
+        traverse(store, repo, &revision_set, roots, &mut rm, blobs).await?;
+        return Ok(rm);
     }
+    let mut roots = Vec::new();
+    for tag in store.tags(repo).await.unwrap_or_default() {
+        if let Some(d) = store.resolve_tag(repo, &tag).await? {
+            roots.push(d);
+        }
+    }
+    roots.extend(
+        rm.revisions
+            .iter()
+            .filter(|d| pending.contains(*d))
+            .cloned(),
+    );
+    traverse(store, repo, &revision_set, roots, &mut rm, blobs).await?;
+    // Unreached revisions newer than the grace period are roots too.
+    let mut times = Vec::new();
+    let mut young = Vec::new();
+    for d in rm.revisions.clone() {
+        if rm.live_manifests.contains(&d) {
+            continue;
+        }
+        let t = store.revision_time(repo, &d).await;
+        if is_young(t, now, opts.grace) {
+            young.push(d);
+        } else {
+            times.push((d, t));
+        }
+    }
+    traverse(store, repo, &revision_set, young, &mut rm, blobs).await?;
+    rm.unreached = times
+        .into_iter()
+        .filter(|(d, _)| !rm.live_manifests.contains(d))
+        .collect();
+    Ok(rm)
+}
+
+/// Marks everything reachable from `stack`: manifests, their blobs, index children,
+/// subjects and referrers.
+async fn traverse(
+    store: &Store,
+    repo: &RepoName,
+    revision_set: &HashSet<Digest>,
+    mut stack: Vec<Digest>,
+    rm: &mut RepoMark,
+    blobs: &mut DigestSet,
+) -> Result<(), GcError> {
     while let Some(d) = stack.pop() {
         if !rm.live_manifests.insert(&d) {
             continue;
@@ -153,5 +192,5 @@ async fn mark_repo(
             }
         }
     }
-    Ok(rm)
+    Ok(())
 }

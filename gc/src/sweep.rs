@@ -65,14 +65,12 @@ pub async fn sweep(
     now: SystemTime,
 ) -> Result<Swept, GcError> {
     let mut out = Swept::default();
-    let protected = |d: &Digest, modified: SystemTime| {
-        is_young(modified, now, opts.grace) || pending.contains(d)
-    };
+    let young = |t: SystemTime| is_young(t, now, opts.grace);
 
     if opts.remove_untagged {
         for (repo, rm) in &marked.repos {
-            for (d, modified) in &rm.revisions {
-                if rm.live_manifests.contains(d) || protected(d, *modified) {
+            for (d, _) in &rm.unreached {
+                if pending.contains(d) {
                     continue;
                 }
                 let ran =
@@ -87,8 +85,11 @@ pub async fn sweep(
     }
 
     for (repo, rm) in &marked.repos {
-        for (d, modified) in &rm.layer_links {
-            if rm.needed_layers.contains(d) || protected(d, *modified) {
+        for d in &rm.layer_links {
+            if rm.needed_layers.contains(d) || pending.contains(d) {
+                continue;
+            }
+            if young(store.layer_link_time(repo, d).await) {
                 continue;
             }
             let ran = opts.dry_run
@@ -104,33 +105,35 @@ pub async fn sweep(
         }
     }
 
-    for blob in store.pool_blobs().await? {
-        let d = &blob.digest;
-        if marked.blobs.contains(d) || protected(d, blob.modified) {
+    // One pass over the pool's names; only the unmarked are stat-ed.
+    for d in store.pool_digests().await? {
+        if marked.blobs.contains(&d) || pending.contains(&d) {
             continue;
         }
-        let ran = opts.dry_run
-            || claimed(liveness, d, || async {
-                store.remove_pool_blob(d).await.map(|_| ())
-            })
-            .await?;
-        if ran {
-            out.blobs.push(d.to_string());
-            out.bytes_freed += blob.size;
-        } else {
-            out.skipped_in_use += 1;
+        let (size, modified) = store.pool_blob_meta(&d).await?;
+        if young(modified) {
+            continue;
         }
-    }
-
-    // Folders an interrupted deletion left without their data.
-    if !opts.dry_run {
-        for (d, modified) in store.pool_leftovers().await? {
-            if !is_young(modified, now, opts.grace) {
+        let Some(size) = size else {
+            // A folder a deletion cut short left without its data: tidy it.
+            if !opts.dry_run {
                 claimed(liveness, &d, || async {
                     store.remove_pool_blob(&d).await.map(|_| ())
                 })
                 .await?;
             }
+            continue;
+        };
+        let ran = opts.dry_run
+            || claimed(liveness, &d, || async {
+                store.remove_pool_blob(&d).await.map(|_| ())
+            })
+            .await?;
+        if ran {
+            out.blobs.push(d.to_string());
+            out.bytes_freed += size;
+        } else {
+            out.skipped_in_use += 1;
         }
     }
     Ok(out)

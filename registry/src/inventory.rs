@@ -21,6 +21,96 @@ fn digest_of_rel(rel: &str) -> Option<Digest> {
     format!("{alg}:{hex}").parse().ok()
 }
 
+/// `<alg>/<hex>` (or `<alg>/<hh>/<hex>` with `skip_middle`) as a digest.
+fn digest_of_dirs(rel: &str, skip_middle: bool) -> Option<Digest> {
+    let mut parts = rel.split('/');
+    let alg = parts.next()?;
+    if skip_middle {
+        parts.next()?;
+    }
+    let hex = parts.next()?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+impl Store {
+    /// Digests of every pool blob folder, from directory entries alone (the collector
+    /// stats only the candidates it is about to remove).
+    pub async fn pool_digests(&self) -> Result<Vec<Digest>> {
+        let dirs = self
+            .driver
+            .walk_dirs(&path_for(PathSpec::BlobsRoot), 3)
+            .await?;
+        Ok(dirs
+            .iter()
+            .filter_map(|r| digest_of_dirs(r, true))
+            .collect())
+    }
+
+    /// Size and modification time of a pool blob's data; `None` when the folder has no
+    /// data (a deletion cut short) — then the folder's own time.
+    pub async fn pool_blob_meta(&self, digest: &Digest) -> Result<(Option<u64>, SystemTime)> {
+        match self
+            .driver
+            .stat(&path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(i) => Ok((Some(i.size), i.modified)),
+            Err(e) if e.is_not_found() => {
+                let t = self
+                    .driver
+                    .stat(&path_for(PathSpec::BlobDir(digest)))
+                    .await
+                    .map(|i| i.modified)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Ok((None, t))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Digests of `name`'s manifest revisions, from directory entries alone.
+    pub async fn revision_digests(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        let dirs = self
+            .driver
+            .walk_dirs(&path_for(PathSpec::ManifestRevisionsDir(name)), 2)
+            .await?;
+        Ok(dirs
+            .iter()
+            .filter_map(|r| digest_of_dirs(r, false))
+            .collect())
+    }
+
+    /// Digests of `name`'s layer links, from directory entries alone.
+    pub async fn layer_link_digests(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        let dirs = self
+            .driver
+            .walk_dirs(&path_for(PathSpec::LayersDir(name)), 2)
+            .await?;
+        Ok(dirs
+            .iter()
+            .filter_map(|r| digest_of_dirs(r, false))
+            .collect())
+    }
+
+    /// Modification time of a revision link (the epoch when it is gone).
+    pub async fn revision_time(&self, name: &RepoName, digest: &Digest) -> SystemTime {
+        self.driver
+            .stat(&path_for(PathSpec::ManifestRevisionLink(name, digest)))
+            .await
+            .map(|i| i.modified)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// Modification time of a layer link (the epoch when it is gone).
+    pub async fn layer_link_time(&self, name: &RepoName, digest: &Digest) -> SystemTime {
+        self.driver
+            .stat(&path_for(PathSpec::LayerLink(name, digest)))
+            .await
+            .map(|i| i.modified)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// A pool blob: digest, size and modification time.
 #[derive(Debug, Clone)]
 pub struct PoolBlob {
@@ -322,45 +412,5 @@ impl Store {
             }
         }
         Ok(out)
-    }
-}
-
-impl Store {
-    /// Blob folders in the pool without a `data` file (what a deletion interrupted by a
-    /// crash leaves behind), with their modification time.
-    pub async fn pool_leftovers(&self) -> Result<Vec<(Digest, SystemTime)>> {
-        let root = self.driver.full(&path_for(PathSpec::BlobsRoot));
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let dirs = |p: &Path| -> Vec<std::fs::DirEntry> {
-                std::fs::read_dir(p)
-                    .map(|rd| {
-                        rd.filter_map(|e| e.ok())
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for alg in dirs(&root) {
-                for hh in dirs(&alg.path()) {
-                    for blob in dirs(&hh.path()) {
-                        if blob.path().join("data").exists() {
-                            continue;
-                        }
-                        let name = format!(
-                            "{}:{}",
-                            alg.file_name().to_string_lossy(),
-                            blob.file_name().to_string_lossy()
-                        );
-                        if let (Ok(d), Ok(m)) = (name.parse::<Digest>(), blob.metadata()) {
-                            out.push((d, m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-                        }
-                    }
-                }
-            }
-            out
-        })
-        .await
-        .map_err(Error::internal)
     }
 }

@@ -9,7 +9,7 @@ use registry::names::Reference;
 use registry::{Digest, Store};
 use serde::Serialize;
 
-use crate::{Options, is_young};
+use crate::Options;
 
 fn anchored(re: &str) -> Result<regex::Regex, String> {
     let re = if re.is_empty() { ".*" } else { re };
@@ -108,8 +108,9 @@ pub async fn retention(
             if !matches.is_match(repo.as_str()) {
                 continue;
             }
-            for (d, modified) in &rm.revisions {
-                if rm.live_manifests.contains(d) || is_young(*modified, now, age) {
+            // Unreached and older than `age` (the mark's grace here).
+            for (d, _) in &rm.unreached {
+                if pending.contains(d) {
                     continue;
                 }
                 if !dry_run {

@@ -206,6 +206,18 @@ impl FsDriver {
         .await
     }
 
+    /// The relative paths of the folders exactly `depth` levels below `path`, from the
+    /// directory entries alone (no stat per entry). A missing `path` yields nothing.
+    pub async fn walk_dirs(&self, path: &str, depth: usize) -> Result<Vec<String>> {
+        let p = self.full(path);
+        blocking(move || {
+            let mut out = Vec::new();
+            walk_dirs_sync(&p, "", depth, &mut out)?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Creates a folder and its parents.
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let p = self.full(path);
@@ -386,6 +398,34 @@ fn walk_sync(
                     is_dir: false,
                 },
             ));
+        }
+    }
+    Ok(())
+}
+
+fn walk_dirs_sync(dir: &Path, rel: &str, depth: usize, out: &mut Vec<String>) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io(dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let child = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if depth <= 1 {
+            out.push(child);
+        } else {
+            walk_dirs_sync(&entry.path(), &child, depth - 1, out)?;
         }
     }
     Ok(())
