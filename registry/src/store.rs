@@ -74,6 +74,18 @@ impl Store {
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.
     pub(crate) async fn read_link(&self, spec: PathSpec<'_>) -> Result<Option<Digest>> {
         let path = path_for(spec);
+        // Tag, revision and layer links are what every pull and push asks; the cache
+        // answers them (writes and removals of these links invalidate, see `remove`).
+        let cacheable = matches!(
+            spec,
+            PathSpec::TagCurrentLink(..)
+                | PathSpec::ManifestRevisionLink(..)
+                | PathSpec::LayerLink(..)
+        );
+        if cacheable && let Some(d) = self.cache.link(&path) {
+            return Ok(Some(d));
+        }
+        let generation = self.cache.generation();
         match self.driver.get_content(&path).await {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -81,6 +93,9 @@ impl Store {
                     .trim()
                     .parse::<Digest>()
                     .map_err(|e| Error::Internal(format!("corrupt link file {path}: {}", e.0)))?;
+                if cacheable {
+                    self.cache.fill_link(&path, &d, generation);
+                }
                 Ok(Some(d))
             }
             Err(e) if e.is_not_found() => Ok(None),
