@@ -79,11 +79,6 @@ impl Digest {
             Algorithm::Sha512 => None,
         }
     }
-
-    /// The 32 or 64 raw bytes, for compact sets (the GC mark set).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        hex::decode(&self.hex).unwrap_or_default()
-    }
 }
 
 impl FromStr for Digest {
@@ -185,7 +180,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(d, Digest::sha256(b""));
-        assert_eq!(d.to_bytes().len(), 32);
+        assert_eq!(d.sha256_bytes().map(|b| b.len()), Some(32));
         for bad in [
             "sha256",
             "sha256:",

@@ -219,20 +219,6 @@ impl Store {
         Ok(names.iter().filter_map(|n| Tag::parse(n).ok()).collect())
     }
 
-    /// Every manifest revision of `name`.
-    pub async fn manifest_revisions(&self, name: &RepoName) -> Result<Vec<Digest>> {
-        let mut out = Vec::new();
-        for alg in self.list(PathSpec::ManifestRevisionsDir(name)).await? {
-            let dir = format!("{}/{alg}", path_for(PathSpec::ManifestRevisionsDir(name)));
-            for hex in self.driver.list(&dir).await.unwrap_or_default() {
-                if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Manifests in `name` whose `subject` is `subject`, as descriptors; filtered by
     /// `artifact_type` when given. Answered from the `_referrers` index, not a scan.
     pub async fn referrers(

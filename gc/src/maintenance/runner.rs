@@ -79,6 +79,21 @@ impl Maintenance {
     /// A run queue over `store`. With a `cleaner` (in the server) the gc task runs
     /// through it, so it never overlaps the online collector.
     pub fn new(store: Store, config: Config, cleaner: Option<Cleaner>) -> Maintenance {
+        Maintenance::build(store, config, cleaner, Arc::new(load_average))
+    }
+
+    /// The same queue reading the load average from `probe` instead of `/proc/loadavg`.
+    pub fn with_load_probe(self, probe: LoadProbe) -> Maintenance {
+        let i = &self.inner;
+        Maintenance::build(i.store.clone(), i.config.clone(), i.cleaner.clone(), probe)
+    }
+
+    fn build(
+        store: Store,
+        config: Config,
+        cleaner: Option<Cleaner>,
+        load: LoadProbe,
+    ) -> Maintenance {
         let root = config.storage.filesystem.rootdirectory.clone();
         let max = config.maintenance.max_parallel.max(1);
         Maintenance {
@@ -93,27 +108,7 @@ impl Maintenance {
                 counters: Mutex::new(Counters::default()),
                 paused: std::sync::atomic::AtomicBool::new(false),
                 deletes_since_gc: AtomicU64::new(0),
-                load: Arc::new(load_average),
-            }),
-        }
-    }
-
-    /// The same queue reading the load average from `probe` instead of `/proc/loadavg`.
-    pub fn with_load_probe(self, probe: LoadProbe) -> Maintenance {
-        let i = &self.inner;
-        Maintenance {
-            inner: Arc::new(Inner {
-                store: i.store.clone(),
-                config: i.config.clone(),
-                root: i.root.clone(),
-                cleaner: i.cleaner.clone(),
-                running: Mutex::new(BTreeSet::new()),
-                slots: Semaphore::new(i.config.maintenance.max_parallel.max(1)),
-                intensive: Semaphore::new(1),
-                counters: Mutex::new(Counters::default()),
-                paused: std::sync::atomic::AtomicBool::new(false),
-                deletes_since_gc: AtomicU64::new(0),
-                load: probe,
+                load,
             }),
         }
     }

@@ -109,26 +109,6 @@ impl FsDriver {
         .await
     }
 
-    /// Opens a file for reading at `offset`; returns it with the file's size.
-    pub async fn reader(&self, path: &str, offset: u64) -> Result<(tokio::fs::File, u64)> {
-        use tokio::io::AsyncSeekExt;
-        let p = self.full(path);
-        let mut f = tokio::fs::File::open(&p)
-            .await
-            .map_err(|e| StorageError::io(&p, e))?;
-        let size = f
-            .metadata()
-            .await
-            .map_err(|e| StorageError::io(&p, e))?
-            .len();
-        if offset > 0 {
-            f.seek(io::SeekFrom::Start(offset))
-                .await
-                .map_err(|e| StorageError::io(&p, e))?;
-        }
-        Ok((f, size))
-    }
-
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
         let p = self.full(path);
         let m = tokio::fs::metadata(&p)
@@ -216,14 +196,6 @@ impl FsDriver {
             Ok(out)
         })
         .await
-    }
-
-    /// Creates a folder and its parents.
-    pub async fn mkdir(&self, path: &str) -> Result<()> {
-        let p = self.full(path);
-        tokio::fs::create_dir_all(&p)
-            .await
-            .map_err(|e| StorageError::io(&p, e))
     }
 }
 
@@ -484,6 +456,6 @@ mod tests {
         assert!(!d.exists("c").await.unwrap());
         d.delete("a").await.unwrap();
         assert_eq!(d.list("").await.unwrap(), Vec::<String>::new());
-        assert!(d.reader("missing", 0).await.unwrap_err().is_not_found());
+        assert!(d.open_mapped("missing").await.unwrap_err().is_not_found());
     }
 }
