@@ -1,6 +1,7 @@
 //! The `registry` binary: CLI, configuration loading, logging, signals, and the wiring of
 //! the registry API, the online collector and the admin API into one server.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -281,11 +282,15 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
             serde_json::from_slice::<gc::Report>(&body).context("the server's report")?
         }
     };
+    // Written as it goes: a large report is never one string in memory.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
     } else {
-        print!("{}", report.to_text(args.quiet));
+        report.write_text(&mut out, args.quiet)?;
     }
+    out.flush()?;
     Ok(())
 }
 

@@ -641,10 +641,11 @@ async fn run_gc(s: &TestServer) -> BTreeSet<String> {
             dry_run: false,
             remove_untagged: false,
             grace: Duration::ZERO,
+            ..gc::Options::default()
         })
         .await
         .unwrap();
-    report.removed.blobs.into_iter().collect()
+    report.removed.blobs.iter().collect()
 }
 
 fn set(v: &[&str]) -> BTreeSet<String> {

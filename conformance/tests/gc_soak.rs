@@ -205,6 +205,7 @@ async fn pushes_never_fail_while_the_collector_runs_back_to_back() {
                 dry_run: false,
                 remove_untagged: true,
                 grace: Duration::ZERO,
+                ..gc::Options::default()
             };
             while !stop.load(Ordering::Relaxed) {
                 let r = cleaner.run_now(&opts).await.expect("cycle");
@@ -239,6 +240,7 @@ async fn pushes_never_fail_while_the_collector_runs_back_to_back() {
         dry_run: false,
         remove_untagged: true,
         grace: Duration::ZERO,
+        ..gc::Options::default()
     };
     s.cleaner.run_now(&opts).await.unwrap();
     let c = client();

@@ -10,15 +10,18 @@
 
 pub mod admin;
 pub mod cleaner;
+pub mod items;
 pub mod lock;
 pub mod maintenance;
 pub mod mark;
 pub mod online;
+mod par;
 pub mod report;
 pub mod sweep;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use registry::liveness::Liveness;
@@ -36,6 +39,13 @@ pub struct Options {
     /// Nothing whose file is newer than this is removed.
     #[serde(with = "secs")]
     pub grace: Duration,
+    /// Worker threads of the walk and the removals.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+fn default_workers() -> usize {
+    32
 }
 
 impl Default for Options {
@@ -44,6 +54,7 @@ impl Default for Options {
             dry_run: false,
             remove_untagged: false,
             grace: Duration::from_secs(3600),
+            workers: default_workers(),
         }
     }
 }
@@ -69,6 +80,8 @@ pub enum GcError {
     Registry(#[from] registry::Error),
     #[error("{0}")]
     Other(String),
+    #[error("the collection was cancelled")]
+    Cancelled,
 }
 
 /// Whether a file modified at `modified` is still inside the grace period at `now`.
@@ -81,6 +94,10 @@ pub(crate) fn is_young(modified: SystemTime, now: SystemTime, grace: Duration) -
 
 /// Runs one full cycle. `liveness` is the server's coordination with its writers (none
 /// for the offline command, where only the grace period protects recent content).
+///
+/// The walk and the removals run on blocking threads. When this future is dropped (a
+/// maintenance time limit), they stop at the next item, and the cycle's journal stays
+/// open until they have: a dropped sweep is as safe as a killed one.
 #[tracing::instrument(skip_all, fields(dry_run = opts.dry_run, remove_untagged = opts.remove_untagged))]
 pub async fn collect(
     store: &Store,
@@ -89,30 +106,45 @@ pub async fn collect(
 ) -> Result<Report, GcError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
-    // Ends the journal even when the cycle is cancelled (a maintenance time limit drops
-    // this future); a dropped sweep is as safe as a killed one.
-    struct CycleGuard<'a>(Option<&'a Arc<Liveness>>);
-    impl Drop for CycleGuard<'_> {
+    /// Ends the journal when the cycle's work is over, however it ends.
+    struct CycleGuard(Option<Arc<Liveness>>);
+    impl Drop for CycleGuard {
         fn drop(&mut self) {
-            if let Some(l) = self.0 {
+            if let Some(l) = &self.0 {
                 l.end_cycle();
             }
+        }
+    }
+    /// Asks the blocking work to stop when the future is dropped.
+    struct CancelOnDrop(Arc<AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
         }
     }
     if let Some(l) = liveness {
         l.begin_cycle();
     }
-    let guard = CycleGuard(liveness);
-    let result = async {
+    let guard = CycleGuard(liveness.cloned());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let artifact_roots = mark::artifact_roots(store).await?;
+    let inv = store.inventory();
+    let opts_owned = opts.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        let opts = &opts_owned;
+        let liveness = _guard.0.as_ref();
         let pending: HashSet<Digest> = liveness
             .map(|l| l.pending())
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let marked = mark::mark(store, opts, &pending, started).await?;
+        let marked = mark::mark_blocking(&inv, opts, &pending, started, artifact_roots, &cancel)?;
         let mark_time = t0.elapsed();
         let t1 = Instant::now();
-        let swept = sweep::sweep(store, &marked, opts, &pending, liveness, started).await?;
+        let swept =
+            sweep::sweep_blocking(&inv, &marked, opts, &pending, liveness, started, &cancel)?;
         Ok::<_, GcError>(Report::new(
             opts,
             started,
@@ -121,9 +153,9 @@ pub async fn collect(
             mark_time,
             t1.elapsed(),
         ))
-    }
-    .await;
-    drop(guard);
+    })
+    .await
+    .map_err(|e| GcError::Other(e.to_string()))?;
     let report = result?;
     tracing::info!(
         repositories = report.repositories,

@@ -6,13 +6,16 @@
 //! generic-artifact link is a root too: the blob it names stays.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
+use registry::inventory::Inventory;
 use registry::manifest;
 use registry::names::RepoName;
 use registry::{Digest, Store};
 
-use crate::{GcError, Options, is_young};
+use crate::{GcError, Options, is_young, par};
 
 /// A set of digests holding raw bytes (32 per sha256 digest).
 #[derive(Default, Debug)]
@@ -43,154 +46,294 @@ impl DigestSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether the sha256 digest whose hex is `hex` is in the set, without making a
+    /// [`Digest`] of it (the sweep asks this for every blob in the pool).
+    pub fn contains_sha256_hex(&self, hex: &str) -> Option<bool> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(hex, &mut b).ok()?;
+        Some(self.sha256.contains(&b))
+    }
 }
 
-/// What one repository holds and which of it is live.
+impl<'a> FromIterator<&'a Digest> for DigestSet {
+    fn from_iter<I: IntoIterator<Item = &'a Digest>>(iter: I) -> Self {
+        let mut s = DigestSet::default();
+        for d in iter {
+            s.insert(d);
+        }
+        s
+    }
+}
+
+/// A large set of digests, built by appending and then sealed: a sorted array of raw
+/// digests (32 bytes each, no hash-table overhead, growth by `mremap` without copying),
+/// searched by bisection. The pool's mark set is this.
+#[derive(Default, Debug)]
+pub struct SortedDigests {
+    sha256: Vec<[u8; 32]>,
+    other: Vec<Digest>,
+}
+
+impl SortedDigests {
+    pub fn push(&mut self, d: &Digest) {
+        match d.sha256_bytes() {
+            Some(b) => self.sha256.push(b),
+            None => self.other.push(d.clone()),
+        }
+    }
+
+    pub fn extend_set(&mut self, s: &DigestSet) {
+        self.sha256.extend(s.sha256.iter());
+        self.other.extend(s.other.iter().cloned());
+    }
+
+    /// Sorts and removes duplicates; call once, after the last push.
+    pub fn seal(&mut self) {
+        self.sha256.sort_unstable();
+        self.sha256.dedup();
+        self.sha256.shrink_to_fit();
+        self.other.sort();
+        self.other.dedup();
+    }
+
+    pub fn contains(&self, d: &Digest) -> bool {
+        match d.sha256_bytes() {
+            Some(b) => self.sha256.binary_search(&b).is_ok(),
+            None => self.other.binary_search(d).is_ok(),
+        }
+    }
+
+    /// Whether the sha256 digest whose hex is `hex` is in the set, without making a
+    /// [`Digest`] of it (the sweep asks this for every blob in the pool).
+    pub fn contains_sha256_hex(&self, hex: &str) -> Option<bool> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(hex, &mut b).ok()?;
+        Some(self.sha256.binary_search(&b).is_ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sha256.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The digests, sha256 ones first, each in order.
+    pub fn iter(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.sha256
+            .iter()
+            .map(Digest::sha256_from_bytes)
+            .chain(self.other.iter().cloned())
+    }
+}
+
+/// What the mark found in one repository, and what its sweep may take.
 #[derive(Debug, Default)]
 pub struct RepoMark {
-    /// Every manifest revision.
-    pub revisions: Vec<Digest>,
+    /// How many manifest revisions the repository has.
+    pub revisions: usize,
+    /// Manifests reached from a root.
+    pub live_manifests: usize,
     /// Revisions no root reaches and older than the grace period, with the time of
     /// their link: what untagged removal takes (empty when untagged ones are kept).
     pub unreached: Vec<(Digest, SystemTime)>,
-    /// Every layer link.
-    pub layer_links: Vec<Digest>,
-    /// Manifests reached from a root.
-    pub live_manifests: DigestSet,
-    /// Blobs the live manifests reference (their layer links stay).
-    pub needed_layers: DigestSet,
+    /// Layer links no live manifest of the repository needs (and not pending): what the
+    /// sweep takes, subject to the grace period and claims. Links written after the
+    /// mark are never among them.
+    pub unneeded_links: SortedDigests,
 }
 
 /// The result of the mark phase.
 #[derive(Debug, Default)]
 pub struct Marked {
     /// Pool digests that stay.
-    pub blobs: DigestSet,
+    pub blobs: SortedDigests,
     pub repos: Vec<(RepoName, RepoMark)>,
     pub manifests_marked: usize,
     /// Artifact links seen (each one a root).
     pub artifact_links: usize,
 }
 
-/// Runs the mark phase.
+/// Runs the mark phase (on the blocking pool; see [`mark_blocking`]).
 pub async fn mark(
     store: &Store,
     opts: &Options,
     pending: &HashSet<Digest>,
     now: SystemTime,
 ) -> Result<Marked, GcError> {
+    let artifact_roots = artifact_roots(store).await?;
+    let inv = store.inventory();
+    let (opts, pending) = (opts.clone(), pending.clone());
+    tokio::task::spawn_blocking(move || {
+        let never = AtomicBool::new(false);
+        mark_blocking(&inv, &opts, &pending, now, artifact_roots, &never)
+    })
+    .await
+    .map_err(|e| GcError::Other(e.to_string()))?
+}
+
+/// The digests generic-artifact links name: roots of every mark.
+pub(crate) async fn artifact_roots(store: &Store) -> Result<Vec<Digest>, GcError> {
+    Ok(store
+        .artifact_links()
+        .await?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect())
+}
+
+/// The mark phase on the calling (blocking) thread, repositories spread over a few
+/// worker threads.
+pub fn mark_blocking(
+    inv: &Inventory,
+    opts: &Options,
+    pending: &HashSet<Digest>,
+    now: SystemTime,
+    artifact_roots: Vec<Digest>,
+    cancel: &AtomicBool,
+) -> Result<Marked, GcError> {
     let mut marked = Marked::default();
-    for d in pending {
-        marked.blobs.insert(d);
+    for d in pending.iter().chain(&artifact_roots) {
+        marked.blobs.push(d);
     }
-    for (d, _) in store.artifact_links().await? {
-        marked.blobs.insert(&d);
-        marked.artifact_links += 1;
-    }
-    for repo in store.repositories_all().await? {
-        let rm = mark_repo(store, opts, pending, now, &repo, &mut marked.blobs).await?;
-        marked.manifests_marked += rm.live_manifests.len();
+    marked.artifact_links = artifact_roots.len();
+    drop(artifact_roots);
+    let blobs = Mutex::new(std::mem::take(&mut marked.blobs));
+    let repos = inv.repositories()?;
+    let marks = par::map(&repos, opts.workers, cancel, |repo| {
+        mark_repo(inv, opts, pending, now, repo, &blobs)
+    })?;
+    marked.blobs = blobs.into_inner().unwrap_or_else(|p| p.into_inner());
+    marked.blobs.seal();
+    for (repo, rm) in repos.into_iter().zip(marks) {
+        marked.manifests_marked += rm.live_manifests;
         marked.repos.push((repo, rm));
     }
     Ok(marked)
 }
 
-async fn mark_repo(
-    store: &Store,
+fn mark_repo(
+    inv: &Inventory,
     opts: &Options,
     pending: &HashSet<Digest>,
     now: SystemTime,
     repo: &RepoName,
-    blobs: &mut DigestSet,
+    blobs: &Mutex<SortedDigests>,
 ) -> Result<RepoMark, GcError> {
-    // Names only: times are read for the few candidates, not for every entry.
+    let revisions = inv.revisions(repo)?;
+    let mut walk = Walk {
+        inv,
+        repo,
+        revision_set: revisions.iter().collect(),
+        subjects: inv.referrer_subjects(repo)?.iter().collect(),
+        live: DigestSet::default(),
+        needed_layers: DigestSet::default(),
+    };
     let mut rm = RepoMark {
-        revisions: store.revision_digests(repo).await?,
-        layer_links: store.layer_link_digests(repo).await?,
+        revisions: revisions.len(),
         ..RepoMark::default()
     };
-    let revision_set: HashSet<Digest> = rm.revisions.iter().cloned().collect();
     if !opts.remove_untagged {
-        let roots = rm.revisions.clone();
-        traverse(store, repo, &revision_set, roots, &mut rm, blobs).await?;
-        return Ok(rm);
+        walk.traverse(revisions)?;
+        return walk.finish(rm, pending, blobs);
     }
-    let mut roots = Vec::new();
-    for tag in store.tags(repo).await.unwrap_or_default() {
-        if let Some(d) = store.resolve_tag(repo, &tag).await? {
-            roots.push(d);
-        }
-    }
-    roots.extend(
-        rm.revisions
-            .iter()
-            .filter(|d| pending.contains(*d))
-            .cloned(),
-    );
-    traverse(store, repo, &revision_set, roots, &mut rm, blobs).await?;
+    let mut roots: Vec<Digest> = inv.tags(repo)?.into_iter().filter_map(|(_, d)| d).collect();
+    roots.extend(revisions.iter().filter(|d| pending.contains(*d)).cloned());
+    walk.traverse(roots)?;
     // Unreached revisions newer than the grace period are roots too.
-    let mut times = Vec::new();
+    let mut old = Vec::new();
     let mut young = Vec::new();
-    for d in rm.revisions.clone() {
-        if rm.live_manifests.contains(&d) {
+    for d in revisions {
+        if walk.live.contains(&d) {
             continue;
         }
-        let t = store.revision_time(repo, &d).await;
+        let t = inv.revision_time(repo, &d);
         if is_young(t, now, opts.grace) {
             young.push(d);
         } else {
-            times.push((d, t));
+            old.push((d, t));
         }
     }
-    traverse(store, repo, &revision_set, young, &mut rm, blobs).await?;
-    rm.unreached = times
+    walk.traverse(young)?;
+    rm.unreached = old
         .into_iter()
-        .filter(|(d, _)| !rm.live_manifests.contains(d))
+        .filter(|(d, _)| !walk.live.contains(d))
         .collect();
-    Ok(rm)
+    walk.finish(rm, pending, blobs)
 }
 
-/// Marks everything reachable from `stack`: manifests, their blobs, index children,
-/// subjects and referrers.
-async fn traverse(
-    store: &Store,
-    repo: &RepoName,
-    revision_set: &HashSet<Digest>,
-    mut stack: Vec<Digest>,
-    rm: &mut RepoMark,
-    blobs: &mut DigestSet,
-) -> Result<(), GcError> {
-    while let Some(d) = stack.pop() {
-        if !rm.live_manifests.insert(&d) {
-            continue;
-        }
-        blobs.insert(&d);
-        if let Some(bytes) = store.manifest_bytes(&d).await? {
-            match manifest::parse(&bytes, None) {
-                Ok(m) => {
-                    for b in &m.blobs {
-                        blobs.insert(b);
-                        rm.needed_layers.insert(b);
+/// The traversal of one repository.
+struct Walk<'a> {
+    inv: &'a Inventory,
+    repo: &'a RepoName,
+    revision_set: DigestSet,
+    /// Subjects that have a referrers index (most manifests have none: no lookup).
+    subjects: DigestSet,
+    /// Manifests reached.
+    live: DigestSet,
+    /// Blobs the live manifests reference (their layer links stay).
+    needed_layers: DigestSet,
+}
+
+impl Walk<'_> {
+    /// Marks everything reachable from `stack`: manifests, their blobs, index children,
+    /// subjects and referrers.
+    fn traverse(&mut self, mut stack: Vec<Digest>) -> Result<(), GcError> {
+        while let Some(d) = stack.pop() {
+            if !self.live.insert(&d) {
+                continue;
+            }
+            if let Some(bytes) = self.inv.manifest_bytes(&d)? {
+                match manifest::parse(&bytes, None) {
+                    Ok(m) => {
+                        for b in m.blobs {
+                            self.needed_layers.insert(&b);
+                        }
+                        stack.extend(m.children);
+                        if let Some(s) = m.subject
+                            && self.revision_set.contains(&s)
+                        {
+                            stack.push(s);
+                        }
                     }
-                    stack.extend(m.children.iter().cloned());
-                    if let Some(s) = m.subject
-                        && revision_set.contains(&s)
-                    {
-                        stack.push(s);
+                    Err(e) => {
+                        tracing::warn!(repository = %self.repo, digest = %d, error = %e, "unreadable manifest kept as is");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(repository = %repo, digest = %d, error = %e, "unreadable manifest kept as is");
+            } else {
+                tracing::warn!(repository = %self.repo, digest = %d, "manifest revision without pool blob");
+            }
+            if self.subjects.contains(&d) {
+                for r in self.inv.referrers(self.repo, &d)? {
+                    if self.revision_set.contains(&r) {
+                        stack.push(r);
+                    }
                 }
             }
-        } else {
-            tracing::warn!(repository = %repo, digest = %d, "manifest revision without pool blob");
         }
-        for r in store.referrer_digests(repo, &d).await? {
-            if revision_set.contains(&r) {
-                stack.push(r);
-            }
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Adds what the walk reached to the pool's mark set, and lists the layer links no
+    /// live manifest needs.
+    fn finish(
+        self,
+        mut rm: RepoMark,
+        pending: &HashSet<Digest>,
+        blobs: &Mutex<SortedDigests>,
+    ) -> Result<RepoMark, GcError> {
+        rm.live_manifests = self.live.len();
+        for d in self.inv.layer_links(self.repo)? {
+            if !self.needed_layers.contains(&d) && !pending.contains(&d) {
+                rm.unneeded_links.push(&d);
+            }
+        }
+        rm.unneeded_links.seal();
+        let mut set = blobs.lock().unwrap_or_else(|p| p.into_inner());
+        set.extend_set(&self.live);
+        set.extend_set(&self.needed_layers);
+        Ok(rm)
+    }
 }

@@ -18,6 +18,7 @@ pub fn options(config: &Config) -> Options {
         dry_run: false,
         remove_untagged: config.gc.remove_untagged,
         grace: config.gc_grace(),
+        workers: config.gc.workers,
     }
 }
 

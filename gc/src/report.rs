@@ -1,7 +1,6 @@
 //! The report every cycle ends with: what was marked, what was removed (or would be, in
 //! a dry run), bytes freed and the duration of each phase; as JSON or human text.
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -66,34 +65,51 @@ impl Report {
 
     /// The report without its item lists (what the server keeps in memory).
     pub fn summary(&self) -> Report {
-        let mut r = self.clone();
-        r.removed.manifests.clear();
-        r.removed.layer_links.clear();
-        r.removed.blobs.clear();
-        r
+        Report {
+            dry_run: self.dry_run,
+            remove_untagged: self.remove_untagged,
+            grace_seconds: self.grace_seconds,
+            started_at: self.started_at.clone(),
+            repositories: self.repositories,
+            manifests_marked: self.manifests_marked,
+            blobs_marked: self.blobs_marked,
+            manifests_removed: self.manifests_removed,
+            layer_links_removed: self.layer_links_removed,
+            blobs_removed: self.blobs_removed,
+            bytes_freed: self.bytes_freed,
+            skipped_in_use: self.skipped_in_use,
+            mark_ms: self.mark_ms,
+            sweep_ms: self.sweep_ms,
+            duration_ms: self.duration_ms,
+            removed: Swept {
+                bytes_freed: self.removed.bytes_freed,
+                skipped_in_use: self.removed.skipped_in_use,
+                ..Swept::default()
+            },
+        }
     }
 
-    /// Human text: one line per item unless `quiet`, then the summary.
-    pub fn to_text(&self, quiet: bool) -> String {
-        let mut s = String::new();
+    /// Human text: one line per item unless `quiet`, then the summary; written as it
+    /// goes (a large report is never one string in memory).
+    pub fn write_text(&self, w: &mut dyn std::io::Write, quiet: bool) -> std::io::Result<()> {
         let verb = if self.dry_run {
             "would remove"
         } else {
             "removed"
         };
         if !quiet {
-            for m in &self.removed.manifests {
-                let _ = writeln!(s, "manifest {verb}: {m}");
-            }
-            for l in &self.removed.layer_links {
-                let _ = writeln!(s, "layer link {verb}: {l}");
-            }
-            for b in &self.removed.blobs {
-                let _ = writeln!(s, "blob {verb}: {b}");
+            for (kind, items) in [
+                ("manifest", &self.removed.manifests),
+                ("layer link", &self.removed.layer_links),
+                ("blob", &self.removed.blobs),
+            ] {
+                for item in items.iter() {
+                    writeln!(w, "{kind} {verb}: {item}")?;
+                }
             }
         }
-        let _ = writeln!(
-            s,
+        writeln!(
+            w,
             "{}marked {} repositories, {} manifests, {} blobs; {verb} {} manifests, {} layer links, {} blobs ({}); {} in use skipped; mark {:.0} ms, sweep {:.0} ms, total {:.0} ms",
             if self.dry_run { "dry run: " } else { "" },
             self.repositories,
@@ -107,8 +123,7 @@ impl Report {
             self.mark_ms,
             self.sweep_ms,
             self.duration_ms,
-        );
-        s
+        )
     }
 }
 

@@ -3,138 +3,214 @@
 //! `remove_untagged`), then layer links, then pool blobs. Nothing newer than the grace
 //! period goes, nor anything the server holds pinned, journaled or pending; in a dry run
 //! the same decisions are recorded and nothing is deleted.
+//!
+//! It runs on blocking threads: repositories, then pool shards, are spread over a few
+//! workers, and each removal is two or three system calls with no thread hop.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
+use registry::Digest;
+use registry::inventory::{Inventory, PoolShard};
 use registry::liveness::Liveness;
-use registry::{Digest, Store};
+use registry::names::{RepoName, Tag};
 
-use crate::mark::Marked;
-use crate::{GcError, Options, is_young};
+use crate::items::Items;
+use crate::mark::{DigestSet, Marked, RepoMark, SortedDigests};
+use crate::{GcError, Options, is_young, par};
 
 /// What the sweep removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Swept {
     /// `repo@digest`
-    pub manifests: Vec<String>,
+    pub manifests: Items,
     /// `repo@digest`
-    pub layer_links: Vec<String>,
+    pub layer_links: Items,
     /// digests
-    pub blobs: Vec<String>,
+    pub blobs: Items,
     pub bytes_freed: u64,
     /// Candidates left alone because a write was using them.
     pub skipped_in_use: u64,
 }
 
-/// Runs `delete` under a claim of `digest` (in the server), or plainly (offline).
-/// Returns whether it ran.
-async fn claimed<F, Fut>(
-    liveness: Option<&Arc<Liveness>>,
-    digest: &Digest,
-    delete: F,
-) -> Result<bool, GcError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(), registry::Error>>,
-{
-    match liveness {
-        None => {
-            delete().await?;
-            Ok(true)
+impl Swept {
+    /// The parts one after the other.
+    fn concat(parts: Vec<Swept>) -> Swept {
+        let mut out = Swept::default();
+        for p in parts {
+            out.manifests.append(p.manifests);
+            out.layer_links.append(p.layer_links);
+            out.blobs.append(p.blobs);
+            out.bytes_freed += p.bytes_freed;
+            out.skipped_in_use += p.skipped_in_use;
         }
-        Some(l) => {
-            if !l.claim(digest) {
-                return Ok(false);
-            }
-            let r = delete().await;
-            l.release(digest);
-            r?;
-            Ok(true)
-        }
+        out
     }
 }
 
-pub async fn sweep(
-    store: &Store,
+/// Everything one sweep decides with.
+struct Sweeper<'a> {
+    inv: &'a Inventory,
+    opts: &'a Options,
+    pending: &'a HashSet<Digest>,
+    pending_set: DigestSet,
+    liveness: Option<&'a Arc<Liveness>>,
+    now: SystemTime,
+}
+
+impl Sweeper<'_> {
+    fn young(&self, t: SystemTime) -> bool {
+        is_young(t, self.now, self.opts.grace)
+    }
+
+    /// Runs `delete` under a claim of `digest` (in the server), or plainly (offline); in
+    /// a dry run, only says whether it would have run. Returns whether it ran.
+    fn claimed(
+        &self,
+        digest: &Digest,
+        delete: impl FnOnce() -> registry::Result<()>,
+    ) -> Result<bool, GcError> {
+        match self.liveness {
+            _ if self.opts.dry_run => Ok(true),
+            None => {
+                delete()?;
+                Ok(true)
+            }
+            Some(l) => {
+                if !l.claim(digest) {
+                    return Ok(false);
+                }
+                let r = delete();
+                l.release(digest);
+                r?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Untagged revisions of one repository (with `remove_untagged`).
+    fn revisions(&self, repo: &RepoName, rm: &RepoMark) -> Result<Swept, GcError> {
+        let mut out = Swept::default();
+        let name: Arc<str> = Arc::from(repo.as_str());
+        let todo: Vec<&Digest> = rm
+            .unreached
+            .iter()
+            .map(|(d, _)| d)
+            .filter(|d| !self.pending.contains(*d))
+            .collect();
+        if todo.is_empty() {
+            return Ok(out);
+        }
+        // Which tags' histories name each revision: one listing per tag, not one
+        // lookup per tag and revision.
+        let mut histories: Vec<(Tag, DigestSet)> = Vec::new();
+        for (tag, _) in self.inv.tags(repo)? {
+            let index: DigestSet = self.inv.tag_index(repo, &tag)?.iter().collect();
+            histories.push((tag, index));
+        }
+        for d in todo {
+            let tags: Vec<Tag> = histories
+                .iter()
+                .filter(|(_, index)| index.contains(d))
+                .map(|(t, _)| t.clone())
+                .collect();
+            if self.claimed(d, || self.inv.remove_revision(repo, d, Some(&tags)))? {
+                out.manifests.push_in(&name, d);
+            } else {
+                out.skipped_in_use += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Layer links of one repository that no live manifest of it needs.
+    fn layer_links(&self, repo: &RepoName, rm: &RepoMark) -> Result<Swept, GcError> {
+        let mut out = Swept::default();
+        let name: Arc<str> = Arc::from(repo.as_str());
+        for d in rm.unneeded_links.iter() {
+            if self.young(self.inv.layer_link_time(repo, &d)) {
+                continue;
+            }
+            if self.claimed(&d, || self.inv.remove_layer_link(repo, &d).map(|_| ()))? {
+                out.layer_links.push_in(&name, &d);
+            } else {
+                out.skipped_in_use += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pool blobs of one shard nobody marked. Only the unmarked are stat-ed.
+    fn shard(&self, shard: &PoolShard, marked: &SortedDigests) -> Result<Swept, GcError> {
+        let mut out = Swept::default();
+        for hex in self.inv.shard_entries(shard)? {
+            if let Some(true) = marked.contains_sha256_hex(&hex) {
+                continue;
+            }
+            let Ok(d) = format!("{}:{hex}", shard.algorithm.as_str()).parse::<Digest>() else {
+                continue;
+            };
+            if marked.contains(&d) || self.pending_set.contains(&d) {
+                continue;
+            }
+            let (size, modified) = self.inv.pool_blob_meta(&d)?;
+            if self.young(modified) {
+                continue;
+            }
+            let remove = || self.inv.remove_pool_blob(&d).map(|_| ());
+            let Some(size) = size else {
+                // A folder a deletion cut short left without its data: tidy it.
+                if !self.opts.dry_run {
+                    self.claimed(&d, remove)?;
+                }
+                continue;
+            };
+            if self.claimed(&d, remove)? {
+                out.blobs.push(&d);
+                out.bytes_freed += size;
+            } else {
+                out.skipped_in_use += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sweep phase on the calling (blocking) thread, with a few worker threads.
+pub fn sweep_blocking(
+    inv: &Inventory,
     marked: &Marked,
     opts: &Options,
     pending: &HashSet<Digest>,
     liveness: Option<&Arc<Liveness>>,
     now: SystemTime,
+    cancel: &AtomicBool,
 ) -> Result<Swept, GcError> {
-    let mut out = Swept::default();
-    let young = |t: SystemTime| is_young(t, now, opts.grace);
-
+    let s = Sweeper {
+        inv,
+        opts,
+        pending,
+        pending_set: pending.iter().collect(),
+        liveness,
+        now,
+    };
+    let workers = opts.workers;
+    let mut parts = Vec::new();
+    // Each phase ends before the next begins: a manifest goes before the layer links
+    // only it needed, and those before the blobs they name.
     if opts.remove_untagged {
-        for (repo, rm) in &marked.repos {
-            for (d, _) in &rm.unreached {
-                if pending.contains(d) {
-                    continue;
-                }
-                let ran =
-                    opts.dry_run || claimed(liveness, d, || store.remove_revision(repo, d)).await?;
-                if ran {
-                    out.manifests.push(format!("{repo}@{d}"));
-                } else {
-                    out.skipped_in_use += 1;
-                }
-            }
-        }
+        parts.extend(par::map(&marked.repos, workers, cancel, |(repo, rm)| {
+            s.revisions(repo, rm)
+        })?);
     }
-
-    for (repo, rm) in &marked.repos {
-        for d in &rm.layer_links {
-            if rm.needed_layers.contains(d) || pending.contains(d) {
-                continue;
-            }
-            if young(store.layer_link_time(repo, d).await) {
-                continue;
-            }
-            let ran = opts.dry_run
-                || claimed(liveness, d, || async {
-                    store.unlink_layer(repo, d).await.map(|_| ())
-                })
-                .await?;
-            if ran {
-                out.layer_links.push(format!("{repo}@{d}"));
-            } else {
-                out.skipped_in_use += 1;
-            }
-        }
-    }
-
-    // One pass over the pool's names; only the unmarked are stat-ed.
-    for d in store.pool_digests().await? {
-        if marked.blobs.contains(&d) || pending.contains(&d) {
-            continue;
-        }
-        let (size, modified) = store.pool_blob_meta(&d).await?;
-        if young(modified) {
-            continue;
-        }
-        let Some(size) = size else {
-            // A folder a deletion cut short left without its data: tidy it.
-            if !opts.dry_run {
-                claimed(liveness, &d, || async {
-                    store.remove_pool_blob(&d).await.map(|_| ())
-                })
-                .await?;
-            }
-            continue;
-        };
-        let ran = opts.dry_run
-            || claimed(liveness, &d, || async {
-                store.remove_pool_blob(&d).await.map(|_| ())
-            })
-            .await?;
-        if ran {
-            out.blobs.push(d.to_string());
-            out.bytes_freed += size;
-        } else {
-            out.skipped_in_use += 1;
-        }
-    }
-    Ok(out)
+    parts.extend(par::map(&marked.repos, workers, cancel, |(repo, rm)| {
+        s.layer_links(repo, rm)
+    })?);
+    let shards = inv.pool_shards()?;
+    parts.extend(par::map(&shards, workers, cancel, |shard| {
+        s.shard(shard, &marked.blobs)
+    })?);
+    Ok(Swept::concat(parts))
 }

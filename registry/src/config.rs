@@ -323,6 +323,10 @@ pub struct GcConfig {
     /// How long the server itself protects a blob linked but not yet referenced by any
     /// manifest (a push between its blobs and its manifest), independent of `grace`.
     pub pending_ttl: String,
+    /// Threads a cycle walks and removes with. Removals mostly wait on the disk (on a
+    /// filesystem mounted with `discard`, each waits for its discard), so more threads
+    /// than cores pay off.
+    pub workers: usize,
 }
 
 impl Default for GcConfig {
@@ -334,6 +338,7 @@ impl Default for GcConfig {
             remove_untagged: false,
             on_startup: true,
             pending_ttl: "1h".into(),
+            workers: 32,
         }
     }
 }
@@ -505,6 +510,12 @@ impl Config {
                 path: path.into(),
                 message,
             })?;
+        }
+        if !(1..=256).contains(&config.gc.workers) {
+            return Err(ConfigError::Key {
+                path: "gc.workers".into(),
+                message: format!("{} is out of range; give 1 to 256", config.gc.workers),
+            });
         }
         if let Some(f) = &config.artifacts.post_process.filter {
             regex::Regex::new(f).map_err(|e| ConfigError::Key {
@@ -720,6 +731,12 @@ mod tests {
         .unwrap();
         assert_eq!(l.config.log_filter(), "warn");
         assert_eq!(l.config.http.secret, "12345");
+        let e = Config::from_yaml("gc:\n  workers: 0\n", "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gc.workers"), "{e}");
+        let l = Config::from_yaml("", "t", env(&[("REGISTRY_GC_WORKERS", "4")])).unwrap();
+        assert_eq!(l.config.gc.workers, 4);
         let e = Config::from_yaml("storage:\n  s3:\n    bucket: x\n", "t", env(&[]))
             .unwrap_err()
             .to_string();

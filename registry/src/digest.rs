@@ -72,6 +72,14 @@ impl Digest {
     }
 
     /// The 32 raw bytes of a sha256 digest (the GC mark set stores these).
+    /// The sha256 digest whose raw bytes are `b`.
+    pub fn sha256_from_bytes(b: &[u8; 32]) -> Digest {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(b),
+        }
+    }
+
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
         match self.algorithm {

@@ -98,6 +98,7 @@ pub async fn retention(
             dry_run,
             remove_untagged: true,
             grace: age,
+            workers: config.gc.workers,
         };
         let now = SystemTime::now();
         let pending = store.liveness().pending().into_iter().collect();

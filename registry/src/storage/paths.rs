@@ -88,6 +88,8 @@ pub enum PathSpec<'a> {
     UploadDir(&'a RepoName, &'a str),
     UploadData(&'a RepoName, &'a str),
     UploadStartedAt(&'a RepoName, &'a str),
+    /// `_referrers/`: every subject of one repository that has referrers.
+    ReferrersRoot(&'a RepoName),
     /// Referrers of one subject in one repository.
     ReferrersDir(&'a RepoName, &'a Digest),
     ReferrerLink(&'a RepoName, &'a Digest, &'a Digest),
@@ -159,6 +161,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         UploadDir(n, id) => format!("{}/_uploads/{id}", repo(n)),
         UploadData(n, id) => format!("{}/_uploads/{id}/data", repo(n)),
         UploadStartedAt(n, id) => format!("{}/_uploads/{id}/startedat", repo(n)),
+        ReferrersRoot(n) => format!("{}/_referrers", repo(n)),
         ReferrersDir(n, s) => format!("{}/_referrers/{}", repo(n), dig(s)),
         ReferrerLink(n, s, r) => format!("{}/_referrers/{}/{}/link", repo(n), dig(s), dig(r)),
         DrydockDir => "drydock".to_owned(),
@@ -249,6 +252,7 @@ mod tests {
                 UploadStartedAt(&n, "u1"),
                 format!("{r}/_uploads/u1/startedat"),
             ),
+            (ReferrersRoot(&n), format!("{r}/_referrers")),
             (
                 ReferrersDir(&n, &s),
                 format!("{r}/_referrers/sha256/{}", s.hex()),

@@ -7,11 +7,13 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::digest::Digest;
-use crate::manifest;
 use crate::names::{RepoName, Tag};
 use crate::storage::{PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
+
+mod blocking;
+pub use blocking::{Inventory, PoolShard};
 
 /// A digest named by a `<alg>/<hex>/<file>` relative path.
 fn digest_of_rel(rel: &str) -> Option<Digest> {
@@ -19,96 +21,6 @@ fn digest_of_rel(rel: &str) -> Option<Digest> {
     let alg = parts.next()?;
     let hex = parts.next()?;
     format!("{alg}:{hex}").parse().ok()
-}
-
-/// `<alg>/<hex>` (or `<alg>/<hh>/<hex>` with `skip_middle`) as a digest.
-fn digest_of_dirs(rel: &str, skip_middle: bool) -> Option<Digest> {
-    let mut parts = rel.split('/');
-    let alg = parts.next()?;
-    if skip_middle {
-        parts.next()?;
-    }
-    let hex = parts.next()?;
-    format!("{alg}:{hex}").parse().ok()
-}
-
-impl Store {
-    /// Digests of every pool blob folder, from directory entries alone (the collector
-    /// stats only the candidates it is about to remove).
-    pub async fn pool_digests(&self) -> Result<Vec<Digest>> {
-        let dirs = self
-            .driver
-            .walk_dirs(&path_for(PathSpec::BlobsRoot), 3)
-            .await?;
-        Ok(dirs
-            .iter()
-            .filter_map(|r| digest_of_dirs(r, true))
-            .collect())
-    }
-
-    /// Size and modification time of a pool blob's data; `None` when the folder has no
-    /// data (a deletion cut short) — then the folder's own time.
-    pub async fn pool_blob_meta(&self, digest: &Digest) -> Result<(Option<u64>, SystemTime)> {
-        match self
-            .driver
-            .stat(&path_for(PathSpec::BlobData(digest)))
-            .await
-        {
-            Ok(i) => Ok((Some(i.size), i.modified)),
-            Err(e) if e.is_not_found() => {
-                let t = self
-                    .driver
-                    .stat(&path_for(PathSpec::BlobDir(digest)))
-                    .await
-                    .map(|i| i.modified)
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                Ok((None, t))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Digests of `name`'s manifest revisions, from directory entries alone.
-    pub async fn revision_digests(&self, name: &RepoName) -> Result<Vec<Digest>> {
-        let dirs = self
-            .driver
-            .walk_dirs(&path_for(PathSpec::ManifestRevisionsDir(name)), 2)
-            .await?;
-        Ok(dirs
-            .iter()
-            .filter_map(|r| digest_of_dirs(r, false))
-            .collect())
-    }
-
-    /// Digests of `name`'s layer links, from directory entries alone.
-    pub async fn layer_link_digests(&self, name: &RepoName) -> Result<Vec<Digest>> {
-        let dirs = self
-            .driver
-            .walk_dirs(&path_for(PathSpec::LayersDir(name)), 2)
-            .await?;
-        Ok(dirs
-            .iter()
-            .filter_map(|r| digest_of_dirs(r, false))
-            .collect())
-    }
-
-    /// Modification time of a revision link (the epoch when it is gone).
-    pub async fn revision_time(&self, name: &RepoName, digest: &Digest) -> SystemTime {
-        self.driver
-            .stat(&path_for(PathSpec::ManifestRevisionLink(name, digest)))
-            .await
-            .map(|i| i.modified)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-
-    /// Modification time of a layer link (the epoch when it is gone).
-    pub async fn layer_link_time(&self, name: &RepoName, digest: &Digest) -> SystemTime {
-        self.driver
-            .stat(&path_for(PathSpec::LayerLink(name, digest)))
-            .await
-            .map(|i| i.modified)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    }
 }
 
 /// A pool blob: digest, size and modification time.
@@ -122,20 +34,10 @@ pub struct PoolBlob {
 impl Store {
     /// Every repository folder that holds manifests, layer links or uploads, sorted.
     pub async fn repositories_all(&self) -> Result<Vec<RepoName>> {
-        let root = self.driver.full(&path_for(PathSpec::RepositoriesRoot));
-        let names = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk_repos(&root, "", &mut out);
-            out
-        })
-        .await
-        .map_err(Error::internal)?;
-        let mut repos: Vec<RepoName> = names
-            .iter()
-            .filter_map(|n| RepoName::parse(n).ok())
-            .collect();
-        repos.sort();
-        Ok(repos)
+        let inv = self.inventory();
+        tokio::task::spawn_blocking(move || inv.repositories())
+            .await
+            .map_err(Error::internal)?
     }
 
     /// Manifest revisions of `name` with their link's modification time.
@@ -159,18 +61,6 @@ impl Store {
         Ok(files
             .into_iter()
             .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
-            .collect())
-    }
-
-    /// Digests of the manifests indexed as referrers of `subject` in `name`.
-    pub async fn referrer_digests(&self, name: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
-        let files = self
-            .driver
-            .walk_files(&path_for(PathSpec::ReferrersDir(name, subject)), "link")
-            .await?;
-        Ok(files
-            .into_iter()
-            .filter_map(|(rel, _)| digest_of_rel(&rel))
             .collect())
     }
 
@@ -198,55 +88,15 @@ impl Store {
             .collect())
     }
 
-    /// Reads manifest bytes from the pool (for the collector's traversal).
-    pub async fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        self.get_pool_content(digest).await
-    }
-
     /// Removes an (untagged) manifest revision of `name`: its revision link, tag history
     /// entries naming it, its entry in its subject's referrers index, and its own
-    /// referrers index.
+    /// referrers index (see [`Inventory::remove_revision`]).
     pub async fn remove_revision(&self, name: &RepoName, digest: &Digest) -> Result<()> {
-        // Every folder that may name the revision, removed in one blocking pass (a
-        // repository with many tags would otherwise cost one thread hop per tag).
-        let mut dirs = Vec::new();
-        for t in self.list(PathSpec::TagsDir(name)).await? {
-            if let Ok(tag) = Tag::parse(&t) {
-                let link = path_for(PathSpec::TagIndexLink(name, &tag, digest));
-                dirs.push(self.driver.full(link.trim_end_matches("/link")));
-            }
-        }
-        if let Some(body) = self.get_pool_content(digest).await?
-            && let Ok(m) = manifest::parse(&body, None)
-            && let Some(subject) = &m.subject
-        {
-            let link = path_for(PathSpec::ReferrerLink(name, subject, digest));
-            dirs.push(self.driver.full(link.trim_end_matches("/link")));
-        }
-        dirs.push(
-            self.driver
-                .full(&path_for(PathSpec::ReferrersDir(name, digest))),
-        );
-        tokio::task::spawn_blocking(move || {
-            for d in dirs {
-                match std::fs::remove_dir_all(&d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::internal(format!("{}: {e}", d.display()))),
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(Error::internal)??;
-        self.remove(PathSpec::ManifestRevisionDir(name, digest))
-            .await?;
-        Ok(())
-    }
-
-    /// Removes a blob from the pool.
-    pub async fn remove_pool_blob(&self, digest: &Digest) -> Result<bool> {
-        self.remove(PathSpec::BlobDir(digest)).await
+        let inv = self.inventory();
+        let (name, digest) = (name.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || inv.remove_revision(&name, &digest, None))
+            .await
+            .map_err(Error::internal)?
     }
 }
 
