@@ -42,22 +42,18 @@ impl Store {
 
     /// Manifest revisions of `name` with their link's modification time.
     pub async fn revisions_with_time(&self, name: &RepoName) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self
-            .driver
-            .walk_files(&path_for(PathSpec::ManifestRevisionsDir(name)), "link")
-            .await?;
-        Ok(files
-            .into_iter()
-            .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
-            .collect())
+        self.links_with_time(PathSpec::ManifestRevisionsDir(name))
+            .await
     }
 
     /// Layer links of `name` with their modification time.
     pub async fn layer_links(&self, name: &RepoName) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self
-            .driver
-            .walk_files(&path_for(PathSpec::LayersDir(name)), "link")
-            .await?;
+        self.links_with_time(PathSpec::LayersDir(name)).await
+    }
+
+    /// The `<alg>/<hex>/link` files below `dir`, with their modification time.
+    async fn links_with_time(&self, dir: PathSpec<'_>) -> Result<Vec<(Digest, SystemTime)>> {
+        let files = self.driver.walk_files(&path_for(dir), "link").await?;
         Ok(files
             .into_iter()
             .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
