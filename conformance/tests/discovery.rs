@@ -69,6 +69,42 @@ async fn tags_list_is_sorted() {
     assert!(next_link(&r).is_none());
 }
 
+/// The listing is cached between requests (a paginated client asks once per page);
+/// a new tag, a moved tag and a deleted tag each show in the very next listing.
+#[tokio::test]
+async fn tags_list_follows_every_tag_write_and_delete() {
+    let s = TestServer::start().await;
+    let c = client();
+    let repo = "disc/fresh";
+    tag_all(&c, &s, repo, &["a", "b"]).await;
+    let list = |v: &Value| strings(&v["tags"]);
+    let url = s.url(&format!("/v2/{repo}/tags/list"));
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["a", "b"]);
+    let (_, v) = get_json(&c, &format!("{url}?n=1&last=a")).await;
+    assert_eq!(list(&v), ["b"]);
+    // A new tag.
+    let (_, m) = push_image(&c, &s, repo, "c", 2, 1).await;
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["a", "b", "c"]);
+    // A moved tag stays listed once.
+    let r = put_manifest(&c, &s, repo, "a", OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), 201);
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["a", "b", "c"]);
+    // A deleted tag.
+    let r = c
+        .delete(s.url(&format!("/v2/{repo}/manifests/b")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["a", "c"]);
+    let (_, v) = get_json(&c, &format!("{url}?n=1&last=a")).await;
+    assert_eq!(list(&v), ["c"]);
+}
+
 #[tokio::test]
 async fn tags_list_is_in_case_insensitive_lexical_order() {
     // The spec: "lexical order (i.e. case-insensitive alphanumeric order)".

@@ -10,6 +10,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use dashmap::DashMap;
 
@@ -18,6 +20,8 @@ use crate::digest::Digest;
 const MAX_LINKS: usize = 200_000;
 const MAX_SIZES: usize = 200_000;
 const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// Tag names held over all cached tag listings.
+const MAX_LISTED_TAGS: usize = 500_000;
 
 /// A manifest as served: media type and exact bytes.
 #[derive(Clone, Debug)]
@@ -33,6 +37,9 @@ pub struct Cache {
     sizes: DashMap<Digest, u64>,
     manifests: DashMap<Digest, CachedManifest>,
     manifest_bytes: AtomicUsize,
+    /// Sorted tag listings by repository name.
+    tag_lists: DashMap<String, Arc<[String]>>,
+    listed_tags: AtomicUsize,
 }
 
 impl Cache {
@@ -89,6 +96,30 @@ impl Cache {
         }
         if self.unchanged(since) && self.manifests.insert(digest.clone(), m).is_none() {
             self.manifest_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A repository's tags in listing order, if cached.
+    pub fn tag_list(&self, repo: &str) -> Option<Arc<[String]>> {
+        self.tag_lists.get(repo).map(|l| l.clone())
+    }
+
+    pub fn fill_tag_list(&self, repo: &str, tags: Arc<[String]>, since: u64) {
+        if self.listed_tags.load(Ordering::Relaxed) + tags.len() > MAX_LISTED_TAGS {
+            self.tag_lists.clear();
+            self.listed_tags.store(0, Ordering::Relaxed);
+        }
+        let n = tags.len();
+        if self.unchanged(since) && self.tag_lists.insert(repo.to_owned(), tags).is_none() {
+            self.listed_tags.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Call after a tag of `repo` was created, moved or removed on disk.
+    pub fn invalidate_tag_list(&self, repo: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some((_, l)) = self.tag_lists.remove(repo) {
+            self.listed_tags.fetch_sub(l.len(), Ordering::Relaxed);
         }
     }
 

@@ -219,6 +219,28 @@ impl Store {
         Ok(names.iter().filter_map(|n| Tag::parse(n).ok()).collect())
     }
 
+    /// The tags of `name` in listing order ([`lexical`]), from the cache when it has
+    /// them: a paginated listing asks for the same list once per page.
+    pub async fn tag_listing(&self, name: &RepoName) -> Result<std::sync::Arc<[String]>> {
+        if let Some(l) = self.cache.tag_list(name.as_str()) {
+            return Ok(l);
+        }
+        let generation = self.cache.generation();
+        let mut all: Vec<String> = self
+            .tags(name)
+            .await?
+            .into_iter()
+            .map(|t| t.as_str().to_owned())
+            .collect();
+        all.sort_by(|a, b| lexical(a, b));
+        let all: std::sync::Arc<[String]> = all.into();
+        if !all.is_empty() {
+            self.cache
+                .fill_tag_list(name.as_str(), all.clone(), generation);
+        }
+        Ok(all)
+    }
+
     /// Manifests in `name` whose `subject` is `subject`, as descriptors; filtered by
     /// `artifact_type` when given. Answered from the `_referrers` index, not a scan.
     pub async fn referrers(
@@ -306,4 +328,14 @@ fn walk_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             walk_repositories(&dir.join(&c), &p, out);
         }
     }
+}
+
+/// The spec's order of listings: "lexical order (i.e. case-insensitive alphanumeric
+/// order)"; names that differ only in case fall back to byte order, so it is total.
+/// Repository names are lowercase, so for the catalog this is plain byte order.
+pub fn lexical(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+        .then_with(|| a.cmp(b))
 }

@@ -111,6 +111,9 @@ impl Store {
             .put_content(&path, digest.to_string().into_bytes())
             .await;
         self.cache.invalidate_link(&path);
+        if let PathSpec::TagCurrentLink(n, _) | PathSpec::TagIndexLink(n, _, _) = spec {
+            self.cache.invalidate_tag_list(n.as_str());
+        }
         r?;
         Ok(())
     }
@@ -120,9 +123,14 @@ impl Store {
     pub(crate) async fn remove(&self, spec: PathSpec<'_>) -> Result<bool> {
         let r = self.driver.delete(&path_for(spec)).await;
         match spec {
-            PathSpec::TagDir(n, t) => self
-                .cache
-                .invalidate_link(&path_for(PathSpec::TagCurrentLink(n, t))),
+            PathSpec::TagDir(n, t) => {
+                self.cache
+                    .invalidate_link(&path_for(PathSpec::TagCurrentLink(n, t)));
+                self.cache.invalidate_tag_list(n.as_str());
+            }
+            PathSpec::Repository(n) | PathSpec::TagsDir(n) => {
+                self.cache.invalidate_tag_list(n.as_str())
+            }
             PathSpec::ManifestRevisionDir(n, d) => self
                 .cache
                 .invalidate_link(&path_for(PathSpec::ManifestRevisionLink(n, d))),

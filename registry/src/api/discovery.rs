@@ -13,6 +13,7 @@ use crate::api::error::Error;
 use crate::digest::Digest;
 use crate::manifest::media;
 use crate::names::RepoName;
+use crate::repository::lexical;
 
 /// `n` and `last` of a paginated listing.
 struct Page {
@@ -37,7 +38,7 @@ impl Page {
 
     /// Applies the page to a list sorted by [`lexical`]; returns the slice and the `Link`
     /// for the next.
-    fn apply(&self, items: Vec<String>, path: &str) -> (Vec<String>, Option<String>) {
+    fn apply(&self, items: &[String], path: &str) -> (Vec<String>, Option<String>) {
         let start = match &self.last {
             Some(l) => items.partition_point(|x| lexical(x, l) != Ordering::Greater),
             None => 0,
@@ -56,16 +57,6 @@ impl Page {
     }
 }
 
-/// The spec's order of listings: "lexical order (i.e. case-insensitive alphanumeric
-/// order)"; names that differ only in case fall back to byte order, so it is total.
-/// Repository names are lowercase, so for the catalog this is plain byte order.
-fn lexical(a: &str, b: &str) -> Ordering {
-    a.bytes()
-        .map(|c| c.to_ascii_lowercase())
-        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
-        .then_with(|| a.cmp(b))
-}
-
 fn json_response(
     body: serde_json::Value,
     content_type: &str,
@@ -82,15 +73,8 @@ fn json_response(
 
 pub(super) async fn tags(state: &AppState, name: RepoName, uri: &Uri) -> ApiResult {
     let page = Page::from_uri(uri)?;
-    let mut all: Vec<String> = state
-        .store
-        .tags(&name)
-        .await?
-        .into_iter()
-        .map(|t| t.as_str().to_owned())
-        .collect();
-    all.sort_by(|a, b| lexical(a, b));
-    let (tags, link) = page.apply(all, &format!("/v2/{name}/tags/list"));
+    let all = state.store.tag_listing(&name).await?;
+    let (tags, link) = page.apply(&all, &format!("/v2/{name}/tags/list"));
     let extra = link.map(|l| vec![("link", l)]).unwrap_or_default();
     Ok(json_response(
         serde_json::json!({ "name": name.as_str(), "tags": tags }),
@@ -103,7 +87,7 @@ pub(super) async fn catalog(State(state): State<AppState>, uri: Uri) -> Response
     let run = async {
         let page = Page::from_uri(&uri)?;
         let all = state.store.catalog().await?;
-        let (repos, link) = page.apply(all, "/v2/_catalog");
+        let (repos, link) = page.apply(&all, "/v2/_catalog");
         let extra = link.map(|l| vec![("link", l)]).unwrap_or_default();
         Ok::<_, Error>(json_response(
             serde_json::json!({ "repositories": repos }),
