@@ -112,10 +112,6 @@ impl Items {
         self.len() == 0
     }
 
-    pub fn clear(&mut self) {
-        self.0 = Vec::new();
-    }
-
     fn items(&self) -> impl Iterator<Item = &Item> + '_ {
         self.0.iter().flatten()
     }

@@ -132,9 +132,9 @@ pub async fn collect(
     let inv = store.inventory();
     let opts_owned = opts.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let _guard = guard;
+        let guard = guard; // ends the journal when this closure returns
         let opts = &opts_owned;
-        let liveness = _guard.0.as_ref();
+        let liveness = guard.0.as_ref();
         let pending: HashSet<Digest> = liveness
             .map(|l| l.pending())
             .unwrap_or_default()

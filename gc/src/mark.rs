@@ -46,14 +46,6 @@ impl DigestSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Whether the sha256 digest whose hex is `hex` is in the set, without making a
-    /// [`Digest`] of it (the sweep asks this for every blob in the pool).
-    pub fn contains_sha256_hex(&self, hex: &str) -> Option<bool> {
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(hex, &mut b).ok()?;
-        Some(self.sha256.contains(&b))
-    }
 }
 
 impl<'a> FromIterator<&'a Digest> for DigestSet {

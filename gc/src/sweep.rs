@@ -54,8 +54,7 @@ impl Swept {
 struct Sweeper<'a> {
     inv: &'a Inventory,
     opts: &'a Options,
-    pending: &'a HashSet<Digest>,
-    pending_set: DigestSet,
+    pending: DigestSet,
     liveness: Option<&'a Arc<Liveness>>,
     now: SystemTime,
 }
@@ -98,7 +97,7 @@ impl Sweeper<'_> {
             .unreached
             .iter()
             .map(|(d, _)| d)
-            .filter(|d| !self.pending.contains(*d))
+            .filter(|d| !self.pending.contains(d))
             .collect();
         if todo.is_empty() {
             return Ok(out);
@@ -146,13 +145,15 @@ impl Sweeper<'_> {
     fn shard(&self, shard: &PoolShard, marked: &SortedDigests) -> Result<Swept, GcError> {
         let mut out = Swept::default();
         for hex in self.inv.shard_entries(shard)? {
-            if let Some(true) = marked.contains_sha256_hex(&hex) {
+            // Most entries are marked: answer those from the hex, without a `Digest`.
+            let known = marked.contains_sha256_hex(&hex);
+            if known == Some(true) {
                 continue;
             }
             let Ok(d) = format!("{}:{hex}", shard.algorithm.as_str()).parse::<Digest>() else {
                 continue;
             };
-            if marked.contains(&d) || self.pending_set.contains(&d) {
+            if (known.is_none() && marked.contains(&d)) || self.pending.contains(&d) {
                 continue;
             }
             let (size, modified) = self.inv.pool_blob_meta(&d)?;
@@ -191,8 +192,7 @@ pub fn sweep_blocking(
     let s = Sweeper {
         inv,
         opts,
-        pending,
-        pending_set: pending.iter().collect(),
+        pending: pending.iter().collect(),
         liveness,
         now,
     };

@@ -185,18 +185,6 @@ impl FsDriver {
         })
         .await
     }
-
-    /// The relative paths of the folders exactly `depth` levels below `path`, from the
-    /// directory entries alone (no stat per entry). A missing `path` yields nothing.
-    pub async fn walk_dirs(&self, path: &str, depth: usize) -> Result<Vec<String>> {
-        let p = self.full(path);
-        blocking(move || {
-            let mut out = Vec::new();
-            walk_dirs_sync(&p, "", depth, &mut out)?;
-            Ok(out)
-        })
-        .await
-    }
 }
 
 /// Bytes of one mapped window; unmapped when hyper has written it and drops it.
@@ -370,34 +358,6 @@ fn walk_sync(
                     is_dir: false,
                 },
             ));
-        }
-    }
-    Ok(())
-}
-
-fn walk_dirs_sync(dir: &Path, rel: &str, depth: usize, out: &mut Vec<String>) -> Result<()> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StorageError::io(dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        if depth <= 1 {
-            out.push(child);
-        } else {
-            walk_dirs_sync(&entry.path(), &child, depth - 1, out)?;
         }
     }
     Ok(())
