@@ -260,6 +260,28 @@ kill -TERM "$DPID"; wait "$DPID" 2>/dev/null || true
 rm -rf "$WORK/drydock-root"
 sync
 
+# drydock with storage.filesystem.directwrites (O_DIRECT pushes): the two pushes again,
+# and the pulls that follow them, whose first read comes from the device.
+PORT=$(free_port)
+mkdir -p "$WORK/drydock-root"
+sed -e "s/127.0.0.1:[0-9]*/127.0.0.1:$PORT/" \
+    -e 's/^  filesystem:$/  filesystem:\n    directwrites: true/' \
+    "$WORK/drydock.yml" >"$WORK/drydock-direct.yml"
+log "drydock, directwrites: starting on 127.0.0.1:$PORT"
+env "${CLEAN_ENV[@]}" "$DRYDOCK" serve "$WORK/drydock-direct.yml" 2>"$WORK/drydock-direct.log" &
+DPID=$!
+PIDS+=("$DPID")
+"$BENCH" wait --url "http://127.0.0.1:$PORT" || { cat "$WORK/drydock-direct.log" >&2; die "drydock did not start"; }
+bench "$RES/drydock-direct-push.json" push-blob --size-mib "$SIZE_MIB" \
+  --file "$WORK/blob.bin" --repo bench/blob --url "http://127.0.0.1:$PORT"
+bench "$RES/drydock-direct-push-chunked.json" push-blob --size-mib "$SIZE_MIB" \
+  --file "$WORK/blob2.bin" --chunk-mib "$CHUNK_MIB" --repo bench/chunked --url "http://127.0.0.1:$PORT"
+bench "$RES/drydock-direct-pull-noverify.json" pull-blob --file "$WORK/blob.bin" \
+  --repo bench/blob --no-verify --url "http://127.0.0.1:$PORT"
+kill -TERM "$DPID"; wait "$DPID" 2>/dev/null || true
+rm -rf "$WORK/drydock-root"
+sync
+
 # CNCF Distribution, with its own config: no auth (Debian's default config turns
 # htpasswd on; it is never used here).
 PORT=$(free_port)
@@ -372,6 +394,15 @@ for scen, label in (("push", "blob push, monolithic (POST + PUT), MiB/s"),
     d, r = row("drydock", scen), row("distribution", scen)
     line(label, d.get("mib_per_s"), r.get("mib_per_s"),
          f"openssl dgst -sha256 {f(ref_sha)} MiB/s", ref_sha, errs=errs(scen))
+for scen, label in (("push", "blob push, monolithic, directwrites: true, MiB/s"),
+                    ("push-chunked", f"blob push, chunked ({chunk} MiB), directwrites: true, MiB/s")):
+    d = row("drydock-direct", scen)
+    line(label, d.get("mib_per_s"), None, f"openssl dgst -sha256 {f(ref_sha)} MiB/s", ref_sha,
+         errs=f"{d['errors']} / -")
+d = row("drydock-direct", "pull-noverify")
+line(f"blob pull after a directwrites push (first read from the device; {d.get('note') or ''}), MiB/s",
+     d.get("mib_per_s"), None, f"nginx, same client {f(ng_nv['mib_per_s'])} MiB/s", ng_nv["mib_per_s"],
+     errs=f"{d['errors']} / -")
 for scen, label, ref in (("pull-noverify", "blob pull, not hashed by the client, MiB/s", ng_nv),
                          ("pull-verify", "blob pull, sha256 verified by the client, MiB/s", ng_v)):
     d, r = row("drydock", scen), row("distribution", scen)
@@ -431,6 +462,8 @@ out("")
 out("| target | measured | |")
 out("| --- | --- | --- |")
 out(f"| blob push ≥ 80% of openssl sha256 | {f(d_push)} / {f(ref_sha)} MiB/s = {100 * d_push / ref_sha:.0f}% | {met(d_push >= 0.8 * ref_sha)} |")
+dd_push = row("drydock-direct", "push")["mib_per_s"]
+out(f"| blob push ≥ 80% of openssl sha256, with directwrites: true | {f(dd_push)} / {f(ref_sha)} MiB/s = {100 * dd_push / ref_sha:.0f}% | {met(dd_push >= 0.8 * ref_sha)} |")
 out(f"| blob pull ≥ 90% of nginx | {f(d_pull)} / {f(ng_nv['mib_per_s'])} MiB/s = {100 * d_pull / ng_nv['mib_per_s']:.0f}% | {met(d_pull >= 0.9 * ng_nv['mib_per_s'])} |")
 g = d_get["ops_per_s"] / r_get["ops_per_s"]
 p99 = d_get["latency"]["p99_ms"]

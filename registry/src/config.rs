@@ -210,6 +210,9 @@ pub struct StorageConfig {
 pub struct FilesystemConfig {
     pub rootdirectory: PathBuf,
     pub maxthreads: Option<u64>,
+    /// Write upload bodies with `O_DIRECT` (past the page cache); see
+    /// `storage::append`. Falls back to buffered writes where the filesystem refuses.
+    pub directwrites: bool,
 }
 
 impl Default for FilesystemConfig {
@@ -217,6 +220,7 @@ impl Default for FilesystemConfig {
         FilesystemConfig {
             rootdirectory: PathBuf::from("/var/lib/registry"),
             maxthreads: None,
+            directwrites: false,
         }
     }
 }

@@ -28,6 +28,7 @@ pub fn state_from_config(config: &Config) -> AppState {
             post_process: crate::artifacts::PostProcess::from_config(
                 &config.artifacts.post_process,
             ),
+            direct_writes: config.storage.filesystem.directwrites,
         },
     );
     let mut extra = Vec::new();

@@ -23,6 +23,8 @@ pub struct StoreOptions {
     pub pending_ttl: std::time::Duration,
     /// The command run when an artifact format is finalised.
     pub post_process: Option<crate::artifacts::PostProcess>,
+    /// Write large upload bodies with `O_DIRECT`, past the page cache.
+    pub direct_writes: bool,
 }
 
 impl Default for StoreOptions {
@@ -32,6 +34,7 @@ impl Default for StoreOptions {
             mount_without_from: false,
             pending_ttl: std::time::Duration::from_secs(3600),
             post_process: None,
+            direct_writes: false,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! ([`Store::ingest_stream`], [`Store::commit_file_pinned`]), which link the blob into
 //! their own tree instead of a repository.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,14 +21,13 @@ use tokio::sync::Mutex;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
+use crate::storage::append::Appender;
 use crate::storage::{self, PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
 /// Frames in flight between the request body and the writer thread.
 const CHANNEL_FRAMES: usize = 16;
-/// Write buffer of the writer thread.
-const WRITE_BUFFER: usize = 1 << 20;
 
 /// In-memory state of live sessions, keyed by repository and upload id.
 #[derive(Default)]
@@ -199,27 +198,18 @@ impl Store {
             }
         };
         let before = hasher.clone();
-        // Two threads per request body: one writes (starting writeback early so the
-        // final fsync is short), one hashes; the frames are shared, not copied.
+        // Two threads per request body: one writes (see `storage::append`), one
+        // hashes; the frames are shared, not copied.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
         let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
         let wpath = path.clone();
+        let direct = self.options.direct_writes;
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let f = std::fs::OpenOptions::new().append(true).open(&wpath)?;
-            let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
-            let mut n = 0u64;
-            let mut flushed = 0u64;
+            let mut w = Appender::open(&wpath, size, direct)?;
             while let Some(b) = rx.blocking_recv() {
-                w.write_all(&b)?;
-                n += b.len() as u64;
-                if n - flushed >= WRITEBACK_EVERY {
-                    w.flush()?;
-                    start_writeback(w.get_ref(), size + flushed, n - flushed);
-                    flushed = n;
-                }
+                w.write(&b)?;
             }
-            w.flush()?;
-            Ok(n)
+            w.finish()
         });
         let hasher_task = tokio::task::spawn_blocking(move || {
             let mut h = hasher;
@@ -455,24 +445,6 @@ impl Store {
 pub(crate) async fn hash_local_file(path: PathBuf) -> Result<(u64, Digest)> {
     let (n, h) = blocking(move || hash_file(&path, Algorithm::Sha256)).await?;
     Ok((n, h.finish()))
-}
-
-/// Bytes written between two writeback kicks.
-const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// Asks the kernel to start writing a range to disk now (not wait for it), so the fsync
-/// at completion only waits for the tail.
-fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor we own; a failure only loses the hint.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
 }
 
 /// fsync the data once, then rename it into the pool. If the pool has the blob already,

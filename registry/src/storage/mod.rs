@@ -6,6 +6,7 @@
 //!
 //! It knows nothing of digests, repositories or HTTP.
 
+pub(crate) mod append;
 pub mod paths;
 
 use std::io::{self, Write};
