@@ -294,6 +294,38 @@ async fn catalog_paginates_with_n_last_and_link() {
     assert_eq!(strings(&v["repositories"]), ["r2/x", "r3", "r4"]);
 }
 
+/// The catalog is cached; every way a repository comes to exist must show in the very
+/// next listing: a blob push, a mount from another repository, a manifest push.
+#[tokio::test]
+async fn catalog_follows_every_new_repository() {
+    let s = TestServer::start().await;
+    let c = client();
+    let list = |v: &Value| strings(&v["repositories"]);
+    let url = s.url("/v2/_catalog");
+    let (_, v) = get_json(&c, &url).await;
+    assert!(list(&v).is_empty());
+    let d = push_blob(&c, &s, "cat/blob", b"catalog blob").await;
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["cat/blob"]);
+    let r = c
+        .post(s.url(&format!(
+            "/v2/cat/mounted/blobs/uploads/?mount={d}&from=cat/blob"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["cat/blob", "cat/mounted"]);
+    push_image(&c, &s, "cat/a-image", "v1", 31, 1).await;
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(list(&v), ["cat/a-image", "cat/blob", "cat/mounted"]);
+    // A push into a listed repository keeps the listing (and its pages) whole.
+    push_image(&c, &s, "cat/blob", "v2", 32, 1).await;
+    let (_, v) = get_json(&c, &format!("{url}?n=1&last=cat/a-image")).await;
+    assert_eq!(list(&v), ["cat/blob"]);
+}
+
 #[tokio::test]
 async fn catalog_of_a_fresh_registry_is_empty() {
     let s = TestServer::start().await;

@@ -22,6 +22,8 @@ const MAX_SIZES: usize = 200_000;
 const MAX_MANIFEST_BYTES: usize = 64 << 20;
 /// Tag names held over all cached tag listings.
 const MAX_LISTED_TAGS: usize = 500_000;
+/// A larger catalog is read from disk on every request rather than held.
+const MAX_CATALOG: usize = 1_000_000;
 
 /// A manifest as served: media type and exact bytes.
 #[derive(Clone, Debug)]
@@ -40,6 +42,8 @@ pub struct Cache {
     /// Sorted tag listings by repository name.
     tag_lists: DashMap<String, Arc<[String]>>,
     listed_tags: AtomicUsize,
+    /// Every repository, sorted bytewise.
+    catalog: std::sync::RwLock<Option<Arc<[String]>>>,
 }
 
 impl Cache {
@@ -120,6 +124,42 @@ impl Cache {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some((_, l)) = self.tag_lists.remove(repo) {
             self.listed_tags.fetch_sub(l.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// The catalog, if cached.
+    pub fn catalog(&self) -> Option<Arc<[String]>> {
+        self.catalog.read().ok()?.clone()
+    }
+
+    pub fn fill_catalog(&self, repos: Arc<[String]>, since: u64) {
+        if repos.len() > MAX_CATALOG {
+            return;
+        }
+        // The check runs under the write lock, so an invalidation either comes before
+        // it (the fill is dropped) or waits for the store and then drops the listing.
+        if let Ok(mut c) = self.catalog.write()
+            && self.unchanged(since)
+        {
+            *c = Some(repos);
+        }
+    }
+
+    /// Call after a link was written under `repo`, which may have created it: the
+    /// cached catalog is dropped unless it lists `repo` already. (drydock never removes
+    /// a repository folder, so the catalog only ever grows.)
+    pub fn note_repository(&self, repo: &str) {
+        let listed = match self.catalog.read() {
+            Ok(c) => c
+                .as_ref()
+                .is_none_or(|l| l.binary_search_by(|r| r.as_str().cmp(repo)).is_ok()),
+            Err(_) => false,
+        };
+        if !listed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut c) = self.catalog.write() {
+                *c = None;
+            }
         }
     }
 

@@ -288,16 +288,23 @@ impl Store {
     }
 
     /// Every repository name in the store, sorted.
-    pub async fn catalog(&self) -> Result<Vec<String>> {
+    pub async fn catalog(&self) -> Result<std::sync::Arc<[String]>> {
+        if let Some(l) = self.cache.catalog() {
+            return Ok(l);
+        }
+        let generation = self.cache.generation();
         let root = self.driver.full(&path_for(PathSpec::RepositoriesRoot));
-        tokio::task::spawn_blocking(move || {
+        let all: std::sync::Arc<[String]> = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             walk_repositories(&root, "", &mut out);
             out.sort();
             out
         })
         .await
-        .map_err(Error::internal)
+        .map_err(Error::internal)?
+        .into();
+        self.cache.fill_catalog(all.clone(), generation);
+        Ok(all)
     }
 }
 

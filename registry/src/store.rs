@@ -114,8 +114,15 @@ impl Store {
             .put_content(&path, digest.to_string().into_bytes())
             .await;
         self.cache.invalidate_link(&path);
-        if let PathSpec::TagCurrentLink(n, _) | PathSpec::TagIndexLink(n, _, _) = spec {
-            self.cache.invalidate_tag_list(n.as_str());
+        match spec {
+            PathSpec::TagCurrentLink(n, _) | PathSpec::TagIndexLink(n, _, _) => {
+                self.cache.invalidate_tag_list(n.as_str());
+                self.cache.note_repository(n.as_str());
+            }
+            PathSpec::LayerLink(n, _) | PathSpec::ManifestRevisionLink(n, _) => {
+                self.cache.note_repository(n.as_str())
+            }
+            _ => {}
         }
         r?;
         Ok(())
