@@ -10,6 +10,14 @@ use common::*;
 use conformance::*;
 use sha2::Digest as _;
 
+/// A body sent with chunked transfer encoding (no Content-Length), in pieces of `piece`
+/// bytes.
+fn streamed_body(data: &[u8], piece: usize) -> reqwest::Body {
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(piece).map(|p| Ok(p.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures::stream::iter(parts))
+}
+
 fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
@@ -209,14 +217,10 @@ async fn direct_writes_keep_unaligned_chunks_byte_exact() {
         loc = abs(&s, &hdr(&r, "location"));
     }
     let rest = cuts[cuts.len() - 1];
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = data[rest..]
-        .chunks(100_003)
-        .map(|p| Ok(p.to_vec()))
-        .collect();
     let r = c
         .put(with_query(&loc, &format!("digest={d}")))
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(parts)))
+        .body(streamed_body(&data[rest..], 100_003))
         .send()
         .await
         .unwrap();
@@ -298,14 +302,10 @@ async fn patch_without_content_range_streams_and_appends() {
     let half = data.len() / 2;
     for (a, b) in [(0, half), (half, data.len())] {
         // A streamed body: chunked transfer encoding, no Content-Length, no Content-Range.
-        let parts: Vec<Result<Vec<u8>, std::io::Error>> = data[a..b]
-            .chunks(64 * 1024)
-            .map(|p| Ok(p.to_vec()))
-            .collect();
         let r = c
             .patch(&loc)
             .header("content-type", "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(futures::stream::iter(parts)))
+            .body(streamed_body(&data[a..b], 64 * 1024))
             .send()
             .await
             .unwrap();
@@ -1171,15 +1171,10 @@ async fn manifest_over_4_mib_in_a_chunked_body_is_413() {
     let c = client();
     let cfg = push_blob(&c, &s, "push/big", b"{}").await;
     let m = manifest_of_size(&cfg, LIMIT + 1);
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = m
-        .as_bytes()
-        .chunks(256 * 1024)
-        .map(|p| Ok(p.to_vec()))
-        .collect();
     let r = c
         .put(s.url("/v2/push/big/manifests/chunked"))
         .header("content-type", OCI_MANIFEST)
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(parts)))
+        .body(streamed_body(m.as_bytes(), 256 * 1024))
         .send()
         .await
         .unwrap();

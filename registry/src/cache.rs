@@ -146,8 +146,7 @@ impl Cache {
     }
 
     /// Call after a link was written under `repo`, which may have created it: the
-    /// cached catalog is dropped unless it lists `repo` already. (drydock never removes
-    /// a repository folder, so the catalog only ever grows.)
+    /// cached catalog is dropped unless it lists `repo` already.
     pub fn note_repository(&self, repo: &str) {
         let listed = match self.catalog.read() {
             Ok(c) => c
@@ -156,10 +155,15 @@ impl Cache {
             Err(_) => false,
         };
         if !listed {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut c) = self.catalog.write() {
-                *c = None;
-            }
+            self.invalidate_catalog();
+        }
+    }
+
+    /// Call after a repository was created or removed on disk.
+    pub fn invalidate_catalog(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut c) = self.catalog.write() {
+            *c = None;
         }
     }
 

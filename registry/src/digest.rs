@@ -71,7 +71,6 @@ impl Digest {
         Digest::of(Algorithm::Sha256, data)
     }
 
-    /// The 32 raw bytes of a sha256 digest (the GC mark set stores these).
     /// The sha256 digest whose raw bytes are `b`.
     pub fn sha256_from_bytes(b: &[u8; 32]) -> Digest {
         Digest {
@@ -80,6 +79,7 @@ impl Digest {
         }
     }
 
+    /// The 32 raw bytes of a sha256 digest (the GC mark set stores these).
     pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
         let mut out = [0u8; 32];
         match self.algorithm {

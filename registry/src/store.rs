@@ -138,9 +138,11 @@ impl Store {
                     .invalidate_link(&path_for(PathSpec::TagCurrentLink(n, t)));
                 self.cache.invalidate_tag_list(n.as_str());
             }
-            PathSpec::Repository(n) | PathSpec::TagsDir(n) => {
-                self.cache.invalidate_tag_list(n.as_str())
+            PathSpec::Repository(n) => {
+                self.cache.invalidate_tag_list(n.as_str());
+                self.cache.invalidate_catalog();
             }
+            PathSpec::TagsDir(n) => self.cache.invalidate_tag_list(n.as_str()),
             PathSpec::ManifestRevisionDir(n, d) => self
                 .cache
                 .invalidate_link(&path_for(PathSpec::ManifestRevisionLink(n, d))),

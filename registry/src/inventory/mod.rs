@@ -165,18 +165,15 @@ impl Store {
                         .ok()
                     })
                     .map(SystemTime::from);
-                let data = self
-                    .driver
-                    .stat(&path_for(PathSpec::UploadData(&repo, &id)))
-                    .await
-                    .ok()
-                    .map(|i| i.modified);
-                let dir = self
-                    .driver
-                    .stat(&path_for(PathSpec::UploadDir(&repo, &id)))
-                    .await
-                    .ok()
-                    .map(|i| i.modified);
+                let mtime = |spec| async move {
+                    self.driver
+                        .stat(&path_for(spec))
+                        .await
+                        .ok()
+                        .map(|i| i.modified)
+                };
+                let data = mtime(PathSpec::UploadData(&repo, &id)).await;
+                let dir = mtime(PathSpec::UploadDir(&repo, &id)).await;
                 let last_active = [started, data, dir]
                     .into_iter()
                     .flatten()

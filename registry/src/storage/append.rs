@@ -137,18 +137,18 @@ impl Appender {
         let len = self.buf.len;
         match &self.direct {
             Some(f) => f.write_all_at(self.buf.filled(), self.offset)?,
-            None => self.write_buffered(len)?,
+            None => self.write_buffered()?,
         }
         self.offset += len as u64;
         self.buf.len = 0;
         Ok(())
     }
 
-    /// Writes the first `len` bytes of the buffer through the page cache at `offset`,
-    /// and starts writeback every few MiB so the final fsync waits only for the tail.
-    fn write_buffered(&mut self, len: usize) -> io::Result<()> {
-        self.plain
-            .write_all_at(&self.buf.filled()[..len], self.offset)?;
+    /// Writes the buffer through the page cache at `offset`, and starts writeback every
+    /// few MiB so the final fsync waits only for the tail.
+    fn write_buffered(&mut self) -> io::Result<()> {
+        let len = self.buf.len;
+        self.plain.write_all_at(self.buf.filled(), self.offset)?;
         self.unkicked += len as u64;
         if self.unkicked >= WRITEBACK_EVERY {
             let end = self.offset + len as u64;
