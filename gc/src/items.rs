@@ -41,13 +41,10 @@ impl fmt::Display for Item {
 
 fn compact(d: &str) -> Compact {
     match d.strip_prefix("sha256:") {
-        Some(hex) => {
-            let mut b = [0u8; 32];
-            match hex::decode_to_slice(hex, &mut b) {
-                Ok(()) if hex.len() == 64 && hex == hex.to_ascii_lowercase() => Compact::Sha256(b),
-                _ => Compact::Text(d.into()),
-            }
-        }
+        Some(hex) => match registry::digest::sha256_hex_bytes(hex) {
+            Some(b) => Compact::Sha256(b),
+            None => Compact::Text(d.into()),
+        },
         None => Compact::Text(d.into()),
     }
 }

@@ -99,8 +99,7 @@ impl SortedDigests {
     /// Whether the sha256 digest whose hex is `hex` is in the set, without making a
     /// [`Digest`] of it (the sweep asks this for every blob in the pool).
     pub fn contains_sha256_hex(&self, hex: &str) -> Option<bool> {
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(hex, &mut b).ok()?;
+        let b = registry::digest::sha256_hex_bytes(hex)?;
         Some(self.sha256.binary_search(&b).is_ok())
     }
 

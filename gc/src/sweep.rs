@@ -13,7 +13,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use registry::Digest;
-use registry::inventory::{Inventory, PoolShard};
+use registry::digest::Algorithm;
+use registry::inventory::{Inventory, LeafDir, PoolShard};
 use registry::liveness::Liveness;
 use registry::names::{RepoName, Tag};
 
@@ -105,7 +106,7 @@ impl Sweeper<'_> {
         // Which tags' histories name each revision: one listing per tag, not one
         // lookup per tag and revision.
         let mut histories: Vec<(Tag, DigestSet)> = Vec::new();
-        for (tag, _) in self.inv.tags(repo)? {
+        for tag in self.inv.tag_names(repo)? {
             let index: DigestSet = self.inv.tag_index(repo, &tag)?.iter().collect();
             histories.push((tag, index));
         }
@@ -128,11 +129,28 @@ impl Sweeper<'_> {
     fn layer_links(&self, repo: &RepoName, rm: &RepoMark) -> Result<Swept, GcError> {
         let mut out = Swept::default();
         let name: Arc<str> = Arc::from(repo.as_str());
+        if rm.unneeded_links.is_empty() {
+            return Ok(out);
+        }
+        // Held open per algorithm: every stat and removal names the link relative to it.
+        let mut dirs: Vec<(Algorithm, Option<LeafDir>)> = Vec::new();
         for d in rm.unneeded_links.iter() {
-            if self.young(self.inv.layer_link_time(repo, &d)) {
+            let alg = d.algorithm();
+            let dir = match dirs.iter().position(|(a, _)| *a == alg) {
+                Some(i) => &dirs[i].1,
+                None => {
+                    dirs.push((alg, self.inv.open_layer_links(repo, alg)?));
+                    &dirs[dirs.len() - 1].1
+                }
+            };
+            // The folder is gone: so is every link in it.
+            let Some(dir) = dir else {
+                continue;
+            };
+            if self.young(dir.time(d.hex())) {
                 continue;
             }
-            if self.claimed(&d, || self.inv.remove_layer_link(repo, &d).map(|_| ()))? {
+            if self.claimed(&d, || self.inv.remove_layer_link(dir, repo, &d).map(|_| ()))? {
                 out.layer_links.push_in(&name, &d);
             } else {
                 out.skipped_in_use += 1;
@@ -144,6 +162,9 @@ impl Sweeper<'_> {
     /// Pool blobs of one shard nobody marked. Only the unmarked are stat-ed.
     fn shard(&self, shard: &PoolShard, marked: &SortedDigests) -> Result<Swept, GcError> {
         let mut out = Swept::default();
+        let Some(dir) = self.inv.open_shard(shard)? else {
+            return Ok(out);
+        };
         for hex in self.inv.shard_entries(shard)? {
             // Most entries are marked: answer those from the hex, without a `Digest`.
             let known = marked.contains_sha256_hex(&hex);
@@ -156,11 +177,11 @@ impl Sweeper<'_> {
             if (known.is_none() && marked.contains(&d)) || self.pending.contains(&d) {
                 continue;
             }
-            let (size, modified) = self.inv.pool_blob_meta(&d)?;
+            let (size, modified) = dir.meta(&hex)?;
             if self.young(modified) {
                 continue;
             }
-            let remove = || self.inv.remove_pool_blob(&d).map(|_| ());
+            let remove = || self.inv.remove_pool_blob(&dir, &d).map(|_| ());
             let Some(size) = size else {
                 // A folder a deletion cut short left without its data: tidy it.
                 if !self.opts.dry_run {

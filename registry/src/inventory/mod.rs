@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::{Error, Result};
 
 mod blocking;
-pub use blocking::{Inventory, PoolShard};
+pub use blocking::{Inventory, LeafDir, PoolShard};
 
 /// A digest named by a `<alg>/<hex>/<file>` relative path.
 fn digest_of_rel(rel: &str) -> Option<Digest> {
