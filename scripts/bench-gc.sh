@@ -15,8 +15,16 @@
 # before and after each run: in plain mode both collectors must remove the same number
 # (the script fails otherwise), which must be the generator's prediction.
 #
+# Each run is repeated REPEAT times (each on a fresh copy); the table gives the median
+# wall time with the range. The filesystem the stores are on is named in the report,
+# and where it sits on a block device, the device's discard requests during each run
+# are counted from /sys/block/<dev>/stat: on a filesystem mounted with `discard` and
+# without a journal (this VM's root), every freed block is a synchronous discard, and
+# those, not the collector, set the floor of a -m run. `TMPDIR=/dev/shm` runs it all on
+# tmpfs, where nothing is discarded.
+#
 # Environment: REPOS (100), MANIFESTS (10000), LAYERS (9), UNTAGGED (0.3), ORPHANS
-# (5000), TMPDIR (where the stores go: ~2 GB each, five of them at most),
+# (5000), REPEAT (1), TMPDIR (where the stores go: ~2 GB each, three of them at most),
 # DOCKER_REGISTRY (/usr/bin/docker-registry). Progress goes to stderr; everything it
 # creates is removed on exit.
 set -euo pipefail
@@ -26,13 +34,14 @@ MANIFESTS=${MANIFESTS:-10000}
 LAYERS=${LAYERS:-9}
 UNTAGGED=${UNTAGGED:-0.3}
 ORPHANS=${ORPHANS:-5000}
+REPEAT=${REPEAT:-1}
 DOCKER_REGISTRY=${DOCKER_REGISTRY:-/usr/bin/docker-registry}
 OUT=""
 while [ $# -gt 0 ]; do
   case $1 in
     --out) OUT=${2:?--out needs a file}; shift 2 ;;
     --out=*) OUT=${1#--out=}; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -65,6 +74,26 @@ cp "$TARGET/registry" "$TARGET/drydock-bench" "$WORK/"
 RES="$WORK/results"
 mkdir -p "$RES"
 cut -d' ' -f1-3 /proc/loadavg >"$RES/load_start"
+# Where the stores are: filesystem type, mount options, and the block device (if any)
+# whose discard counters each run reads.
+FS_TYPE=$(findmnt -n -o FSTYPE --target "$WORK" | head -1)
+FS_SOURCE=$(findmnt -n -o SOURCE --target "$WORK" | head -1)
+FS_OPTIONS=$(findmnt -n -o OPTIONS --target "$WORK" | head -1)
+DEV_STAT=""
+if [ -b "$FS_SOURCE" ]; then
+  dev=$(basename "$(readlink -f "$FS_SOURCE")")
+  if [ -r "/sys/class/block/$dev/stat" ]; then DEV_STAT="/sys/class/block/$dev/stat"; fi
+fi
+journal="-"
+if [ "$FS_TYPE" = "ext4" ] && [ -n "$DEV_STAT" ]; then
+  # ext4 names its journal thread here; "<none>" means no journal.
+  jt="/sys/fs/ext4/$(basename "$(readlink -f "$FS_SOURCE")")/journal_task"
+  [ -r "$jt" ] && journal=$(cat "$jt")
+fi
+echo "$FS_TYPE on ${FS_SOURCE:-?} (${FS_OPTIONS:-?}); ext4 journal task: $journal" >"$RES/fs"
+log "stores on: $(cat "$RES/fs")"
+# discards: the device's completed discard requests so far ("-" without a device).
+discards() { if [ -n "$DEV_STAT" ]; then awk '{print $12}' "$DEV_STAT"; else echo -; fi; }
 log "load average at start: $(cat "$RES/load_start")"
 
 log "generating the store"
@@ -104,10 +133,12 @@ expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["expe
 BLOBS_BEFORE=$(count_blobs "$WORK/store")
 echo "$BLOBS_BEFORE" >"$RES/blobs_before"
 
-# collect NAME MODE: a fresh copy of the store, one timed collection, blob counts.
+# collect NAME MODE RUN: a fresh copy of the store, one timed collection, blob counts,
+# discards.
 collect() {
-  local name=$1 mode=$2 dir="$WORK/$1-$2" cfg rc=0
-  log "$name, $mode: copying the store"
+  local name=$1 mode=$2 run=$3 dir="$WORK/$1-$2" cfg rc=0 d0 d1
+  local tag="$name-$mode.$run"
+  log "$name, $mode, run $run of $REPEAT: copying the store"
   rm -rf "$dir"
   cp -a "$WORK/store" "$dir"
   cfg=$(config "$dir")
@@ -120,26 +151,31 @@ collect() {
     distribution/untagged) cmd=("$DOCKER_REGISTRY" garbage-collect --delete-untagged "$cfg") ;;
   esac
   log "$name, $mode: ${cmd[*]}"
-  env -u RUST_LOG /usr/bin/time -v -o "$RES/$name-$mode.time" "${cmd[@]}" \
-    >"$RES/$name-$mode.out" 2>"$RES/$name-$mode.err" || rc=$?
+  d0=$(discards)
+  env -u RUST_LOG /usr/bin/time -v -o "$RES/$tag.time" "${cmd[@]}" \
+    >"$RES/$tag.out" 2>"$RES/$tag.err" || rc=$?
+  d1=$(discards)
   if [ "$rc" -ne 0 ]; then
-    tail -20 "$RES/$name-$mode.err" >&2
+    tail -20 "$RES/$tag.err" >&2
     die "$name garbage-collect ($mode) failed ($rc)"
   fi
-  echo $(( BLOBS_BEFORE - $(count_blobs "$dir") )) >"$RES/$name-$mode.removed"
+  if [ "$d0" = "-" ]; then echo - >"$RES/$tag.discards"; else echo $(( d1 - d0 )) >"$RES/$tag.discards"; fi
+  echo $(( BLOBS_BEFORE - $(count_blobs "$dir") )) >"$RES/$tag.removed"
   rm -rf "$dir" "$dir.yml"
 }
 
 for mode in plain untagged; do
-  collect drydock "$mode"
-  collect distribution "$mode"
+  for run in $(seq 1 "$REPEAT"); do
+    collect drydock "$mode" "$run"
+    collect distribution "$mode" "$run"
+  done
 done
 cut -d' ' -f1-3 /proc/loadavg >"$RES/load_end"
 
 REPORT="$WORK/report.md"
-python3 - "$RES" >"$REPORT" <<'EOF'
+python3 - "$RES" "$REPEAT" >"$REPORT" <<'EOF'
 import json, os, re, sys
-res = sys.argv[1]
+res, repeat = sys.argv[1], int(sys.argv[2])
 def text(n):
     with open(os.path.join(res, n)) as f:
         return f.read().strip()
@@ -153,6 +189,22 @@ def time_v(n):
     user = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1))
     sys_ = float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
     return {"wall": secs, "rss_mib": rss / 1024, "cpu": user + sys_}
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+def runs(name, mode):
+    """Median wall and CPU, peak RSS, discards (median) and removed blobs over the runs."""
+    ts = [time_v(f"{name}-{mode}.{i}") for i in range(1, repeat + 1)]
+    walls = [t["wall"] for t in ts]
+    removed = {int(text(f"{name}-{mode}.{i}.removed")) for i in range(1, repeat + 1)}
+    if len(removed) != 1:
+        sys.exit(f"{name} {mode}: the runs removed different numbers of blobs: {sorted(removed)}")
+    disc = [text(f"{name}-{mode}.{i}.discards") for i in range(1, repeat + 1)]
+    disc = "-" if "-" in disc else f"{median([int(x) for x in disc]):,.0f}"
+    return {"wall": median(walls), "lo": min(walls), "hi": max(walls),
+            "cpu": median([t["cpu"] for t in ts]), "rss_mib": max(t["rss_mib"] for t in ts),
+            "discards": disc, "removed": removed.pop()}
 gen = json.loads(text("gen.json"))
 out = []
 p = out.append
@@ -162,19 +214,23 @@ p(f"Store: {gen['repositories']} repositories, {gen['manifests']:,} manifests "
   f"links; generated in {gen['seconds']:.1f} s. `docker-registry garbage-collect --dry-run` "
   f"on it: exit 0, {text('dry-run.eligible')} blobs eligible for deletion.")
 p("")
-p("| mode | collector | wall s | CPU s | peak RSS MiB | blobs removed (expected) | Distribution/drydock wall | drydock/Distribution RSS |")
-p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+p(f"Stores on: {text('fs')}. Runs per row: {repeat} (wall: median, with the range).")
+p("")
+p("| mode | collector | wall s | CPU s | peak RSS MiB | device discards | blobs removed (expected) | Distribution/drydock wall | drydock/Distribution RSS |")
+p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+def wall(x):
+    return f"{x['wall']:.2f}" if repeat == 1 else f"{x['wall']:.2f} ({x['lo']:.2f}–{x['hi']:.2f})"
 results = {}
 for mode, label, exp in (("plain", "plain (keep untagged)", gen["expected_removed_blobs_plain"]),
                          ("untagged", "remove untagged (`-m` / `--delete-untagged`)",
                           gen["expected_removed_blobs_untagged"])):
-    d, r = time_v(f"drydock-{mode}"), time_v(f"distribution-{mode}")
-    dn, rn = int(text(f"drydock-{mode}.removed")), int(text(f"distribution-{mode}.removed"))
+    d, r = runs("drydock", mode), runs("distribution", mode)
+    dn, rn = d["removed"], r["removed"]
     results[mode] = (d, r, dn, rn, exp)
     speed = r["wall"] / d["wall"] if d["wall"] > 0 else float("inf")
     mem = d["rss_mib"] / r["rss_mib"]
-    p(f"| {label} | drydock | {d['wall']:.2f} | {d['cpu']:.2f} | {d['rss_mib']:.1f} | {dn:,} ({exp:,}) | {speed:.1f}× | {mem:.2f}× |")
-    p(f"| {label} | Distribution 2.8.2 | {r['wall']:.2f} | {r['cpu']:.2f} | {r['rss_mib']:.1f} | {rn:,} ({exp:,}) | | |")
+    p(f"| {label} | drydock | {wall(d)} | {d['cpu']:.2f} | {d['rss_mib']:.1f} | {d['discards']} | {dn:,} ({exp:,}) | {speed:.1f}× | {mem:.2f}× |")
+    p(f"| {label} | Distribution 2.8.2 | {wall(r)} | {r['cpu']:.2f} | {r['rss_mib']:.1f} | {r['discards']} | {rn:,} ({exp:,}) | | |")
 p("")
 def met(ok): return "**met**" if ok else "**missed**"
 d, r, dn, rn, exp = results["untagged"]
@@ -187,7 +243,9 @@ s = r["wall"] / d["wall"]
 p(f"| plain gc ≥ 10× faster than Distribution | {s:.1f}× | {met(s >= 10)} |")
 p(f"| both remove the same blobs in plain mode | drydock {dn:,}, Distribution {rn:,}, expected {exp:,} | {met(dn == rn == exp)} |")
 p("")
-p(f"Wall time and peak RSS from /usr/bin/time -v; each run on a fresh copy of the store "
+p(f"Wall time and peak RSS (the largest of the runs) from /usr/bin/time -v; device "
+  f"discards: completed discard requests of the store's block device during the run "
+  f"(`-` on a filesystem without one); each run on a fresh copy of the store "
   f"(made just before it, so both collectors start with the same warm page cache). "
   f"Load average at the start: {text('load_start')}; at the end: {text('load_end')}.")
 print("\n".join(out))
@@ -198,6 +256,6 @@ if [ -n "$OUT" ]; then
   log "written to $OUT"
 fi
 cat "$REPORT"
-dn=$(cat "$RES/drydock-plain.removed")
-rn=$(cat "$RES/distribution-plain.removed")
+dn=$(cat "$RES/drydock-plain.1.removed")
+rn=$(cat "$RES/distribution-plain.1.removed")
 [ "$dn" = "$rn" ] || die "in plain mode drydock removed $dn blobs, Distribution $rn"

@@ -14,6 +14,9 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order listings use.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
