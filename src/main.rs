@@ -480,8 +480,51 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
     }
 }
 
+/// Keeps glibc from handing request-body buffers back to the kernel between requests.
+///
+/// hyper reads a body into buffers of up to ~400 KiB. With glibc's defaults those are
+/// returned to the kernel when freed (an arena is trimmed with `madvise`, or the buffer
+/// was its own `mmap`), and every new buffer is faulted in again page by page: pushing
+/// 2 GiB cost 260 000 page faults, a sixth of the server's CPU. With these two settings
+/// the same pushes take 4 500 faults and 10-15% less server CPU, and peak RSS stays
+/// where it was (about 27 MiB). Values already set in the environment
+/// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) are left to win.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // Allocations below this come from the arenas rather than a fresh mmap each.
+    const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+    // An arena keeps up to this much free memory for the next request to reuse.
+    const TRIM_THRESHOLD: libc::c_int = 32 << 20;
+    for (var, param, value) in [
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD,
+        ),
+        (
+            "MALLOC_TRIM_THRESHOLD_",
+            libc::M_TRIM_THRESHOLD,
+            TRIM_THRESHOLD,
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mallopt only sets allocator parameters; called before any thread
+            // of ours starts.
+            unsafe {
+                libc::mallopt(param, value);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        tune_allocator();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -207,7 +207,7 @@ impl Store {
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
             let mut w = Appender::open(&wpath, size, direct)?;
             while let Some(b) = rx.blocking_recv() {
-                w.write(&b)?;
+                w.write(b)?;
             }
             w.finish()
         });
