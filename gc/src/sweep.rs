@@ -132,19 +132,16 @@ impl Sweeper<'_> {
         if rm.unneeded_links.is_empty() {
             return Ok(out);
         }
-        // Held open per algorithm: every stat and removal names the link relative to it.
-        let mut dirs: Vec<(Algorithm, Option<LeafDir>)> = Vec::new();
+        // `_layers/<alg>` held open: every stat and removal names the link relative to
+        // it. The links come grouped by algorithm, so each folder is opened once.
+        let mut open: Option<(Algorithm, Option<LeafDir>)> = None;
         for d in rm.unneeded_links.iter() {
             let alg = d.algorithm();
-            let dir = match dirs.iter().position(|(a, _)| *a == alg) {
-                Some(i) => &dirs[i].1,
-                None => {
-                    dirs.push((alg, self.inv.open_layer_links(repo, alg)?));
-                    &dirs[dirs.len() - 1].1
-                }
-            };
+            if open.as_ref().map(|(a, _)| *a) != Some(alg) {
+                open = Some((alg, self.inv.open_layer_links(repo, alg)?));
+            }
             // The folder is gone: so is every link in it.
-            let Some(dir) = dir else {
+            let Some((_, Some(dir))) = &open else {
                 continue;
             };
             if self.young(dir.time(d.hex())) {

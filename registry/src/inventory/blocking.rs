@@ -106,15 +106,34 @@ fn remove_leaf(dir: &Path, file: &str) -> Result<bool> {
         Err(e) if e.kind() == ErrorKind::NotFound => false,
         Err(e) => return Err(io_err(dir, e)),
     };
-    match std::fs::remove_dir(dir) {
+    let removed = match std::fs::remove_dir(dir) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(file_gone),
-        // Not empty (a temp file left by a cut write, say): remove it whole.
-        Err(_) => match std::fs::remove_dir_all(dir) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(file_gone),
-            Err(e) => Err(io_err(dir, e)),
-        },
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    settle_leaf(|| dir.to_path_buf(), file_gone, removed)
+}
+
+/// The end of a leaf removal, once its file is gone (`file_gone`: it was there) and
+/// `rmdir` of its folder gave `removed`: a folder that is not empty (a temp file left by
+/// a cut write, say) is removed whole. `false` when neither was there. `dir` gives the
+/// folder's path, built only when it is needed.
+fn settle_leaf(
+    dir: impl Fn() -> PathBuf,
+    file_gone: bool,
+    removed: std::io::Result<bool>,
+) -> Result<bool> {
+    match removed {
+        Ok(true) => Ok(true),
+        Ok(false) => Ok(file_gone),
+        Err(_) => {
+            let dir = dir();
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(file_gone),
+                Err(e) => Err(io_err(&dir, e)),
+            }
+        }
     }
 }
 
@@ -264,16 +283,7 @@ impl LeafDir {
     fn remove(&self, hex: &str) -> Result<bool> {
         let dir = || self.path.join(hex);
         let file_gone = self.unlink(hex, true).map_err(|e| io_err(&dir(), e))?;
-        match self.unlink(hex, false) {
-            Ok(true) => Ok(true),
-            Ok(false) => Ok(file_gone),
-            // Not empty (a temp file left by a cut write, say): remove it whole.
-            Err(_) => match std::fs::remove_dir_all(dir()) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(file_gone),
-                Err(e) => Err(io_err(&dir(), e)),
-            },
-        }
+        settle_leaf(dir, file_gone, self.unlink(hex, false))
     }
 }
 
