@@ -464,6 +464,71 @@ async fn post_process_rewrites_copies_and_never_a_shared_pool_blob() {
     }
 }
 
+/// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
+fn process_ended(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test]
+async fn post_process_past_its_timeout_is_killed_with_what_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("child.pid");
+    // Signs, starts a background child that holds the output pipes, and waits for it.
+    let command = format!(
+        r#"for f in "$@"; do printf ' signed' >> "$f"; done; sleep 120 & echo $! > '{}'; wait"#,
+        pidfile.display()
+    );
+    let s = TestServer::start_with(|c| {
+        c.gc.on_startup = false;
+        c.artifacts.post_process.command = Some(command);
+        c.artifacts.post_process.timeout = "1s".into();
+    })
+    .await;
+    let rpm = random_bytes(10_000, 9);
+    put_ok(&s, "main/8/job/rpm/foo.rpm", &rpm).await;
+
+    let r = send(&s, reqwest::Method::PATCH, "main/8/job/rpm").await;
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    let e = &v["errors"][0];
+    assert_eq!(e["code"], "POST_PROCESS_FAILED", "{v}");
+    assert!(
+        e["detail"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("timed out after 1s"),
+        "{v}"
+    );
+    // The format is as it was: unsigned, still dirty.
+    assert_eq!(get_file(&s, "main/8/job/rpm/foo.rpm").await.0, rpm);
+    assert_eq!(
+        get_json(&s, "main/8/job/rpm").await["format"]["dirty"],
+        true
+    );
+    // The background child went with the command (SIGKILL to its process group).
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let pid = pid.trim();
+    let mut ended = process_ended(pid);
+    for _ in 0..50 {
+        if ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ended = process_ended(pid);
+    }
+    assert!(ended, "the command's background child {pid} still runs");
+    assert!(
+        files_below(&artifacts_root(&s).join(".work")).is_empty(),
+        "work folder not cleaned"
+    );
+}
+
 async fn set_flag(s: &TestServer, tag: &str, flag: &str, on: bool) {
     let m = if on {
         reqwest::Method::PUT

@@ -371,7 +371,7 @@ pub struct ArtifactsConfig {
 }
 
 /// A command run when a format is finalised (`PATCH`), on private copies of its files.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PostProcessConfig {
     /// Run with `sh -c`, in a folder holding copies of the format's files (those the
@@ -380,6 +380,19 @@ pub struct PostProcessConfig {
     /// A regular expression over file paths (relative to the format) that selects the
     /// files to copy and process; none selects every file.
     pub filter: Option<String>,
+    /// A run longer than this is killed with everything it started, and the
+    /// finalisation fails (Go duration; `0s`: no limit).
+    pub timeout: String,
+}
+
+impl Default for PostProcessConfig {
+    fn default() -> Self {
+        PostProcessConfig {
+            command: None,
+            filter: None,
+            timeout: "10m".into(),
+        }
+    }
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -501,6 +514,10 @@ impl Config {
             ("gc.interval", &config.gc.interval),
             ("gc.grace", &config.gc.grace),
             ("gc.pending_ttl", &config.gc.pending_ttl),
+            (
+                "artifacts.post_process.timeout",
+                &config.artifacts.post_process.timeout,
+            ),
             (
                 "storage.maintenance.uploadpurging.age",
                 &config.storage.maintenance.uploadpurging.age,
@@ -767,8 +784,17 @@ mod tests {
         assert_eq!(pp.command.as_deref(), Some("rpmsign --addsign \"$@\""));
         assert_eq!(pp.filter.as_deref(), Some("\\.rpm$"));
         assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        assert_eq!(pp.timeout, "10m");
         let d = Config::load(None, env(&[])).unwrap().config;
         assert!(d.artifacts.post_process.command.is_none());
+        let e = Config::from_yaml(
+            "artifacts:\n  post_process:\n    timeout: ten minutes\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("artifacts.post_process.timeout"), "{e}");
     }
 
     #[test]

@@ -15,14 +15,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::tree::{LinkEntry, Scope};
 use super::{FilePath, FormatId, FormatMeta, ScratchDir, rfc3339};
-use crate::config::PostProcessConfig;
+use crate::config::{PostProcessConfig, parse_duration};
 use crate::digest::Digest;
 use crate::storage::paths::Scratch;
 use crate::storage::{PathSpec, path_for};
@@ -39,6 +39,8 @@ pub struct PostProcess {
     pub command: String,
     /// Selects files by their path inside the format; `None` selects all.
     pub filter: Option<regex::Regex>,
+    /// A run longer than this is killed; `None`: no limit.
+    pub timeout: Option<Duration>,
 }
 
 impl PostProcess {
@@ -56,7 +58,13 @@ impl PostProcess {
                 }
             },
         };
-        Some(PostProcess { command, filter })
+        // Checked at load; a value that does not parse falls back to the default.
+        let timeout = parse_duration(&c.timeout).unwrap_or(Duration::from_secs(600));
+        Some(PostProcess {
+            command,
+            filter,
+            timeout: (!timeout.is_zero()).then_some(timeout),
+        })
     }
 
     fn selects(&self, path: &FilePath) -> bool {
@@ -323,13 +331,35 @@ async fn run_command(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a timeout kills whatever the command started too (a
+        // background child would otherwise hold the pipes, and the request, open).
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| Error::PostProcessFailed {
         status: format!("could not start sh: {e}"),
         stderr: String::new(),
     })?;
+    let group = child.id().and_then(|p| i32::try_from(p).ok());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (out_tail, err_tail, status) = tokio::join!(tail(stdout), tail(stderr), child.wait());
+    let run = async { tokio::join!(tail(stdout), tail(stderr), child.wait()) };
+    let ran = match pp.timeout {
+        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+        None => Some(run.await),
+    };
+    let Some((out_tail, err_tail, status)) = ran else {
+        if let Some(g) = group {
+            // SAFETY: a plain syscall; `-g` names the group the command leads.
+            unsafe { libc::kill(-g, libc::SIGKILL) };
+        }
+        let _ = child.wait().await;
+        let limit = pp.timeout.unwrap_or_default();
+        let status = format!("timed out after {limit:?}; killed with everything it started");
+        tracing::warn!(format = %f, %status, "post-process command failed");
+        return Err(Error::PostProcessFailed {
+            status,
+            stderr: String::new(),
+        });
+    };
     let status = status.map_err(Error::internal)?;
     if !status.success() {
         let status = match (status.code(), status.signal()) {
