@@ -6,7 +6,7 @@
 #   bash scripts/bench-compare.sh --out results.md   # ... written to a file
 #
 # What it does: cargo build --release --bins; creates two random test files of SIZE_MIB
-# (drydock-bench gen-file); measures the references (openssl dgst -sha256 on the file,
+# (drydock-bench gen-file); measures the references (openssl dgst -sha256 on the file, best of 3;
 # dd bs=4M conv=fdatasync of it, a private nginx serving it and a small static file;
 # nginx stays up, idle, and is pulled from again right before each registry's pull);
 # then starts drydock (fresh root, access log off, log level warn, no GC at startup)
@@ -132,9 +132,18 @@ log "creating two $SIZE_MIB MiB random test files"
 "$BENCH" gen-file --size-mib "$SIZE_MIB" --file "$WORK/blob2.bin" >/dev/null
 sync
 
-log "reference: openssl dgst -sha256"
-t0=$(now); openssl dgst -sha256 -r "$WORK/blob.bin" >/dev/null; t1=$(now)
-elapsed "$t0" "$t1" >"$RES/ref_sha_s"
+# The best of three: one run right after the files are written and synced measured
+# 1,161 MiB/s where others made 1,388, which made the push target easier to meet.
+log "reference: openssl dgst -sha256 (best of 3)"
+best=""
+for _ in 1 2 3; do
+  t0=$(now); openssl dgst -sha256 -r "$WORK/blob.bin" >/dev/null; t1=$(now)
+  secs=$(elapsed "$t0" "$t1")
+  if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)" "$secs" "$best"; then
+    best=$secs
+  fi
+done
+echo "$best" >"$RES/ref_sha_s"
 log "reference: dd bs=4M conv=fdatasync"
 t0=$(now); dd if="$WORK/blob.bin" of="$WORK/dd.tmp" bs=4M conv=fdatasync status=none; t1=$(now)
 elapsed "$t0" "$t1" >"$RES/ref_dd_s"
