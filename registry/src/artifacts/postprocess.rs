@@ -343,22 +343,24 @@ async fn run_command(
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async { tokio::join!(tail(stdout), tail(stderr), child.wait()) };
     let ran = match pp.timeout {
-        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-        None => Some(run.await),
+        Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| limit),
+        None => Ok(run.await),
     };
-    let Some((out_tail, err_tail, status)) = ran else {
-        if let Some(g) = group {
-            // SAFETY: a plain syscall; `-g` names the group the command leads.
-            unsafe { libc::kill(-g, libc::SIGKILL) };
+    let (out_tail, err_tail, status) = match ran {
+        Ok(done) => done,
+        Err(limit) => {
+            if let Some(g) = group {
+                // SAFETY: a plain syscall; `-g` names the group the command leads.
+                unsafe { libc::kill(-g, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            let status = format!("timed out after {limit:?}; killed with everything it started");
+            tracing::warn!(format = %f, %status, "post-process command failed");
+            return Err(Error::PostProcessFailed {
+                status,
+                stderr: String::new(),
+            });
         }
-        let _ = child.wait().await;
-        let limit = pp.timeout.unwrap_or_default();
-        let status = format!("timed out after {limit:?}; killed with everything it started");
-        tracing::warn!(format = %f, %status, "post-process command failed");
-        return Err(Error::PostProcessFailed {
-            status,
-            stderr: String::new(),
-        });
     };
     let status = status.map_err(Error::internal)?;
     if !status.success() {

@@ -160,19 +160,23 @@ struct RelName {
 
 impl RelName {
     fn new(hex: &str, file: Option<&str>) -> std::io::Result<RelName> {
+        // A plain name: not empty, not `.` or `..`, no '/' or NUL (a hex digest never
+        // has one). Anything else could name something outside the open folder.
+        let plain =
+            |s: &str| !matches!(s, "" | "." | "..") && !s.bytes().any(|c| c == b'/' || c == 0);
+        if !plain(hex) || !file.is_none_or(plain) {
+            return Err(std::io::Error::from(ErrorKind::InvalidInput));
+        }
         let mut buf = [0u8; 256];
         let mut n = 0;
         for part in [Some(hex), file.map(|_| "/"), file].into_iter().flatten() {
             let b = part.as_bytes();
-            // Room for the NUL; no NUL or '/' inside a name (a hex digest never has one).
-            if n + b.len() >= buf.len() || b.contains(&0) {
+            // Room for the NUL.
+            if n + b.len() >= buf.len() {
                 return Err(std::io::Error::from(ErrorKind::InvalidInput));
             }
             buf[n..n + b.len()].copy_from_slice(b);
             n += b.len();
-        }
-        if hex.is_empty() || hex.contains('/') {
-            return Err(std::io::Error::from(ErrorKind::InvalidInput));
         }
         Ok(RelName { buf })
     }

@@ -70,20 +70,30 @@ impl AlignedBuf {
 /// Appends to one file from a starting offset; see the module docs.
 pub(crate) struct Appender {
     plain: File,
-    /// The same file opened with `O_DIRECT`, when that is possible and wanted.
-    direct: Option<File>,
-    /// File offset of the first byte in `buf`.
+    /// File offset of the next byte to hand to the kernel (the first queued or
+    /// buffered one).
     offset: u64,
-    /// Bytes to write through the page cache before direct writes are aligned.
-    head: usize,
-    /// Direct writes: bytes collect here until a whole aligned chunk is ready.
-    buf: AlignedBuf,
-    /// Buffered writes: frames waiting for the next `writev`, and their length.
-    queued: Vec<Bytes>,
-    queued_len: usize,
     written: u64,
-    /// Buffered bytes not yet handed to writeback.
-    unkicked: u64,
+    mode: Mode,
+}
+
+enum Mode {
+    /// Through the page cache: frames wait for the next `writev`.
+    Buffered {
+        queued: Vec<Bytes>,
+        /// Bytes in `queued`.
+        queued_len: usize,
+        /// Bytes written but not yet handed to writeback.
+        unkicked: u64,
+    },
+    /// Around the page cache, with the same file opened `O_DIRECT`.
+    Direct {
+        file: File,
+        /// Bytes to write through the page cache before direct writes are aligned.
+        head: usize,
+        /// Bytes collect here until a whole aligned chunk is ready.
+        buf: AlignedBuf,
+    },
 }
 
 impl Appender {
@@ -105,79 +115,80 @@ impl Appender {
         } else {
             None
         };
-        let (head, capacity) = match direct {
-            Some(_) => (
-                (ALIGN - (offset % ALIGN as u64) as usize) % ALIGN,
-                DIRECT_CHUNK,
-            ),
+        let mode = match direct {
+            Some(file) => Mode::Direct {
+                file,
+                head: (ALIGN - (offset % ALIGN as u64) as usize) % ALIGN,
+                buf: AlignedBuf::new(DIRECT_CHUNK),
+            },
             None => {
                 // Buffered writes go out with `writev` at the file position.
                 plain.seek(SeekFrom::Start(offset))?;
-                (0, 0)
+                Mode::Buffered {
+                    queued: Vec::new(),
+                    queued_len: 0,
+                    unkicked: 0,
+                }
             }
         };
         Ok(Appender {
             plain,
-            direct,
             offset,
-            head,
-            buf: AlignedBuf::new(capacity),
-            queued: Vec::new(),
-            queued_len: 0,
             written: 0,
-            unkicked: 0,
+            mode,
         })
     }
 
     /// Appends one frame of a request body.
     pub(crate) fn write(&mut self, data: Bytes) -> io::Result<()> {
-        if self.direct.is_none() {
-            self.written += data.len() as u64;
-            self.queued_len += data.len();
-            self.queued.push(data);
-            if self.queued_len >= BUFFERED_CHUNK || self.queued.len() >= BUFFERED_FRAMES {
-                self.write_queued()?;
-            }
-            return Ok(());
-        }
-        self.write_direct(&data)
-    }
-
-    fn write_direct(&mut self, mut data: &[u8]) -> io::Result<()> {
         self.written += data.len() as u64;
-        if self.head > 0 {
-            let n = self.head.min(data.len());
-            self.plain.write_all_at(&data[..n], self.offset)?;
-            self.offset += n as u64;
-            self.head -= n;
-            data = &data[n..];
-        }
-        while !data.is_empty() {
-            let n = self.buf.fill(data);
-            data = &data[n..];
-            if self.buf.len == self.buf.capacity() {
-                self.flush_full()?;
+        match &mut self.mode {
+            Mode::Buffered {
+                queued, queued_len, ..
+            } => {
+                *queued_len += data.len();
+                queued.push(data);
+                if *queued_len >= BUFFERED_CHUNK || queued.len() >= BUFFERED_FRAMES {
+                    self.write_queued()?;
+                }
+                Ok(())
+            }
+            Mode::Direct { file, head, buf } => {
+                let mut data = &data[..];
+                if *head > 0 {
+                    let n = (*head).min(data.len());
+                    self.plain.write_all_at(&data[..n], self.offset)?;
+                    self.offset += n as u64;
+                    *head -= n;
+                    data = &data[n..];
+                }
+                while !data.is_empty() {
+                    let n = buf.fill(data);
+                    data = &data[n..];
+                    if buf.len == buf.capacity() {
+                        file.write_all_at(buf.filled(), self.offset)?;
+                        self.offset += buf.len as u64;
+                        buf.len = 0;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
-    }
-
-    fn flush_full(&mut self) -> io::Result<()> {
-        let len = self.buf.len;
-        if let Some(f) = &self.direct {
-            f.write_all_at(self.buf.filled(), self.offset)?;
-        }
-        self.offset += len as u64;
-        self.buf.len = 0;
-        Ok(())
     }
 
     /// Writes the queued frames through the page cache (one `writev`, more only when
     /// the kernel takes part of them), and starts writeback every few MiB so the final
     /// fsync waits only for the tail.
     fn write_queued(&mut self) -> io::Result<()> {
-        let len = self.queued_len;
-        let mut slices: Vec<IoSlice<'_>> = self.queued.iter().map(|b| IoSlice::new(b)).collect();
+        let Mode::Buffered {
+            queued,
+            queued_len,
+            unkicked,
+        } = &mut self.mode
+        else {
+            return Ok(());
+        };
+        let mut slices: Vec<IoSlice<'_>> = queued.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             match self.plain.write_vectored(rest) {
@@ -188,38 +199,33 @@ impl Appender {
             }
         }
         drop(slices);
-        self.queued.clear();
-        self.queued_len = 0;
-        self.offset += len as u64;
-        self.unkicked += len as u64;
-        if self.unkicked >= WRITEBACK_EVERY {
-            start_writeback(&self.plain, self.offset - self.unkicked, self.unkicked);
-            self.unkicked = 0;
+        queued.clear();
+        let len = std::mem::take(queued_len) as u64;
+        self.offset += len;
+        *unkicked += len;
+        if *unkicked >= WRITEBACK_EVERY {
+            start_writeback(&self.plain, self.offset - *unkicked, *unkicked);
+            *unkicked = 0;
         }
         Ok(())
     }
 
-    /// Writes what is buffered; returns the bytes appended in all.
+    /// Writes what is queued or buffered; returns the bytes appended in all.
     pub(crate) fn finish(mut self) -> io::Result<u64> {
-        if self.direct.is_none() {
-            self.write_queued()?;
-            return Ok(self.written);
-        }
-        let len = self.buf.len;
-        let aligned = match self.direct {
-            Some(_) => len - len % ALIGN,
-            None => 0,
-        };
-        if let Some(f) = &self.direct
-            && aligned > 0
-        {
-            f.write_all_at(&self.buf.filled()[..aligned], self.offset)?;
-        }
-        if len > aligned {
-            self.plain.write_all_at(
-                &self.buf.filled()[aligned..len],
-                self.offset + aligned as u64,
-            )?;
+        match &self.mode {
+            Mode::Buffered { .. } => self.write_queued()?,
+            Mode::Direct { file, buf, .. } => {
+                // The aligned part directly, the tail through the page cache.
+                let len = buf.len;
+                let aligned = len - len % ALIGN;
+                if aligned > 0 {
+                    file.write_all_at(&buf.filled()[..aligned], self.offset)?;
+                }
+                if len > aligned {
+                    self.plain
+                        .write_all_at(&buf.filled()[aligned..len], self.offset + aligned as u64)?;
+                }
+            }
         }
         Ok(self.written)
     }
