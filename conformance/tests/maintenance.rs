@@ -668,10 +668,18 @@ async fn the_server_accepts_a_socket_activated_listener() {
     ])
     .env("LISTEN_FDS", "1")
     .stderr(std::process::Stdio::null());
-    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
+    // SAFETY: only dup2 and fcntl, which are async-signal-safe, run between fork and
+    // exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself keeps FD_CLOEXEC: when the listener already is fd 3, the
+            // flag is cleared instead, or exec would close it.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
