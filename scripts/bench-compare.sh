@@ -5,7 +5,7 @@
 #   bash scripts/bench-compare.sh                    # markdown table on stdout
 #   bash scripts/bench-compare.sh --out results.md   # ... written to a file
 #
-# What it does: cargo build --release --bins; creates two random test files of SIZE_MIB
+# What it does: cargo build --release --workspace --bins; creates two random test files of SIZE_MIB
 # (drydock-bench gen-file); measures the references (openssl dgst -sha256 on the file, best of 3;
 # dd bs=4M conv=fdatasync of it, a private nginx serving it and a small static file;
 # nginx stays up, idle, and is pulled from again right before each registry's pull);
@@ -69,8 +69,8 @@ trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT
 trap 'echo "terminated" >&2; exit 143' TERM
 
-log "building (cargo build --release --bins)"
-cargo build --release --bins >&2
+log "building (cargo build --release --workspace --bins)"
+cargo build --release --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 for bin in registry drydock-bench; do
   [ -x "$TARGET/$bin" ] || die "$TARGET/$bin was not built"

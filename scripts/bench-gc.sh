@@ -5,7 +5,7 @@
 #   bash scripts/bench-gc.sh                    # markdown table on stdout
 #   bash scripts/bench-gc.sh --out gc.md        # ... written to a file as well
 #
-# What it does: cargo build --release --bins; `drydock-bench gen-store` writes a store in
+# What it does: cargo build --release --workspace --bins; `drydock-bench gen-store` writes a store in
 # Distribution's layout (REPOS repositories, MANIFESTS OCI manifests of 1 config +
 # LAYERS layers each, UNTAGGED of them untagged, ORPHANS unreferenced blobs); checks it
 # with `docker-registry garbage-collect --dry-run` (which must succeed and plan to remove
@@ -63,8 +63,8 @@ trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT
 trap 'echo "terminated" >&2; exit 143' TERM
 
-log "building (cargo build --release --bins)"
-cargo build --release --bins >&2
+log "building (cargo build --release --workspace --bins)"
+cargo build --release --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 for bin in registry drydock-bench; do
   [ -x "$TARGET/$bin" ] || die "$TARGET/$bin was not built"

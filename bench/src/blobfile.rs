@@ -2,7 +2,7 @@
 //! digest kept in a `<file>.sha256` sidecar so later runs (and the pull after a push)
 //! reuse it without hashing again. Requests stream it from disk.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,6 +14,24 @@ pub struct BlobFile {
     pub size: u64,
     /// `sha256:<hex>`
     pub digest: String,
+}
+
+impl BlobFile {
+    /// Reads the whole file once, so that a push timed next reads it from the page cache,
+    /// as the `openssl dgst` reference does. Cold page cache does not stay: a VM may
+    /// reclaim it (this bench machine's `kdamond` pages out page cache untouched for about
+    /// 30 s), and a push that reads its file from the disk measures the disk.
+    pub fn warm(&self) -> anyhow::Result<()> {
+        let mut f = std::fs::File::open(&self.path)
+            .with_context(|| format!("open {}", self.path.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        while f
+            .read(&mut buf)
+            .with_context(|| format!("read {}", self.path.display()))?
+            > 0
+        {}
+        Ok(())
+    }
 }
 
 pub fn default_path(size_mib: u64) -> PathBuf {

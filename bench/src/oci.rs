@@ -8,7 +8,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
-use crate::client::{self as h, Body, Conn, expect, header_str, location_path, with_query};
+use crate::client::{
+    self as h, Conn, Payload, expect, expect_reply, header_str, location_path, with_query,
+};
 use anyhow::{Context, anyhow, bail};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -54,11 +56,11 @@ pub async fn finish_upload(
     location: &str,
     digest: &str,
     len: u64,
-    body: Body,
+    body: Payload,
 ) -> anyhow::Result<()> {
     let path = with_query(location, "digest", digest);
-    let resp = c
-        .send(
+    let reply = c
+        .request(
             Method::PUT,
             &path,
             &[
@@ -71,7 +73,7 @@ pub async fn finish_upload(
             body,
         )
         .await?;
-    let hdrs = expect(&format!("PUT {path}"), resp, StatusCode::CREATED).await?;
+    let hdrs = expect_reply(&format!("PUT {path}"), reply, StatusCode::CREATED)?;
     if let Some(d) = header_str(&hdrs, "docker-content-digest")
         && d != digest
     {
@@ -86,10 +88,10 @@ pub async fn patch_chunk(
     location: &str,
     start: u64,
     len: u64,
-    body: Body,
+    body: Payload,
 ) -> anyhow::Result<String> {
-    let resp = c
-        .send(
+    let reply = c
+        .request(
             Method::PATCH,
             location,
             &[
@@ -106,7 +108,7 @@ pub async fn patch_chunk(
             body,
         )
         .await?;
-    let hdrs = expect(&format!("PATCH {location}"), resp, StatusCode::ACCEPTED).await?;
+    let hdrs = expect_reply(&format!("PATCH {location}"), reply, StatusCode::ACCEPTED)?;
     let loc =
         header_str(&hdrs, "location").ok_or_else(|| anyhow!("PATCH {location}: no Location"))?;
     Ok(location_path(loc))
@@ -134,7 +136,7 @@ pub async fn push_blob_bytes(
 ) -> anyhow::Result<()> {
     let loc = start_upload(c, repo).await?;
     let len = data.len() as u64;
-    finish_upload(c, &loc, digest, len, h::full(data)).await
+    finish_upload(c, &loc, digest, len, Payload::Body(h::full(data))).await
 }
 
 /// Links a blob from another repository (`POST ?mount=&from=`); falls back to an upload
@@ -166,7 +168,14 @@ pub async fn mount_or_push(
             let loc =
                 header_str(&hdrs, "location").ok_or_else(|| anyhow!("POST {path}: no Location"))?;
             let loc = location_path(loc);
-            finish_upload(c, &loc, digest, data.len() as u64, h::full(data.clone())).await
+            finish_upload(
+                c,
+                &loc,
+                digest,
+                data.len() as u64,
+                Payload::Body(h::full(data.clone())),
+            )
+            .await
         }
         s => bail!("POST {path}: {s}"),
     }

@@ -13,13 +13,10 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::blobfile::BlobFile;
-use crate::client::{self as h, Conn, Target};
+use crate::client::{self as h, Conn, FileRange, Payload, Target};
 use crate::load::{LoadOpts, Op, StartLine, run_load, run_workers};
 use crate::oci::{self, Blob, Image};
 use crate::report::{ErrorLog, Latency, Report, Row, histogram, record};
-
-/// Read size for streaming the test file into a request.
-const SEND_CHUNK: usize = 1 << 20;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -90,7 +87,11 @@ async fn push_once(
     let loc = oci::start_upload(c, repo).await?;
     match chunk {
         None => {
-            let body = h::file_body(f.path.clone(), 0, f.size, SEND_CHUNK);
+            let body = Payload::File(FileRange {
+                path: f.path.clone(),
+                offset: 0,
+                len: f.size,
+            });
             oci::finish_upload(c, &loc, &f.digest, f.size, body).await
         }
         Some(chunk) => {
@@ -98,11 +99,15 @@ async fn push_once(
             let mut offset = 0;
             while offset < f.size {
                 let len = chunk.min(f.size - offset);
-                let body = h::file_body(f.path.clone(), offset, len, SEND_CHUNK);
+                let body = Payload::File(FileRange {
+                    path: f.path.clone(),
+                    offset,
+                    len,
+                });
                 loc = oci::patch_chunk(c, &loc, offset, len, body).await?;
                 offset += len;
             }
-            oci::finish_upload(c, &loc, &f.digest, 0, h::empty()).await
+            oci::finish_upload(c, &loc, &f.digest, 0, Payload::Body(h::empty())).await
         }
     }
 }
@@ -125,6 +130,7 @@ pub fn push_blob(
         let mut c = Conn::connect(target.clone()).await?;
         let mut times = Vec::new();
         for _ in 0..repeat {
+            f.warm()?;
             let t0 = Instant::now();
             match push_once(&mut c, repo, f, chunk).await {
                 Ok(()) => times.push(t0.elapsed()),

@@ -214,17 +214,22 @@ pub async fn push_image(
 
 /// The `registry` binary built from this workspace (for tests that spawn processes).
 pub fn registry_binary() -> PathBuf {
+    workspace_binary("registry")
+}
+
+/// A binary built from this workspace (`cargo build --workspace --bins`), debug first.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     for profile in ["debug", "release"] {
-        let p = target.join(profile).join("registry");
+        let p = target.join(profile).join(name);
         if p.exists() {
             return p;
         }
     }
     panic!(
-        "the registry binary is not built under {}: run `cargo build --bins` first",
+        "the {name} binary is not built under {}: run `cargo build --workspace --bins` first",
         target.display()
     );
 }
