@@ -1,6 +1,6 @@
 //! The big-blob test file: random data written once, hashed while it is written, its
 //! digest kept in a `<file>.sha256` sidecar so later runs (and the pull after a push)
-//! reuse it without hashing again. Requests stream it from disk.
+//! reuse it without hashing again. Requests send it with sendfile(2) ([`BlobFile::range`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use sha2::{Digest as _, Sha256};
+
+use crate::client::FileRange;
 
 pub struct BlobFile {
     pub path: PathBuf,
@@ -17,6 +19,15 @@ pub struct BlobFile {
 }
 
 impl BlobFile {
+    /// `len` bytes from `offset`, as a request body.
+    pub fn range(&self, offset: u64, len: u64) -> FileRange {
+        FileRange {
+            path: self.path.clone(),
+            offset,
+            len,
+        }
+    }
+
     /// Reads the whole file once, so that a push timed next reads it from the page cache,
     /// as the `openssl dgst` reference does. Cold page cache does not stay: a VM may
     /// reclaim it (this bench machine's `kdamond` pages out page cache untouched for about

@@ -1,6 +1,7 @@
 //! A deliberately small HTTP/1.1 client: one keep-alive connection per worker, built on
 //! hyper's low-level `client::conn::http1` over a `tokio::net::TcpStream`, so the load
-//! tool spends as little CPU as possible on its own side of loopback. It knows the two
+//! tool spends as little CPU as possible on its own side of loopback; big bodies from a
+//! file go out with sendfile(2) instead (see [`FileRange`]). It knows the two
 //! things a registry client must: `Location` headers may be absolute or relative, and
 //! may carry a query (`?_state=...` in Distribution) that `&digest=` must extend.
 
@@ -121,6 +122,17 @@ pub struct FileRange {
 pub enum Payload {
     Body(Body),
     File(FileRange),
+}
+
+impl Payload {
+    /// The body's length in bytes, for `content-length`; `None` for a body whose length
+    /// is not known in advance.
+    pub fn length(&self) -> Option<u64> {
+        match self {
+            Payload::Body(b) => hyper::body::Body::size_hint(b).exact(),
+            Payload::File(f) => Some(f.len),
+        }
+    }
 }
 
 /// A whole response: the status, the headers, and the (small) body.

@@ -50,15 +50,17 @@ pub async fn start_upload(c: &mut Conn, repo: &str) -> anyhow::Result<String> {
     Ok(location_path(loc))
 }
 
-/// `PUT <location>&digest=` with `body` of `len` bytes; expects 201.
+/// `PUT <location>&digest=` with `body`; expects 201.
 pub async fn finish_upload(
     c: &mut Conn,
     location: &str,
     digest: &str,
-    len: u64,
     body: Payload,
 ) -> anyhow::Result<()> {
     let path = with_query(location, "digest", digest);
+    let len = body
+        .length()
+        .ok_or_else(|| anyhow!("PUT {path}: a body of unknown length"))?;
     let reply = c
         .request(
             Method::PUT,
@@ -82,14 +84,17 @@ pub async fn finish_upload(
     Ok(())
 }
 
-/// `PATCH <location>` with one chunk; returns the next `Location`.
+/// `PATCH <location>` with one chunk that starts at `start`; returns the next
+/// `Location`.
 pub async fn patch_chunk(
     c: &mut Conn,
     location: &str,
     start: u64,
-    len: u64,
     body: Payload,
 ) -> anyhow::Result<String> {
+    let len = body
+        .length()
+        .ok_or_else(|| anyhow!("PATCH {location}: a chunk of unknown length"))?;
     let reply = c
         .request(
             Method::PATCH,
@@ -135,8 +140,7 @@ pub async fn push_blob_bytes(
     data: Bytes,
 ) -> anyhow::Result<()> {
     let loc = start_upload(c, repo).await?;
-    let len = data.len() as u64;
-    finish_upload(c, &loc, digest, len, Payload::Body(h::full(data))).await
+    finish_upload(c, &loc, digest, Payload::Body(h::full(data))).await
 }
 
 /// Links a blob from another repository (`POST ?mount=&from=`); falls back to an upload
@@ -168,14 +172,7 @@ pub async fn mount_or_push(
             let loc =
                 header_str(&hdrs, "location").ok_or_else(|| anyhow!("POST {path}: no Location"))?;
             let loc = location_path(loc);
-            finish_upload(
-                c,
-                &loc,
-                digest,
-                data.len() as u64,
-                Payload::Body(h::full(data.clone())),
-            )
-            .await
+            finish_upload(c, &loc, digest, Payload::Body(h::full(data.clone()))).await
         }
         s => bail!("POST {path}: {s}"),
     }

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::blobfile::BlobFile;
-use crate::client::{self as h, Conn, FileRange, Payload, Target};
+use crate::client::{self as h, Conn, Payload, Target};
 use crate::load::{LoadOpts, Op, StartLine, run_load, run_workers};
 use crate::oci::{self, Blob, Image};
 use crate::report::{ErrorLog, Latency, Report, Row, histogram, record};
@@ -87,27 +87,19 @@ async fn push_once(
     let loc = oci::start_upload(c, repo).await?;
     match chunk {
         None => {
-            let body = Payload::File(FileRange {
-                path: f.path.clone(),
-                offset: 0,
-                len: f.size,
-            });
-            oci::finish_upload(c, &loc, &f.digest, f.size, body).await
+            let body = Payload::File(f.range(0, f.size));
+            oci::finish_upload(c, &loc, &f.digest, body).await
         }
         Some(chunk) => {
             let mut loc = loc;
             let mut offset = 0;
             while offset < f.size {
                 let len = chunk.min(f.size - offset);
-                let body = Payload::File(FileRange {
-                    path: f.path.clone(),
-                    offset,
-                    len,
-                });
-                loc = oci::patch_chunk(c, &loc, offset, len, body).await?;
+                let body = Payload::File(f.range(offset, len));
+                loc = oci::patch_chunk(c, &loc, offset, body).await?;
                 offset += len;
             }
-            oci::finish_upload(c, &loc, &f.digest, 0, Payload::Body(h::empty())).await
+            oci::finish_upload(c, &loc, &f.digest, Payload::Body(h::empty())).await
         }
     }
 }
