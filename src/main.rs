@@ -258,8 +258,10 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot lock storage root {}", root.display()))?;
     let report = match lock {
         Some(_held) => {
-            let state = registry::server::state_from_config(&config);
-            gc::collect(&state.store, &opts, None).await?
+            let store = registry::server::state_from_config(&config)
+                .store
+                .without_cache();
+            gc::collect(&store, &opts, None).await?
         }
         None => {
             let socket = admin_socket(&root);
@@ -345,8 +347,10 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot lock storage root {}", root.display()))?;
             let records: Vec<gc::maintenance::Record> = match lock {
                 Some(_held) => {
-                    let state = registry::server::state_from_config(&config);
-                    let m = Maintenance::new(state.store, config.clone(), None);
+                    let store = registry::server::state_from_config(&config)
+                        .store
+                        .without_cache();
+                    let m = Maintenance::new(store, config.clone(), None);
                     if chosen.is_empty() {
                         chosen = if auto || schedule.is_some() {
                             m.due(schedule.as_deref(), auto)

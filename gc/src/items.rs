@@ -25,14 +25,16 @@ struct Item {
 impl fmt::Display for Item {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(r) = &self.repo {
-            write!(f, "{r}@")?;
+            f.write_str(r)?;
+            f.write_str("@")?;
         }
         match &self.digest {
             Compact::Sha256(b) => {
                 let mut hex = [0u8; 64];
-                // 32 bytes always fit 64 hex digits.
+                // 32 bytes always fit 64 hex digits, and hex digits are UTF-8.
                 let _ = hex::encode_to_slice(b, &mut hex);
-                write!(f, "sha256:{}", String::from_utf8_lossy(&hex))
+                f.write_str("sha256:")?;
+                f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
             }
             Compact::Text(t) => f.write_str(t),
         }
@@ -127,9 +129,17 @@ impl Items {
     }
 }
 
+/// Each item is formatted straight into the output: no string per item (a report can
+/// list a hundred thousand).
+impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl Serialize for Items {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.iter())
+        s.collect_seq(self.items())
     }
 }
 

@@ -7,6 +7,9 @@
 //! Each map is bounded; when full it is emptied (entries are cheap to refill).
 //!
 //! Correct only while one process writes the root — the root lock guarantees it.
+//!
+//! A process that serves no reads (the offline collector, CLI maintenance) uses
+//! [`Cache::off`]: it holds nothing, so its removals have nothing to invalidate.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -34,6 +37,8 @@ pub struct CachedManifest {
 
 #[derive(Default)]
 pub struct Cache {
+    /// Holds nothing: fills and invalidations return at once.
+    off: bool,
     generation: AtomicU64,
     links: DashMap<String, Digest>,
     sizes: DashMap<Digest, u64>,
@@ -47,6 +52,18 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// A cache that holds nothing, for a process that serves no reads.
+    pub fn off() -> Cache {
+        Cache {
+            off: true,
+            ..Cache::default()
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.off
+    }
+
     /// The generation to pass to a later `fill_*` call; read it before the disk.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -61,6 +78,9 @@ impl Cache {
     }
 
     pub fn fill_link(&self, path: &str, digest: &Digest, since: u64) {
+        if self.off {
+            return;
+        }
         if self.links.len() >= MAX_LINKS {
             self.links.clear();
         }
@@ -71,6 +91,9 @@ impl Cache {
 
     /// Call after the link at `path` was written or removed on disk.
     pub fn invalidate_link(&self, path: &str) {
+        if self.off {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.links.remove(path);
     }
@@ -80,6 +103,9 @@ impl Cache {
     }
 
     pub fn fill_size(&self, digest: &Digest, size: u64, since: u64) {
+        if self.off {
+            return;
+        }
         if self.sizes.len() >= MAX_SIZES {
             self.sizes.clear();
         }
@@ -93,6 +119,9 @@ impl Cache {
     }
 
     pub fn fill_manifest(&self, digest: &Digest, m: CachedManifest, since: u64) {
+        if self.off {
+            return;
+        }
         let n = m.body.len();
         if self.manifest_bytes.load(Ordering::Relaxed) + n > MAX_MANIFEST_BYTES {
             self.manifests.clear();
@@ -109,6 +138,9 @@ impl Cache {
     }
 
     pub fn fill_tag_list(&self, repo: &str, tags: Arc<[String]>, since: u64) {
+        if self.off {
+            return;
+        }
         if self.listed_tags.load(Ordering::Relaxed) + tags.len() > MAX_LISTED_TAGS {
             self.tag_lists.clear();
             self.listed_tags.store(0, Ordering::Relaxed);
@@ -121,6 +153,9 @@ impl Cache {
 
     /// Call after a tag of `repo` was created, moved or removed on disk.
     pub fn invalidate_tag_list(&self, repo: &str) {
+        if self.off {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some((_, l)) = self.tag_lists.remove(repo) {
             self.listed_tags.fetch_sub(l.len(), Ordering::Relaxed);
@@ -133,6 +168,9 @@ impl Cache {
     }
 
     pub fn fill_catalog(&self, repos: Arc<[String]>, since: u64) {
+        if self.off {
+            return;
+        }
         if repos.len() > MAX_CATALOG {
             return;
         }
@@ -148,6 +186,9 @@ impl Cache {
     /// Call after a link was written under `repo`, which may have created it: the
     /// cached catalog is dropped unless it lists `repo` already.
     pub fn note_repository(&self, repo: &str) {
+        if self.off {
+            return;
+        }
         let listed = match self.catalog.read() {
             Ok(c) => c
                 .as_ref()
@@ -161,6 +202,9 @@ impl Cache {
 
     /// Call after a repository was created or removed on disk.
     pub fn invalidate_catalog(&self) {
+        if self.off {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut c) = self.catalog.write() {
             *c = None;
@@ -169,6 +213,9 @@ impl Cache {
 
     /// Call after a pool blob was removed on disk.
     pub fn invalidate_blob(&self, digest: &Digest) {
+        if self.off {
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.sizes.remove(digest);
         if let Some((_, m)) = self.manifests.remove(digest) {
@@ -198,5 +245,21 @@ mod tests {
         c.fill_size(&d, 5, c.generation());
         c.invalidate_blob(&d);
         assert!(c.size(&d).is_none());
+    }
+
+    #[test]
+    fn an_off_cache_holds_nothing() {
+        let c = Cache::off();
+        let d = Digest::sha256(b"x");
+        c.fill_link("p", &d, c.generation());
+        c.fill_size(&d, 5, c.generation());
+        c.fill_tag_list("r", Arc::from(vec!["t".to_owned()]), c.generation());
+        c.fill_catalog(Arc::from(vec!["r".to_owned()]), c.generation());
+        assert!(c.link("p").is_none());
+        assert!(c.size(&d).is_none());
+        assert!(c.tag_list("r").is_none());
+        assert!(c.catalog().is_none());
+        assert!(c.is_off());
+        assert!(!Cache::default().is_off());
     }
 }

@@ -61,6 +61,14 @@ impl Store {
         }
     }
 
+    /// This store with a cache that holds nothing, for a process that serves no reads
+    /// (the offline collector, CLI maintenance): its sweep then skips invalidating
+    /// entries no one could have filled.
+    pub fn without_cache(mut self) -> Store {
+        self.cache = Arc::new(Cache::off());
+        self
+    }
+
     pub fn driver(&self) -> &FsDriver {
         &self.driver
     }

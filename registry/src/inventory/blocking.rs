@@ -436,8 +436,10 @@ impl Inventory {
         digest: &Digest,
     ) -> Result<bool> {
         let r = dir.remove(digest.hex());
-        self.cache
-            .invalidate_link(&path_for(PathSpec::LayerLink(name, digest)));
+        if !self.cache.is_off() {
+            self.cache
+                .invalidate_link(&path_for(PathSpec::LayerLink(name, digest)));
+        }
         r
     }
 
@@ -484,8 +486,10 @@ impl Inventory {
             &self.full(PathSpec::ManifestRevisionDir(name, digest)),
             "link",
         );
-        self.cache
-            .invalidate_link(&path_for(PathSpec::ManifestRevisionLink(name, digest)));
+        if !self.cache.is_off() {
+            self.cache
+                .invalidate_link(&path_for(PathSpec::ManifestRevisionLink(name, digest)));
+        }
         r.map(|_| ())
     }
 }
