@@ -249,6 +249,43 @@ async fn gc_keeps_untagged_manifest_without_remove_untagged_and_removes_it_with(
     pull_ok(&s, "r", "v1").await;
 }
 
+/// An untagged sha512 revision goes with `-m`, and so do the entries naming it in tag
+/// histories (written here by hand, as a tag once pointing at it would have left them),
+/// while the tagged sha256 image and its history stay.
+#[tokio::test]
+async fn gc_removes_an_untagged_sha512_revision_and_its_tag_history_entries() {
+    use sha2::Digest as _;
+    let s = server().await;
+    let (tagged, _, _) =
+        push_with_layers(&s, "r", "v1", r#"{"v":1}"#, &[random_bytes(700, 7)], "").await;
+    let c = client();
+    let cfg = push_blob(&c, &s, "r", b"{}").await;
+    let m = image_manifest((&cfg, 2), &[], "");
+    let old = format!("sha512:{}", hex::encode(sha2::Sha512::digest(m.as_bytes())));
+    put_manifest(&s, "r", &old, OCI_MANIFEST, &m).await;
+    let n = RepoName::parse("r").unwrap();
+    let tag = registry::names::Tag::parse("v1").unwrap();
+    let entry = |digest: &str| {
+        s.root()
+            .join(path_for(PathSpec::TagIndexLink(&n, &tag, &d(digest))))
+    };
+    let history = entry(&old);
+    std::fs::create_dir_all(history.parent().unwrap()).unwrap();
+    std::fs::write(&history, &old).unwrap();
+    assert!(entry(&tagged).exists());
+
+    let report = run_gc(&s, false, true, "0s").await;
+    assert_eq!(
+        report.removed.manifests.to_strings(),
+        vec![format!("r@{old}")]
+    );
+    assert!(!revision_linked(&s, "r", &old) && !in_pool(&s, &old));
+    assert!(!history.exists(), "the sha512 history entry is still there");
+    assert!(!history.parent().unwrap().exists());
+    assert!(entry(&tagged).exists() && revision_linked(&s, "r", &tagged));
+    pull_ok(&s, "r", "v1").await;
+}
+
 /// Pushes an image manifest by digest (untagged); returns (digest, blob digests).
 async fn push_untagged(
     s: &TestServer,

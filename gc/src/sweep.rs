@@ -103,11 +103,18 @@ impl Sweeper<'_> {
         if todo.is_empty() {
             return Ok(out);
         }
-        // Which tags' histories name each revision: one listing per tag, not one
-        // lookup per tag and revision.
+        // Which tags' histories name each revision: one listing per tag (and algorithm
+        // of the revisions to remove), not one lookup per tag and revision.
+        let mut algorithms: Vec<Algorithm> = todo.iter().map(|d| d.algorithm()).collect();
+        algorithms.sort_by_key(|a| a.as_str());
+        algorithms.dedup();
         let mut histories: Vec<(Tag, DigestSet)> = Vec::new();
         for tag in self.inv.tag_names(repo)? {
-            let index: DigestSet = self.inv.tag_index(repo, &tag)?.iter().collect();
+            let index: DigestSet = self
+                .inv
+                .tag_index(repo, &tag, &algorithms)?
+                .iter()
+                .collect();
             histories.push((tag, index));
         }
         for d in todo {

@@ -79,8 +79,13 @@ fn child_dirs(dir: &Path) -> Result<Vec<String>> {
 /// (a tag's history is listed once per tag in a sweep: 7 000 listings fewer on the bench
 /// store).
 fn digest_dirs(dir: &Path) -> Result<Vec<Digest>> {
+    digest_dirs_of(dir, &Algorithm::ALL)
+}
+
+/// [`digest_dirs`] under the folders of `algorithms` only.
+fn digest_dirs_of(dir: &Path, algorithms: &[Algorithm]) -> Result<Vec<Digest>> {
     let mut out = Vec::new();
-    for alg in Algorithm::ALL {
+    for alg in algorithms {
         let alg = alg.as_str();
         for hex in child_dirs(&dir.join(alg))? {
             if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() {
@@ -359,9 +364,16 @@ impl Inventory {
         Ok(out)
     }
 
-    /// Every digest a tag's index (its history) holds.
-    pub fn tag_index(&self, name: &RepoName, tag: &Tag) -> Result<Vec<Digest>> {
-        digest_dirs(&self.full(PathSpec::TagIndexDir(name, tag)))
+    /// The digests of `algorithms` that a tag's index (its history) holds. A sweep asks
+    /// only for the algorithms of the revisions it removes: the folder of any other
+    /// (usually `sha512`, usually missing) would be a lookup per tag for nothing.
+    pub fn tag_index(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        algorithms: &[Algorithm],
+    ) -> Result<Vec<Digest>> {
+        digest_dirs_of(&self.full(PathSpec::TagIndexDir(name, tag)), algorithms)
     }
 
     /// A manifest's bytes from the pool; `None` when the blob is not there.
