@@ -151,6 +151,7 @@ impl Store {
         id: &str,
         expect_start: Option<u64>,
         body: S,
+        announced: Option<u64>,
     ) -> Result<(String, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -175,7 +176,9 @@ impl Store {
             });
         }
         let path = self.upload_data_path(name, &id);
-        let offset = self.append_locked(path, &mut state, size, body).await?;
+        let offset = self
+            .append_locked(path, &mut state, size, body, announced)
+            .await?;
         Ok((id, offset))
     }
 
@@ -185,6 +188,7 @@ impl Store {
         state: &mut SessionState,
         size: u64,
         body: S,
+        announced: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -205,7 +209,7 @@ impl Store {
         let wpath = path.clone();
         let direct = self.options.direct_writes;
         let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut w = Appender::open(&wpath, size, direct)?;
+            let mut w = Appender::open(&wpath, size, direct, announced)?;
             while let Some(b) = rx.blocking_recv() {
                 w.write(b)?;
             }
@@ -282,6 +286,7 @@ impl Store {
         id: &str,
         digest: &Digest,
         body: Option<S>,
+        announced: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -300,7 +305,7 @@ impl Store {
         let path = self.upload_data_path(name, &id);
         if let Some(body) = body {
             size = self
-                .append_locked(path.clone(), &mut state, size, body)
+                .append_locked(path.clone(), &mut state, size, body, announced)
                 .await?;
         }
         let computed = data_digest(&path, size, &state, digest.algorithm()).await?;
@@ -341,13 +346,21 @@ impl Store {
 
     /// A whole blob in one request (`POST ?digest=`, or a `PUT` of an artifact): a private
     /// session that is finished at once and discarded on any failure.
-    pub async fn put_blob<S, E>(&self, name: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    pub async fn put_blob<S, E>(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        body: S,
+        announced: Option<u64>,
+    ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         let id = self.start_upload(name).await?;
-        let r = self.finish_upload(name, &id, digest, Some(body)).await;
+        let r = self
+            .finish_upload(name, &id, digest, Some(body), announced)
+            .await;
         if r.is_err() {
             let _ = self.discard_upload(name, &id).await;
         }
@@ -420,7 +433,7 @@ impl Store {
             hasher: Some((0, Hasher::new(Algorithm::Sha256))),
         };
         let size = self
-            .append_locked(data.clone(), &mut state, 0, body)
+            .append_locked(data.clone(), &mut state, 0, body, None)
             .await?;
         let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
         let computed = data_digest(&data, size, &state, algorithm).await?;

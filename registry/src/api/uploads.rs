@@ -92,8 +92,12 @@ pub(super) async fn start(state: &AppState, name: RepoName, req: Request) -> Api
         // Not mountable: fall back to a fresh session, as the spec asks.
     } else if let Some(d) = query_get(&q, "digest") {
         let digest: Digest = d.parse()?;
+        let announced = content_length(req.headers());
         let body = req.into_body().into_data_stream();
-        state.store.put_blob(&name, &digest, body).await?;
+        state
+            .store
+            .put_blob(&name, &digest, body, announced)
+            .await?;
         return Ok(created(&name, &digest));
     }
     let id = state.store.start_upload(&name).await?;
@@ -116,10 +120,11 @@ pub(super) async fn status(state: &AppState, name: RepoName, id: String) -> ApiR
 pub(super) async fn patch(state: &AppState, name: RepoName, id: String, req: Request) -> ApiResult {
     state.check_write()?;
     let range = content_range(req.headers())?;
+    let announced = content_length(req.headers());
     let body = req.into_body().into_data_stream();
     let (id, offset) = state
         .store
-        .append_upload(&name, &id, range.map(|(a, _)| a), body)
+        .append_upload(&name, &id, range.map(|(a, _)| a), body, announced)
         .await?;
     if let Some((a, b)) = range
         && offset != b + 1
@@ -157,8 +162,12 @@ pub(super) async fn finish(
             });
         }
     }
+    let announced = content_length(req.headers());
     let body = has_body(req.headers()).then(|| req.into_body().into_data_stream());
-    state.store.finish_upload(&name, &id, &digest, body).await?;
+    state
+        .store
+        .finish_upload(&name, &id, &digest, body, announced)
+        .await?;
     Ok(created(&name, &digest))
 }
 

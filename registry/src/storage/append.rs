@@ -4,6 +4,13 @@
 //! are (reference-counted, not copied) and handed to the kernel in one `writev` per MiB,
 //! and writeback is started every 8 MiB so the fsync at completion waits only for the
 //! tail. A freshly pushed blob is then in memory for the pulls that usually follow.
+//! When the request announced its length (Content-Length), blocks are reserved ahead of
+//! the writes (`fallocate`, 64 MiB at a time, never past the announced end): the
+//! filesystem allocates a few large extents instead of reserving and allocating block
+//! by block at writeback (on ext4 here: about 6% less server CPU and 8% more MiB/s per
+//! 512 MiB push, see docs/performance.md). A request that ends short releases what it
+//! reserved. Not on tmpfs, where reserving means zeroing pages the body overwrites, and
+//! not with direct writes.
 //!
 //! With `storage.filesystem.directwrites: true`, bodies bypass the page cache: bytes
 //! collect in an aligned 4 MiB buffer that is written with `O_DIRECT` once full. A push
@@ -34,6 +41,8 @@ const BUFFERED_CHUNK: usize = 1 << 20;
 const BUFFERED_FRAMES: usize = 256;
 /// Bytes written through the page cache between two writeback kicks.
 const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Bytes reserved with one `fallocate`: the most a request holds beyond what it sent.
+const RESERVE_AHEAD: u64 = 64 << 20;
 
 /// A heap buffer whose usable part starts at an `ALIGN`-aligned address.
 struct AlignedBuf {
@@ -85,6 +94,10 @@ enum Mode {
         queued_len: usize,
         /// Bytes written but not yet handed to writeback.
         unkicked: u64,
+        /// Blocks are reserved up to here...
+        reserved: u64,
+        /// ...and may be, as the body arrives, up to here (the announced end).
+        reserve_end: u64,
     },
     /// Around the page cache, with the same file opened `O_DIRECT`.
     Direct {
@@ -97,8 +110,14 @@ enum Mode {
 }
 
 impl Appender {
-    /// Opens `path` to append at `offset` (its current size).
-    pub(crate) fn open(path: &Path, offset: u64, direct_writes: bool) -> io::Result<Appender> {
+    /// Opens `path` to append at `offset` (its current size); `announced` is the length
+    /// the request announced (Content-Length), when it did.
+    pub(crate) fn open(
+        path: &Path,
+        offset: u64,
+        direct_writes: bool,
+        announced: Option<u64>,
+    ) -> io::Result<Appender> {
         let mut plain = std::fs::OpenOptions::new().write(true).open(path)?;
         let direct = if direct_writes {
             // EINVAL: the filesystem does not do O_DIRECT (tmpfs before Linux 6.6, some
@@ -124,10 +143,13 @@ impl Appender {
             None => {
                 // Buffered writes go out with `writev` at the file position.
                 plain.seek(SeekFrom::Start(offset))?;
+                let reserve = announced.filter(|_| !on_tmpfs(&plain)).unwrap_or(0);
                 Mode::Buffered {
                     queued: Vec::new(),
                     queued_len: 0,
                     unkicked: 0,
+                    reserved: offset,
+                    reserve_end: offset.saturating_add(reserve),
                 }
             }
         };
@@ -184,10 +206,22 @@ impl Appender {
             queued,
             queued_len,
             unkicked,
+            reserved,
+            reserve_end,
         } = &mut self.mode
         else {
             return Ok(());
         };
+        let end = self.offset + *queued_len as u64;
+        while *reserved < end.min(*reserve_end) {
+            let len = RESERVE_AHEAD.min(*reserve_end - *reserved);
+            if !reserve(&self.plain, *reserved, len) {
+                // Not supported here, or no room: the writes will say so if it matters.
+                *reserve_end = *reserved;
+                break;
+            }
+            *reserved += len;
+        }
         let mut slices: Vec<IoSlice<'_>> = queued.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
@@ -231,6 +265,45 @@ impl Appender {
     }
 }
 
+/// A request that ends short of what it announced (or fails) leaves no reserved blocks
+/// past what it wrote: they are released here, whether it finished or not.
+impl Drop for Appender {
+    fn drop(&mut self) {
+        if let Mode::Buffered { reserved, .. } = &self.mode
+            && *reserved > self.offset
+        {
+            // A truncate to the current size: ext4 and XFS free blocks past the end with
+            // it (a hole punched there is refused: ext4 punches only below the size).
+            let _ = self.plain.set_len(self.offset);
+        }
+    }
+}
+
+/// Allocates the blocks of a range without changing the file's size (`fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`); `false` when the filesystem cannot.
+fn reserve(f: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: a plain syscall on a descriptor we own.
+    unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) == 0 }
+}
+
+/// Whether `f` lives on tmpfs, where reserving blocks means zeroing pages in memory.
+fn on_tmpfs(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a valid out-pointer that `fstatfs` fills when it returns 0.
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: rc == 0, so `fstatfs` filled `st`.
+    let st = unsafe { st.assume_init() };
+    st.f_type == libc::TMPFS_MAGIC
+}
+
 /// Asks the kernel to start writing a range to disk now (not wait for it).
 fn start_writeback(f: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
@@ -256,14 +329,14 @@ mod tests {
         let prefix: Vec<u8> = (0..start).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &prefix).unwrap();
         let mut expect = prefix;
-        let mut a = Appender::open(&path, start as u64, direct).unwrap();
+        let mut a = Appender::open(&path, start as u64, direct, None).unwrap();
         for (k, &len) in chunks.iter().enumerate() {
             let chunk: Vec<u8> = (0..len).map(|i| ((i * 7 + k) % 253) as u8).collect();
             expect.extend_from_slice(&chunk);
             a.write(Bytes::from(chunk)).unwrap();
             if sessions {
                 a.finish().unwrap();
-                a = Appender::open(&path, expect.len() as u64, direct).unwrap();
+                a = Appender::open(&path, expect.len() as u64, direct, None).unwrap();
             }
         }
         a.finish().unwrap();
@@ -298,6 +371,72 @@ mod tests {
         for direct in [false, true] {
             roundtrip(direct, 7, &chunks, false);
         }
+    }
+
+    /// Blocks allocated to `path`, in bytes.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn blocks_are_reserved_ahead_and_released_when_the_body_ends_short() {
+        // On disk (tmpfs skips reserving): the test's folder is under TMPDIR.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"head").unwrap();
+        let announced = 3 * RESERVE_AHEAD;
+        let mut a = Appender::open(&path, 4, false, Some(announced)).unwrap();
+        let reserving = matches!(&a.mode, Mode::Buffered { reserve_end, .. } if *reserve_end > 4);
+        a.write(Bytes::from(vec![7u8; BUFFERED_CHUNK])).unwrap();
+        if reserving {
+            // One window ahead of the data, not the whole announced length.
+            let got = allocated(&path);
+            assert!(
+                (RESERVE_AHEAD..2 * RESERVE_AHEAD).contains(&got),
+                "{got} bytes allocated after the first write"
+            );
+        } else {
+            let fs = std::env::var("TMPDIR").unwrap_or_default();
+            eprintln!("no reservation on this filesystem ({fs}); checking the data only");
+        }
+        // The body stops here, far short of what it announced.
+        assert_eq!(a.finish().unwrap(), BUFFERED_CHUNK as u64);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            len,
+            4 + BUFFERED_CHUNK as u64,
+            "the size is what was written"
+        );
+        let got = allocated(&path);
+        assert!(
+            got <= len + (1 << 20),
+            "{got} bytes still allocated for a {len}-byte file"
+        );
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(&data[..4], b"head");
+        assert!(data[4..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_body_that_ends_where_it_announced_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"").unwrap();
+        let total = RESERVE_AHEAD as usize + 3 * BUFFERED_CHUNK + 5;
+        let mut a = Appender::open(&path, 0, false, Some(total as u64)).unwrap();
+        let mut expect = Vec::with_capacity(total);
+        let mut k = 0usize;
+        while expect.len() < total {
+            let n = (total - expect.len()).min(300_007);
+            let chunk: Vec<u8> = (0..n).map(|i| ((i + k) % 251) as u8).collect();
+            expect.extend_from_slice(&chunk);
+            a.write(Bytes::from(chunk)).unwrap();
+            k += 1;
+        }
+        assert_eq!(a.finish().unwrap(), total as u64);
+        assert!(std::fs::read(&path).unwrap() == expect);
+        assert!(allocated(&path) <= total as u64 + (1 << 20));
     }
 
     #[test]
