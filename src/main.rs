@@ -243,6 +243,14 @@ struct GcArgs {
     quiet: bool,
 }
 
+/// The store of a CLI command that holds the root lock itself: it serves no reads, so
+/// it keeps no cache (and its removals invalidate nothing).
+fn offline_store(config: &Config) -> registry::Store {
+    registry::server::state_from_config(config)
+        .store
+        .without_cache()
+}
+
 async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
     let mut opts = gc::online::options(&config);
     opts.dry_run = args.dry_run;
@@ -257,12 +265,7 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
     let lock = RootLock::try_acquire(&root)
         .with_context(|| format!("cannot lock storage root {}", root.display()))?;
     let report = match lock {
-        Some(_held) => {
-            let store = registry::server::state_from_config(&config)
-                .store
-                .without_cache();
-            gc::collect(&store, &opts, None).await?
-        }
+        Some(_held) => gc::collect(&offline_store(&config), &opts, None).await?,
         None => {
             let socket = admin_socket(&root);
             tracing::info!(socket = %socket.display(), "a server owns this root; asking it to collect");
@@ -347,10 +350,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot lock storage root {}", root.display()))?;
             let records: Vec<gc::maintenance::Record> = match lock {
                 Some(_held) => {
-                    let store = registry::server::state_from_config(&config)
-                        .store
-                        .without_cache();
-                    let m = Maintenance::new(store, config.clone(), None);
+                    let m = Maintenance::new(offline_store(&config), config.clone(), None);
                     if chosen.is_empty() {
                         chosen = if auto || schedule.is_some() {
                             m.due(schedule.as_deref(), auto)

@@ -37,7 +37,7 @@ pub struct CachedManifest {
 
 #[derive(Default)]
 pub struct Cache {
-    /// Holds nothing: fills and invalidations return at once.
+    /// Holds nothing: fills are dropped and invalidations return at once.
     off: bool,
     generation: AtomicU64,
     links: DashMap<String, Digest>,
@@ -69,8 +69,10 @@ impl Cache {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// Whether a fill read at generation `since` may go in: never in an off cache, so
+    /// every `fill_*` (they all ask this) leaves it empty.
     fn unchanged(&self, since: u64) -> bool {
-        self.generation.load(Ordering::SeqCst) == since
+        !self.off && self.generation.load(Ordering::SeqCst) == since
     }
 
     pub fn link(&self, path: &str) -> Option<Digest> {
@@ -78,9 +80,6 @@ impl Cache {
     }
 
     pub fn fill_link(&self, path: &str, digest: &Digest, since: u64) {
-        if self.off {
-            return;
-        }
         if self.links.len() >= MAX_LINKS {
             self.links.clear();
         }
@@ -103,9 +102,6 @@ impl Cache {
     }
 
     pub fn fill_size(&self, digest: &Digest, size: u64, since: u64) {
-        if self.off {
-            return;
-        }
         if self.sizes.len() >= MAX_SIZES {
             self.sizes.clear();
         }
@@ -119,9 +115,6 @@ impl Cache {
     }
 
     pub fn fill_manifest(&self, digest: &Digest, m: CachedManifest, since: u64) {
-        if self.off {
-            return;
-        }
         let n = m.body.len();
         if self.manifest_bytes.load(Ordering::Relaxed) + n > MAX_MANIFEST_BYTES {
             self.manifests.clear();
@@ -138,9 +131,6 @@ impl Cache {
     }
 
     pub fn fill_tag_list(&self, repo: &str, tags: Arc<[String]>, since: u64) {
-        if self.off {
-            return;
-        }
         if self.listed_tags.load(Ordering::Relaxed) + tags.len() > MAX_LISTED_TAGS {
             self.tag_lists.clear();
             self.listed_tags.store(0, Ordering::Relaxed);
@@ -168,9 +158,6 @@ impl Cache {
     }
 
     pub fn fill_catalog(&self, repos: Arc<[String]>, since: u64) {
-        if self.off {
-            return;
-        }
         if repos.len() > MAX_CATALOG {
             return;
         }
@@ -186,9 +173,6 @@ impl Cache {
     /// Call after a link was written under `repo`, which may have created it: the
     /// cached catalog is dropped unless it lists `repo` already.
     pub fn note_repository(&self, repo: &str) {
-        if self.off {
-            return;
-        }
         let listed = match self.catalog.read() {
             Ok(c) => c
                 .as_ref()
