@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of drydock: installs what the tests drive when it is missing (skopeo,
-# podman, docker, CNCF Distribution's docker-registry, systemd-analyze, oras-py),
-# builds the binary the process tests spawn, then runs the whole workspace's tests.
+# podman, docker, CNCF Distribution's docker-registry, systemd-analyze, python3-venv),
+# puts oras-py in a virtual environment under target/ (never a global pip install),
+# builds the binaries the process tests spawn, then runs the whole workspace's tests
+# with --no-fail-fast and prints one line of totals at the end.
 # Fails loudly when something cannot be installed; no test is skipped.
+# Needs root (or sudo) and network access to Debian's archive and PyPI the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
 missing=()
 for pair in skopeo:skopeo podman:podman docker:docker.io dockerd:docker.io \
@@ -12,6 +16,7 @@ for pair in skopeo:skopeo podman:podman docker:docker.io dockerd:docker.io \
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   # shellcheck disable=SC2207
   pkgs=($(printf '%s\n' "${missing[@]}" | sort -u))
@@ -26,15 +31,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if ! python3 -c "import oras.client" >/dev/null 2>&1; then
-  echo "== installing oras-py (the ORAS client the artifact tests drive)"
-  if ! python3 -m pip install --quiet oras; then
-    echo "FATAL: could not install oras-py from PyPI" >&2
+VENV="$TARGET/oras-venv"
+if ! "$VENV/bin/python" -c "import oras.client" >/dev/null 2>&1; then
+  echo "== installing oras-py into $VENV (the ORAS client the artifact tests drive)"
+  if ! { python3 -m venv "$VENV" && "$VENV/bin/python" -m pip install --quiet oras; }; then
+    echo "FATAL: could not install oras-py from PyPI into $VENV" >&2
     exit 1
   fi
 fi
+export DRYDOCK_PYTHON="$VENV/bin/python"
 
 echo "== building"
 cargo build --workspace --bins
 echo "== testing"
-cargo test --workspace -- --test-threads=2
+log="$TARGET/test-output.log"
+set +e
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One line of totals over every test binary ("test result: ok. 12 passed; 0 failed; 1 ignored; ...").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

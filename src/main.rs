@@ -47,7 +47,8 @@ enum Command {
         /// Print only the summary line.
         #[arg(short, long)]
         quiet: bool,
-        config: PathBuf,
+        /// A Distribution-style config.yml; default: the embedded one (./data).
+        config: Option<PathBuf>,
     },
     /// Scheduled maintenance: gc, retention, upload purge, scrub.
     Maintenance {
@@ -76,13 +77,15 @@ enum MaintenanceAction {
         /// Print the records as JSON.
         #[arg(long)]
         json: bool,
-        config: PathBuf,
+        /// A Distribution-style config.yml; default: the embedded one (./data).
+        config: Option<PathBuf>,
     },
     /// Show each task's last run (and the server's queue when one owns the root).
     Status {
         #[arg(long)]
         json: bool,
-        config: PathBuf,
+        /// A Distribution-style config.yml; default: the embedded one (./data).
+        config: Option<PathBuf>,
     },
     /// Install the schedule as systemd timers or a crontab block.
     Start {
@@ -95,6 +98,8 @@ enum MaintenanceAction {
         /// Edit this file instead of the user's crontab.
         #[arg(long)]
         crontab_file: Option<PathBuf>,
+        /// The config.yml the installed units run with (required: the units do not run
+        /// in this folder, so the embedded default's ./data would be elsewhere).
         config: PathBuf,
     },
     /// Remove what `start` installed.
@@ -105,7 +110,8 @@ enum MaintenanceAction {
         unit_dir: Option<PathBuf>,
         #[arg(long)]
         crontab_file: Option<PathBuf>,
-        config: PathBuf,
+        /// Accepted for symmetry with `start`; not used.
+        config: Option<PathBuf>,
     },
 }
 
@@ -184,10 +190,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let Some(_lock) = RootLock::try_acquire(&root)
         .with_context(|| format!("cannot lock storage root {}", root.display()))?
     else {
+        let holder = RootLock::holder_pid(&root)
+            .map(|p| format!("pid {p}"))
+            .unwrap_or_else(|| "pid unknown".into());
         bail!(
-            "storage root {} is owned by another drydock process (pid {:?}); one server per root",
+            "storage root {} is owned by another drydock process ({holder}); one server per root",
             root.display(),
-            RootLock::holder_pid(&root)
         );
     };
     let listener = match activated_listener()? {
@@ -332,7 +340,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
             json,
             config,
         } => {
-            let config = load_config(Some(&config), Some("info"))?;
+            let config = load_config(config.as_deref(), Some("info"))?;
             gc::maintenance::validate(&config)
                 .map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
             let mut chosen = Vec::new();
@@ -404,18 +412,22 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
             Ok(())
         }
         MaintenanceAction::Status { json, config } => {
-            let config = load_config(Some(&config), Some("warn"))?;
+            let config = load_config(config.as_deref(), Some("warn"))?;
             let root = config.storage.filesystem.rootdirectory.clone();
             let records: Vec<_> = Task::ALL
                 .into_iter()
                 .filter_map(|t| gc::maintenance::last_record(&root, t))
                 .collect();
-            let server = match RootLock::try_acquire(&root) {
-                Ok(None) => gc::admin::request(&admin_socket(&root), "GET", "/admin/maintenance")
+            // Only reads: no lock is taken (nor its file created); a server that owns the
+            // root answers on its admin socket, and a missing socket means none does.
+            let socket = admin_socket(&root);
+            let server = if socket.exists() {
+                gc::admin::request(&socket, "GET", "/admin/maintenance")
                     .await
                     .ok()
-                    .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok()),
-                _ => None,
+                    .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            } else {
+                None
             };
             if json {
                 println!(
@@ -546,7 +558,7 @@ fn main() -> anyhow::Result<()> {
             quiet,
             config,
         } => {
-            let config = load_config(Some(&config), Some("warn"))?;
+            let config = load_config(config.as_deref(), Some("warn"))?;
             let args = GcArgs {
                 dry_run,
                 remove_untagged,

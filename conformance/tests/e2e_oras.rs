@@ -62,7 +62,10 @@ async fn oras_pushes_and_pulls_artifacts_and_referrers() {
     let host = s.host();
     let wd = work.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        // scripts/test.sh installs oras-py into a virtual environment and names its
+        // interpreter here; without it, the python3 on PATH must have oras.
+        let python = std::env::var("DRYDOCK_PYTHON").unwrap_or_else(|_| "python3".into());
+        Command::new(python)
             .arg(&script)
             .arg(&host)
             .arg(&wd)
@@ -74,7 +77,8 @@ async fn oras_pushes_and_pulls_artifacts_and_referrers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named 'oras'"),
-        "oras-py is not installed: `pip install oras` (scripts/test.sh does it)"
+        "oras-py is not installed: run scripts/test.sh (it makes a virtual environment with \
+         oras and sets DRYDOCK_PYTHON), or set DRYDOCK_PYTHON to a python that has it"
     );
     assert!(out.status.success(), "oras script failed: {stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

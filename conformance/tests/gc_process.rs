@@ -166,10 +166,14 @@ async fn command_asks_the_running_server_and_a_second_server_is_refused() {
     .await
     .unwrap();
     assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("owned by another drydock process"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("owned by another drydock process"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("(pid {})", server.child.id())) && !stderr.contains("Some("),
+        "the message should name the holder's pid plainly: {stderr}"
     );
 }
 
@@ -295,4 +299,56 @@ async fn collector_killed_mid_sweep_then_rerun_leaves_every_image_pullable() {
             assert_eq!(digest_of(&r.bytes().await.unwrap()), b);
         }
     }
+}
+
+/// The README's first commands work as written: without CONFIG, `garbage-collect` and
+/// `maintenance` use the embedded default (`./data`) like `serve`, and `maintenance
+/// status` only reads (no lock file, no folder appears).
+#[test]
+fn cli_commands_run_without_config_and_status_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(registry_binary())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["maintenance", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("server: none owns ./data"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "maintenance status created something"
+    );
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let out = run(&["maintenance", "status"]);
+    assert!(out.status.success());
+    assert!(
+        !dir.path().join("data/drydock").exists(),
+        "maintenance status created drydock/ (a lock file)"
+    );
+    let out = run(&[
+        "garbage-collect",
+        "--dry-run",
+        "--remove-untagged",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dry_run"], true, "{report}");
 }

@@ -738,3 +738,33 @@ async fn the_retention_task_applies_artifact_branch_policies_too() {
         assert_eq!(got.status(), status, "{tag}: {}", r.summary);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_runs_no_task_until_its_period_has_passed() {
+    let s = quiet_server(|_| {}).await;
+    let m = queue(&s);
+    // A CLI on a root no server ever scheduled: a task that never ran is due.
+    assert_eq!(m.due(None, false).len(), 4);
+    m.begin_schedule().await;
+    assert_eq!(
+        m.due(None, false),
+        Vec::<Task>::new(),
+        "a first start made every task due at once"
+    );
+    // The start is remembered in the root: another process (a restart) agrees.
+    let again = Maintenance::new(
+        registry::server::state_from_config(&s.config).store,
+        s.config.clone(),
+        None,
+    );
+    assert_eq!(again.due(None, false), Vec::<Task>::new());
+    // A task whose last run is a period old is due again.
+    let mut r = m.run(vec![Task::Uploads], "test").await.remove(0);
+    r.started_unix -= 3601.0;
+    std::fs::write(
+        s.root().join("drydock/maintenance/uploads.json"),
+        serde_json::to_vec(&r).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.due(None, false), vec![Task::Uploads]);
+}

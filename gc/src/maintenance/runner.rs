@@ -48,6 +48,10 @@ struct Inner {
     paused: std::sync::atomic::AtomicBool,
     deletes_since_gc: AtomicU64,
     load: LoadProbe,
+    /// When this root's schedule started (seconds since the epoch): a task that never
+    /// ran is first due one period after it. `None` (a CLI on a root no server ever
+    /// scheduled): a task that never ran is due now.
+    anchor: Mutex<Option<f64>>,
 }
 
 /// Where the load average comes from (`/proc/loadavg`; tests drive it themselves).
@@ -63,6 +67,21 @@ fn now_rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn read_anchor(root: &std::path::Path) -> Option<f64> {
+    std::fs::read_to_string(root.join(path_for(PathSpec::MaintenanceAnchor)))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The 1-minute load average.
@@ -96,6 +115,7 @@ impl Maintenance {
     ) -> Maintenance {
         let root = config.storage.filesystem.rootdirectory.clone();
         let max = config.maintenance.max_parallel.max(1);
+        let anchor = Mutex::new(read_anchor(&root));
         Maintenance {
             inner: Arc::new(Inner {
                 store,
@@ -109,6 +129,7 @@ impl Maintenance {
                 paused: std::sync::atomic::AtomicBool::new(false),
                 deletes_since_gc: AtomicU64::new(0),
                 load,
+                anchor,
             }),
         }
     }
@@ -147,10 +168,8 @@ impl Maintenance {
     /// also requires the task's threshold (gc: `min_deletes` deletes since its last
     /// run, in a server that counts them).
     pub fn due(&self, schedule: Option<&str>, auto: bool) -> Vec<Task> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = unix_now();
+        let anchor = *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner());
         Task::ALL
             .into_iter()
             .filter(|t| {
@@ -164,8 +183,10 @@ impl Maintenance {
                 let Ok(period) = schedule_period(&c.schedule) else {
                     return false;
                 };
-                let due = last_record(&self.inner.root, *t)
-                    .is_none_or(|r| now - r.started_unix >= period.as_secs_f64());
+                let since = last_record(&self.inner.root, *t)
+                    .map(|r| r.started_unix)
+                    .or(anchor);
+                let due = since.is_none_or(|s| now - s >= period.as_secs_f64());
                 let threshold = match t {
                     Task::Gc if auto && self.inner.cleaner.is_some() => {
                         self.inner.deletes_since_gc.load(Ordering::Relaxed) >= c.min_deletes
@@ -206,12 +227,13 @@ impl Maintenance {
             return;
         }
         self.inner.paused.store(true, Ordering::Relaxed);
-        tracing::info!(load = ?load(), pause, resume, "maintenance paused: load average above trigger");
+        let shown = || load().map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2}"));
+        tracing::info!(load = %shown(), pause, resume, "maintenance paused: load average above trigger");
         while load().is_some_and(|l| l > resume) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.inner.paused.store(false, Ordering::Relaxed);
-        tracing::info!(load = ?load(), "maintenance resumed");
+        tracing::info!(load = %shown(), "maintenance resumed");
     }
 
     async fn run_one(&self, task: Task, trigger: &str, dry_run: bool) -> Record {
@@ -316,6 +338,26 @@ impl Maintenance {
         record
     }
 
+    /// Records when this root's schedule began, unless a server already did.
+    pub async fn begin_schedule(&self) {
+        let mut anchor = *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner());
+        if anchor.is_none() {
+            let now = unix_now();
+            let path = path_for(PathSpec::MaintenanceAnchor);
+            if let Err(e) = self
+                .inner
+                .store
+                .driver()
+                .put_content(&path, format!("{now}\n").into_bytes())
+                .await
+            {
+                tracing::error!(error = %e, "cannot record the maintenance schedule start");
+            }
+            anchor = Some(now);
+        }
+        *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner()) = anchor;
+    }
+
     async fn save(&self, record: &Record) {
         let path = path_for(PathSpec::MaintenanceRecord(record.task.name()));
         match serde_json::to_vec_pretty(record) {
@@ -363,12 +405,15 @@ impl Maintenance {
     }
 
     /// Starts the scheduler (runs due tasks every `maintenance.tick`) and the STATUS
-    /// log line. Call once, in the server.
+    /// log line. Call once, in the server. The first start on a root records when the
+    /// schedule began, so a task that never ran waits one period from then instead of
+    /// every task running at the first tick (a start-up cycle is `gc.on_startup`'s).
     pub fn start(&self) {
         let tick =
             parse_duration(&self.inner.config.maintenance.tick).unwrap_or(Duration::from_secs(30));
         let me = self.clone();
         tokio::spawn(async move {
+            me.begin_schedule().await;
             loop {
                 tokio::time::sleep(tick).await;
                 let due: Vec<Task> = me

@@ -5,6 +5,11 @@
 //! (paths are relative to the storage root directory):
 //!
 //! ```text
+//! drydock/                                              drydock's own state
+//! ├── server.lock, admin.sock                            owner of the root
+//! ├── maintenance/<task>.json, anchor                    last runs, schedule start
+//! ├── quarantine/<alg>/<hex>-<unix time>                 corrupt blobs, set aside
+//! └── notifications/<endpoint>/<seq>.json                queued events
 //! docker/registry/v2/
 //! ├── blobs/<alg>/<hex[0..2]>/<hex>/data                 the pool
 //! ├── artifacts/                                         drydock: generic artifacts
@@ -99,6 +104,13 @@ pub enum PathSpec<'a> {
     Quarantine(&'a Digest, u64),
     /// A maintenance task's last-run record.
     MaintenanceRecord(&'a str),
+    /// When the server first scheduled maintenance on this root: a task that never ran
+    /// is first due one period after it.
+    MaintenanceAnchor,
+    /// The durable event queue of one notification endpoint (by its name's digest).
+    NotificationQueue(&'a str),
+    /// One queued event of an endpoint (sequence number, zero-padded so names sort).
+    NotificationEvent(&'a str, u64),
     /// `artifacts/`: the root of the generic-artifacts tree.
     ArtifactsRoot,
     /// A scratch folder (`.uploads`, `.work`, `.trash`).
@@ -171,6 +183,11 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
             d.hex()
         ),
         MaintenanceRecord(task) => format!("drydock/maintenance/{task}.json"),
+        MaintenanceAnchor => "drydock/maintenance/anchor".to_owned(),
+        NotificationQueue(endpoint) => format!("drydock/notifications/{endpoint}"),
+        NotificationEvent(endpoint, seq) => {
+            format!("drydock/notifications/{endpoint}/{seq:020}.json")
+        }
         ArtifactsRoot => format!("{ROOT}/artifacts"),
         ArtifactScratchDir(k) => format!("{ROOT}/artifacts/{}", k.dir_name()),
         ArtifactScratchEntry(k, id) => format!("{ROOT}/artifacts/{}/{id}", k.dir_name()),
@@ -269,6 +286,12 @@ mod tests {
             (
                 MaintenanceRecord("gc"),
                 "drydock/maintenance/gc.json".into(),
+            ),
+            (MaintenanceAnchor, "drydock/maintenance/anchor".into()),
+            (NotificationQueue("e1"), "drydock/notifications/e1".into()),
+            (
+                NotificationEvent("e1", 42),
+                "drydock/notifications/e1/00000000000000000042.json".into(),
             ),
         ];
         for (spec, want) in table {
