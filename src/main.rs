@@ -122,7 +122,10 @@ fn load_config(path: Option<&Path>, log_level: Option<&str>) -> anyhow::Result<C
     } = Config::load(path, std::env::vars())?;
     init_logging(&config, log_level);
     for key in unknown_keys {
-        tracing::warn!(key, "unknown configuration key ignored");
+        tracing::warn!(
+            key,
+            "configuration key has no effect (set from the environment, or listed under ignore)"
+        );
     }
     Ok(config)
 }

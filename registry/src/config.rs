@@ -2,8 +2,18 @@
 //! existing `config.yml` works, plus drydock's own sections. Loading is: built-in
 //! defaults ← the file (or the embedded default) ← `REGISTRY_*` environment overrides
 //! (Distribution's names: `REGISTRY_HTTP_ADDR`, `REGISTRY_STORAGE_DELETE_ENABLED`, …).
-//! Unknown keys are reported as warnings naming them; a wrong type is an error naming
-//! the key's path.
+//! A wrong type is an error naming the key's path.
+//!
+//! **Fail closed.** Every key drydock does not read goes through one table,
+//! [`DISTRIBUTION_KEYS`]: a Distribution section that changes what is served or who may
+//! do what, and that drydock does not implement (`proxy`, `redis`, `middleware`, an
+//! `auth` scheme, a storage driver it lacks, …), stops start-up with one line naming the
+//! key; a section that only tunes Distribution's own implementation (`storage.cache`,
+//! `http.http2`, …) is accepted and has no effect. A key in no table is a typo or
+//! something newer than drydock: refused when it comes from the file, only warned about
+//! when it comes from a `REGISTRY_*` variable (Kubernetes sets `REGISTRY_PORT` and
+//! friends for a service called `registry`). Keys listed under `ignore:` are accepted
+//! with a warning, whatever they are.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +51,9 @@ pub struct Config {
     pub maintenance: SchedulerConfig,
     pub uploads: UploadsConfig,
     pub retention: RetentionConfig,
+    /// Keys (dotted paths, e.g. `proxy`, `storage.s3`) the operator accepts drydock
+    /// will not honour: start anyway, with a warning naming each.
+    pub ignore: Vec<String>,
 }
 
 /// Scheduled maintenance (`maintenance:`): which tasks run, when, and how hard.
@@ -413,8 +426,118 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
-    /// Keys that drydock does not know (dotted paths).
+    /// Keys present that have no effect and deserve a warning (dotted paths): unknown
+    /// keys set from the environment, and keys accepted because `ignore:` lists them.
     pub unknown_keys: Vec<String>,
+}
+
+/// What drydock does about a Distribution key it does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHonoured {
+    /// It would change what is served or who may do what: refuse to start (the text
+    /// says what would be missing).
+    Refuse(&'static str),
+    /// A tuning hint for Distribution's own implementation: accepted, no effect.
+    Hint,
+}
+
+/// Distribution's keys that drydock does not read, by dotted path; the longest prefix
+/// of a key decides. Keys drydock reads are fields of [`Config`] and never get here.
+pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
+    use NotHonoured::{Hint, Refuse};
+    const DRIVER: NotHonoured =
+        Refuse("drydock has no such storage driver; it serves storage.filesystem");
+    &[
+        (
+            "auth",
+            Refuse(
+                "drydock does not authenticate yet, so every client would have every right \
+                 (authenticate in a reverse proxy)",
+            ),
+        ),
+        (
+            "http.tls",
+            Refuse("drydock does not terminate TLS yet; it would serve plain HTTP"),
+        ),
+        (
+            "http.debug",
+            Refuse("drydock has no debug listener yet; its metrics would be missing"),
+        ),
+        (
+            "notifications",
+            Refuse("drydock does not send notifications yet; receivers would get nothing"),
+        ),
+        (
+            "proxy",
+            Refuse("drydock is not a pull-through cache; it would serve only what was pushed"),
+        ),
+        (
+            "redis",
+            Refuse("drydock does not share a cache through redis with other replicas"),
+        ),
+        (
+            "middleware",
+            Refuse("drydock has no middleware (CDN redirects, repository or storage filters)"),
+        ),
+        (
+            "validation",
+            Refuse("drydock does not apply manifest validation rules (allowed or denied URLs)"),
+        ),
+        (
+            "log.hooks",
+            Refuse("drydock sends no log hooks (mail on errors)"),
+        ),
+        (
+            "reporting",
+            Refuse("drydock reports errors to no service (bugsnag, newrelic)"),
+        ),
+        (
+            "health.file",
+            Refuse(
+                "drydock has no file health check yet; the file would not take it out of rotation",
+            ),
+        ),
+        (
+            "health.http",
+            Refuse("drydock has no http health checks; an upstream failure would not show"),
+        ),
+        (
+            "health.tcp",
+            Refuse("drydock has no tcp health checks; an upstream failure would not show"),
+        ),
+        ("health.storagedriver", Hint),
+        ("storage.s3", DRIVER),
+        ("storage.s3-aws", DRIVER),
+        ("storage.azure", DRIVER),
+        ("storage.gcs", DRIVER),
+        ("storage.swift", DRIVER),
+        ("storage.oss", DRIVER),
+        ("storage.inmemory", DRIVER),
+        ("storage.tag", Hint),
+        ("log.reportcaller", Hint),
+        ("loglevel", Hint),
+        ("http.http2", Hint),
+        ("http.h2c", Hint),
+        ("compatibility", Hint),
+        ("catalog", Hint),
+    ]
+};
+
+/// The table entry deciding `key` (the longest matching prefix), if any.
+pub fn not_honoured(key: &str) -> Option<NotHonoured> {
+    DISTRIBUTION_KEYS
+        .iter()
+        .filter(|(k, _)| is_under(key, k))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(_, v)| *v)
+}
+
+/// `key` is `prefix` or below it (`storage.s3.bucket` is under `storage.s3`).
+fn is_under(key: &str, prefix: &str) -> bool {
+    key == prefix
+        || key
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,8 +549,6 @@ pub enum ConfigError {
     #[error("configuration key {path}: {message}")]
     Key { path: String, message: String },
 }
-
-const UNSUPPORTED_DRIVERS: [&str; 7] = ["s3", "azure", "gcs", "swift", "oss", "inmemory", "s3-aws"];
 
 impl Config {
     /// Loads `path`, or the embedded default when `None`, then applies `env` overrides.
@@ -455,48 +576,24 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let file: Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(source.to_owned(), e))?;
-        for (path, present) in [
-            ("auth", file.get("auth").is_some_and(|v| !v.is_null())),
-            (
-                "http.tls",
-                file.get("http")
-                    .and_then(|h| h.get("tls"))
-                    .is_some_and(|v| !v.is_null()),
-            ),
-        ] {
-            if present {
-                return Err(ConfigError::Key {
-                    path: path.into(),
-                    message: "is not supported by drydock; refusing to start rather than serve \
-                              without it (terminate TLS and authenticate in a reverse proxy)"
-                        .into(),
-                });
-            }
-        }
-        if let Some(storage) = file.get("storage").and_then(Value::as_mapping) {
-            for driver in UNSUPPORTED_DRIVERS {
-                if storage.contains_key(driver) {
-                    return Err(ConfigError::Key {
-                        path: format!("storage.{driver}"),
-                        message: "this storage driver is not supported; use filesystem".into(),
-                    });
-                }
-            }
-        }
         let mut tree =
             serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
                 path: String::new(),
                 message: e.to_string(),
             })?;
         merge(&mut tree, file);
+        let mut from_env: Vec<String> = Vec::new();
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("REGISTRY_") {
                 let parts: Vec<String> = rest.split('_').map(|s| s.to_ascii_lowercase()).collect();
-                set_env(&mut tree, &parts, &v);
+                let mut path = Vec::new();
+                set_env(&mut tree, &parts, &v, &mut path);
+                from_env.push(path.join("."));
             }
         }
         let mut unknown: Vec<String> = Vec::new();
-        let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+        let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string().replace("?.", ""));
+        let read = tree.clone();
         let de = serde_ignored::Deserializer::new(tree, &mut note);
         let config: Config =
             serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
@@ -545,9 +642,10 @@ impl Config {
             })?;
         }
         unknown.sort();
+        let warned = fail_closed(&read, unknown, &from_env, &config.ignore)?;
         Ok(Loaded {
             config,
-            unknown_keys: unknown,
+            unknown_keys: warned,
         })
     }
 
@@ -585,12 +683,82 @@ impl Config {
     }
 }
 
+/// Applies the fail-closed rule to the keys deserialization did not read (`tree` is
+/// what was read): returns the keys to warn about, or the error naming the first key
+/// that stops start-up. An unread section whose parts the table decides one by one
+/// (`health`: `storagedriver` is a hint, `file` is refused) is looked into.
+fn fail_closed(
+    tree: &Value,
+    unknown: Vec<String>,
+    from_env: &[String],
+    ignore: &[String],
+) -> Result<Vec<String>, ConfigError> {
+    let mut keys = Vec::new();
+    for key in unknown {
+        expand(tree, key, &mut keys);
+    }
+    let mut warned = Vec::new();
+    for key in keys {
+        if ignore.iter().any(|i| is_under(&key, i.trim())) {
+            warned.push(key);
+            continue;
+        }
+        match not_honoured(&key) {
+            Some(NotHonoured::Hint) => {}
+            Some(NotHonoured::Refuse(why)) => {
+                return Err(ConfigError::Key {
+                    message: format!(
+                        "{why}; refusing to start (list {key:?} under `ignore:` to start \
+                         anyway)"
+                    ),
+                    path: key,
+                });
+            }
+            None if from_env
+                .iter()
+                .any(|e| is_under(e, &key) || is_under(&key, e)) =>
+            {
+                warned.push(key)
+            }
+            None => {
+                return Err(ConfigError::Key {
+                    message: "is not a configuration key drydock knows (a typo?); refusing to \
+                              start rather than ignore it (list it under `ignore:` to start \
+                              anyway)"
+                        .into(),
+                    path: key,
+                });
+            }
+        }
+    }
+    Ok(warned)
+}
+
+/// `key`, or its children when the table decides keys below it but not `key` itself.
+fn expand(tree: &Value, key: String, out: &mut Vec<String>) {
+    let decided_below = not_honoured(&key).is_none()
+        && DISTRIBUTION_KEYS
+            .iter()
+            .any(|(k, _)| is_under(k, &key) && *k != key);
+    let node = key.split('.').try_fold(tree, |v, part| v.get(part));
+    match node.and_then(Value::as_mapping) {
+        Some(map) if decided_below => {
+            for child in map.keys().filter_map(Value::as_str) {
+                expand(tree, format!("{key}.{child}"), out);
+            }
+        }
+        _ => out.push(key),
+    }
+}
+
 fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Mapping(b), Value::Mapping(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v),
+                    // A key present with nothing under it (`proxy:`) asks for nothing.
+                    None if v.is_null() => {}
                     None => {
                         b.insert(k, v);
                     }
@@ -603,8 +771,9 @@ fn merge(base: &mut Value, over: Value) {
 }
 
 /// Sets `parts` (lowercased env segments) in the tree. Keys that contain `_` are found by
-/// joining segments greedily against the keys already in the tree.
-fn set_env(tree: &mut Value, parts: &[String], raw: &str) {
+/// joining segments greedily against the keys already in the tree. `path` receives the
+/// keys the value was set at.
+fn set_env(tree: &mut Value, parts: &[String], raw: &str, path: &mut Vec<String>) {
     if parts.is_empty() {
         let as_string = matches!(tree, Value::String(_));
         *tree = if as_string {
@@ -625,14 +794,16 @@ fn set_env(tree: &mut Value, parts: &[String], raw: &str) {
             .find(|k| k.as_str().is_some_and(|s| s.eq_ignore_ascii_case(&key)))
             .cloned();
         if let Some(k) = existing {
+            path.push(k.as_str().unwrap_or_default().to_owned());
             if let Some(child) = map.get_mut(&k) {
-                set_env(child, &parts[n..], raw);
+                set_env(child, &parts[n..], raw, path);
             }
             return;
         }
     }
     let mut child = Value::Null;
-    set_env(&mut child, &parts[1..], raw);
+    path.push(parts[0].clone());
+    set_env(&mut child, &parts[1..], raw, path);
     map.insert(Value::String(parts[0].clone()), child);
 }
 
@@ -699,7 +870,8 @@ mod tests {
 
     #[test]
     fn distribution_config_with_unknown_keys_and_env() {
-        let yaml = "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\n  bogus: 1\nhealth:\n  storagedriver:\n    enabled: true\n";
+        // Distribution's own example config (cmd/registry/config-example.yml) starts.
+        let yaml = "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n";
         let l = Config::from_yaml(
             yaml,
             "t",
@@ -708,6 +880,9 @@ mod tests {
                 ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
                 ("REGISTRY_OCI_MOUNT_WITHOUT_FROM", "true"),
                 ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/tmp/x"),
+                // Kubernetes' variables for a service called `registry`: warned about.
+                ("REGISTRY_PORT", "tcp://10.0.0.1:5000"),
+                ("REGISTRY_SERVICE_HOST", "10.0.0.1"),
             ]),
         )
         .unwrap();
@@ -718,7 +893,7 @@ mod tests {
             l.config.storage.filesystem.rootdirectory,
             PathBuf::from("/tmp/x")
         );
-        assert_eq!(l.unknown_keys, vec!["health", "http.bogus"]);
+        assert_eq!(l.unknown_keys, vec!["port", "service"]);
         assert!(
             !Config::from_yaml("storage:\n  filesystem: {}\n", "t", env(&[]))
                 .unwrap()
@@ -735,14 +910,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.delete.enabled"), "{e}");
-        for refused in [
-            "auth:\n  htpasswd:\n    realm: r\n",
-            "http:\n  tls:\n    certificate: c\n",
+        for (refused, key) in [
+            ("auth:\n  htpasswd:\n    realm: r\n", "auth"),
+            ("http:\n  tls:\n    certificate: c\n", "http.tls"),
         ] {
             let e = Config::from_yaml(refused, "t", env(&[]))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("not supported"), "{e}");
+            assert!(e.contains(&format!("key {key}:")), "{e}");
+            assert!(e.contains("refusing to start"), "{e}");
         }
         let l = Config::from_yaml(
             "log:\n  level: warning\n",
@@ -770,6 +946,107 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("artifacts.post_process.filter"), "{e}");
+    }
+
+    fn refusal(yaml: &str, vars: &[(&str, &str)]) -> Option<String> {
+        Config::from_yaml(yaml, "t", env(vars))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn sections_drydock_cannot_honour_stop_start_up_from_file_and_env() {
+        for (yaml, vars, key) in [
+            (
+                "proxy:\n  remoteurl: https://registry-1.docker.io\n",
+                &[][..],
+                "proxy",
+            ),
+            ("redis:\n  addr: localhost:6379\n", &[], "redis"),
+            (
+                "middleware:\n  registry:\n    - name: cloudfront\n",
+                &[],
+                "middleware",
+            ),
+            (
+                "validation:\n  manifests:\n    urls:\n      allow: ['^https://']\n",
+                &[],
+                "validation",
+            ),
+            ("storage:\n  s3:\n    bucket: b\n", &[], "storage.s3"),
+            ("", &[("REGISTRY_PROXY_REMOTEURL", "https://x")], "proxy"),
+            ("", &[("REGISTRY_STORAGE_S3_BUCKET", "b")], "storage.s3"),
+            ("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/x")], "auth"),
+            // A typo in the file is refused too.
+            (
+                "storage:\n  delete:\n    enbled: true\n",
+                &[],
+                "storage.delete.enbled",
+            ),
+            ("gc:\n  intervall: 1h\n", &[], "gc.intervall"),
+        ] {
+            let e = refusal(yaml, vars).unwrap_or_else(|| panic!("{yaml} {vars:?} started"));
+            assert!(e.starts_with(&format!("configuration key {key}: ")), "{e}");
+            assert!(e.contains("ignore"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // Parts of one section are decided one by one.
+        let e = refusal(
+            "health:\n  storagedriver: {enabled: true}\n  http:\n    - uri: http://x\n",
+            &[],
+        )
+        .unwrap();
+        assert!(e.starts_with("configuration key health.http:"), "{e}");
+        // Hints only tune Distribution itself: accepted, nothing to warn about.
+        for hint in [
+            "storage:\n  cache:\n    blobdescriptor: redis\n",
+            "storage:\n  redirect:\n    disable: true\n",
+            "storage:\n  tag:\n    concurrencylimit: 8\n",
+            "http:\n  http2:\n    disabled: true\n",
+            "compatibility:\n  schema1:\n    enabled: false\n",
+            "proxy:\n",
+        ] {
+            let l = Config::from_yaml(hint, "t", env(&[])).unwrap();
+            assert!(l.unknown_keys.is_empty(), "{hint}: {:?}", l.unknown_keys);
+        }
+    }
+
+    #[test]
+    fn ignore_lets_the_operator_start_without_a_section() {
+        let yaml = "proxy:\n  remoteurl: https://x\nredis:\n  addr: r:6379\nhttp:\n  bogus: 1\nignore: [proxy, redis, http.bogus]\n";
+        let l = Config::from_yaml(yaml, "t", env(&[])).unwrap();
+        assert_eq!(l.unknown_keys, vec!["http.bogus", "proxy", "redis"]);
+        let l = Config::from_yaml(
+            "",
+            "t",
+            env(&[
+                ("REGISTRY_PROXY_REMOTEURL", "https://x"),
+                ("REGISTRY_IGNORE", "[proxy]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.unknown_keys, vec!["proxy"]);
+        // Only what is listed: ignoring `proxy` does not let `redis` through.
+        let e = refusal(
+            "proxy: {remoteurl: x}\nredis: {addr: r}\nignore: [proxy]\n",
+            &[],
+        )
+        .unwrap();
+        assert!(e.starts_with("configuration key redis:"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_configs_load_with_every_key_known() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for f in ["config.yml", "container-config.yml"] {
+            let l = Config::load(Some(&deploy.join(f)), env(&[]))
+                .unwrap_or_else(|e| panic!("deploy/{f}: {e}"));
+            assert!(
+                l.unknown_keys.is_empty(),
+                "deploy/{f}: {:?}",
+                l.unknown_keys
+            );
+        }
     }
 
     #[test]
