@@ -213,6 +213,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let state = registry::server::state_from_config(&config);
+    if let Some(addr) = config.debug_addr() {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (http.debug.addr)"))?;
+        let mut router = axum::Router::new();
+        if let (Some(m), true) = (&state.metrics, config.http.debug.prometheus.enabled) {
+            router = router.merge(gc::online::metrics_router(
+                &config.http.debug.prometheus.path,
+                m.clone(),
+            ));
+        }
+        let bound = listener.local_addr()?;
+        tracing::info!(debug_addr = %bound, "debug listener bound");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "debug listener stopped");
+            }
+        });
+    }
     let gc::online::Online {
         router: app,
         cleaner,
@@ -319,7 +338,7 @@ fn print_records(records: &[gc::maintenance::Record], json: bool) -> anyhow::Res
         println!(
             "{:<10} {:<8} {:>9.0} ms  {}{}",
             r.task.name(),
-            format!("{:?}", r.outcome).to_lowercase(),
+            r.outcome.name(),
             r.duration_ms,
             r.started_at,
             if r.message.is_empty() {

@@ -239,6 +239,10 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub base: String,
+    /// The debug listener (`http.debug.addr`), when the config has one.
+    pub debug_addr: Option<SocketAddr>,
+    /// Every stderr line after the listening line, as it arrives.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -256,11 +260,17 @@ impl ServerProcess {
             .expect("spawn registry");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut debug_addr = None;
         let addr = loop {
             let line = lines
                 .next()
                 .expect("registry exited before listening")
                 .expect("read stderr");
+            if let Some(i) = line.find("debug_addr=") {
+                let a = line[i + 11..].split_whitespace().next().unwrap_or("");
+                debug_addr = a.parse::<SocketAddr>().ok();
+                continue;
+            }
             if let Some(i) = line.find("addr=")
                 && line.contains("listening")
             {
@@ -268,11 +278,19 @@ impl ServerProcess {
                 break a.parse::<SocketAddr>().expect("listening address");
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
         ServerProcess {
             child,
             addr,
             base: format!("http://{addr}"),
+            debug_addr,
+            log,
         }
     }
 

@@ -60,3 +60,240 @@ fn serve_refuses_a_section_it_cannot_honour_with_one_line() {
     let server = ServerProcess::spawn(&cfg);
     drop(server);
 }
+
+/// The value of the series `name{labels}` in a Prometheus text exposition (labels in
+/// the order the server writes them); `None` when absent.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+async fn scrape(c: &reqwest::Client, url: String) -> String {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        hdr(&r, "content-type").starts_with("text/plain; version=0.0.4"),
+        "{}",
+        hdr(&r, "content-type")
+    );
+    r.text().await.unwrap()
+}
+
+fn hdr(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Requests, bytes, storage operations, the cache, a collection and a maintenance run
+/// all show in the metrics, with exact counts for what the test did, and no series is
+/// labelled with a repository name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_server_did() {
+    let s = TestServer::start_with(|c| {
+        c.admin.metrics = true;
+        // Only the cycle the test runs: no cycle scheduled by the delete.
+        c.gc.enabled = false;
+        c.gc.on_startup = false;
+        c.maintenance.enabled = false;
+    })
+    .await;
+    let c = client();
+    let (digest, manifest) = push_image(&c, &s, "team/secret-name", "v1", 1, 2).await;
+    for _ in 0..3 {
+        let r = c
+            .get(s.url("/v2/team/secret-name/manifests/v1"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), manifest.len());
+    }
+    let blob = random_bytes(70_000, 9);
+    let bd = push_blob(&c, &s, "team/secret-name", &blob).await;
+    let r = c
+        .get(s.url(&format!("/v2/team/secret-name/blobs/{bd}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    let r = c
+        .get(s.url("/v2/team/secret-name/manifests/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let not_found_len = r.bytes().await.unwrap().len();
+    // Delete the image and collect it; then an uploads purge.
+    let r = c
+        .delete(s.url(&format!("/v2/team/secret-name/manifests/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut opts = s.cleaner.options().clone();
+    opts.grace = std::time::Duration::ZERO;
+    let report = s.cleaner.run_now(&opts).await.unwrap();
+    assert!(report.blobs_removed >= 1, "{report:?}");
+    let run = s
+        .maintenance
+        .run(vec![gc::maintenance::Task::Uploads], "test")
+        .await;
+    assert_eq!(run[0].outcome, gc::maintenance::Outcome::Ok);
+
+    let text = scrape(&c, s.url("/admin/metrics")).await;
+    let get = |k: &str| series(&text, k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(
+        get(r#"registry_http_requests_total{handler="manifest",method="GET",code="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"registry_http_requests_total{handler="manifest",method="GET",code="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"registry_http_requests_total{handler="manifest",method="PUT",code="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"registry_http_requests_total{handler="blob_upload",method="POST",code="201"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(
+            r#"registry_http_request_duration_seconds_count{handler="manifest",method="GET",code="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(r#"registry_http_sent_bytes_total{handler="blob"}"#),
+        blob.len() as f64
+    );
+    assert_eq!(
+        get(r#"registry_http_sent_bytes_total{handler="manifest"}"#),
+        (3 * manifest.len() + not_found_len) as f64
+    );
+    assert!(
+        get(r#"registry_http_received_bytes_total{handler="blob_upload"}"#) >= blob.len() as f64
+    );
+    assert_eq!(
+        get(r#"registry_http_in_flight_requests{handler="manifest"}"#),
+        0.0
+    );
+    assert_eq!(get("drydock_blob_uploads_in_progress"), 0.0);
+    assert!(
+        get(r#"registry_storage_action_seconds_count{driver="filesystem",action="put_content"}"#)
+            >= 1.0
+    );
+    assert!(get(r#"registry_storage_cache_total{type="Hit"}"#) >= 2.0);
+    assert!(get(r#"registry_storage_cache_total{type="Miss"}"#) >= 1.0);
+    assert_eq!(get("drydock_gc_cycles_total"), 1.0);
+    assert_eq!(get("drydock_gc_failures_total"), 0.0);
+    assert_eq!(get("drydock_gc_in_progress"), 0.0);
+    assert_eq!(
+        get("drydock_gc_removed_blobs_total"),
+        report.blobs_removed as f64
+    );
+    assert_eq!(
+        get("drydock_gc_freed_bytes_total"),
+        report.bytes_freed as f64
+    );
+    assert!(get("drydock_gc_last_success_timestamp_seconds") > 1.7e9);
+    assert!(get(r#"drydock_gc_phase_seconds_total{phase="mark"}"#) > 0.0);
+    assert_eq!(
+        get(r#"drydock_maintenance_runs_total{task="uploads",outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"drydock_maintenance_duration_seconds_count{task="uploads"}"#),
+        1.0
+    );
+    assert!(
+        !text.contains("secret-name"),
+        "a repository name became a label"
+    );
+}
+
+/// Waits (polling, bounded) until the server has logged a line containing every one of
+/// `parts`, and returns it.
+async fn logged(server: &ServerProcess, parts: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(l) = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            return l.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line with {parts:?}: {:?}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The binary with Distribution's debug section: metrics on `http.debug.addr` at
+/// `http.debug.prometheus.path`, not on the main listener; every request answered with
+/// an `X-Request-Id` (the client's when it sent one) and logged once in its span with
+/// that id, the route kind, the repository, the status and the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_listener_serves_metrics_and_requests_carry_an_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n      path: /prom\ngc:\n  on_startup: false\n",
+            dir.path().join("root").display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::spawn(&cfg);
+    let debug = server
+        .debug_addr
+        .expect("the debug listener's address is logged");
+    let c = client();
+    let r = c
+        .get(server.url("/v2/some/repo/tags/list"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(hdr(&r, "x-request-id"), "trace-me-42");
+    let r = c.get(server.url("/v2/")).send().await.unwrap();
+    let made = hdr(&r, "x-request-id");
+    assert!(!made.is_empty(), "no request id was made");
+    let line = logged(&server, &["trace-me-42", "request"]).await;
+    for want in [
+        "route=\"tags\"",
+        "repo=\"some/repo\"",
+        "status=404",
+        "method=GET",
+        "bytes_out=",
+    ] {
+        assert!(line.contains(want), "{want} missing from {line}");
+    }
+    logged(&server, &[&made, "route=\"base\"", "status=200"]).await;
+
+    let text = scrape(&c, format!("http://{debug}/prom")).await;
+    assert_eq!(
+        series(
+            &text,
+            r#"registry_http_requests_total{handler="tags",method="GET",code="404"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Not on the main listener unless admin.metrics asks for it.
+    let r = c.get(server.url("/admin/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

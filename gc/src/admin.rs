@@ -139,6 +139,15 @@ pub fn router(cleaner: Cleaner, maintenance: Maintenance, loopback_only_flag: bo
                 .route("/admin/maintenance/run", post(maintenance_run))
                 .with_state(maintenance),
         );
+    guarded(r, loopback_only_flag)
+}
+
+/// `r` behind the admin access rule: every `/admin/...` route (the metrics on the main
+/// listener too) goes through here, so the rule is one place.
+pub fn guarded<S: Clone + Send + Sync + 'static>(
+    r: Router<S>,
+    loopback_only_flag: bool,
+) -> Router<S> {
     if loopback_only_flag {
         r.layer(middleware::from_fn(loopback_only))
     } else {

@@ -22,6 +22,15 @@ struct Inner {
     wake: Notify,
     cycle: tokio::sync::Mutex<()>,
     status: Mutex<Status>,
+    observers: Mutex<Vec<Arc<dyn CycleObserver>>>,
+}
+
+/// Told about every cycle of a server's collector (metrics, delete notifications).
+/// Called on the collector's task: must not block.
+pub trait CycleObserver: Send + Sync {
+    fn started(&self) {}
+    /// `result` is the full report, with the lists of what was removed.
+    fn finished(&self, result: &Result<Report, GcError>, took: Duration);
 }
 
 /// What `GET /admin/gc` answers.
@@ -49,6 +58,7 @@ impl Cleaner {
             wake: Notify::new(),
             cycle: tokio::sync::Mutex::new(()),
             status: Mutex::new(Status::default()),
+            observers: Mutex::new(Vec::new()),
         });
         let c = Cleaner { inner };
         let bg = c.clone();
@@ -66,6 +76,18 @@ impl Cleaner {
         self.cycle(options).await
     }
 
+    /// Adds an observer of every later cycle.
+    pub fn observe(&self, observer: Arc<dyn CycleObserver>) {
+        self.observers().push(observer);
+    }
+
+    fn observers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn CycleObserver>>> {
+        self.inner
+            .observers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn options(&self) -> &Options {
         &self.inner.options
     }
@@ -81,12 +103,16 @@ impl Cleaner {
     async fn cycle(&self, options: &Options) -> Result<Report, GcError> {
         let _one_at_a_time = self.inner.cycle.lock().await;
         self.lock_status().running = true;
+        let observers = self.observers().clone();
+        observers.iter().for_each(|o| o.started());
+        let t0 = std::time::Instant::now();
         let r = collect(
             &self.inner.store,
             options,
             Some(self.inner.store.liveness()),
         )
         .await;
+        observers.iter().for_each(|o| o.finished(&r, t0.elapsed()));
         let mut st = self.lock_status();
         st.running = false;
         st.cycles += 1;

@@ -3,14 +3,18 @@
 //! triggers (SIGUSR1, the admin socket) are the binary's.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
+use axum::response::IntoResponse;
+use registry::api::telemetry::{self, Telemetry};
 use registry::api::{AppState, DeleteListener};
 use registry::config::Config;
+use registry::metrics::{Metrics, PhaseLabels};
 
-use crate::Options;
-use crate::cleaner::Cleaner;
+use crate::cleaner::{Cleaner, CycleObserver};
 use crate::maintenance::Maintenance;
+use crate::{GcError, Options, Report};
 
 /// The collector options a configuration asks for.
 pub fn options(config: &Config) -> Options {
@@ -49,6 +53,11 @@ pub struct Online {
 pub fn app(mut state: AppState, config: &Config) -> Online {
     let cleaner = Cleaner::start(state.store.clone(), options(config), config.gc_interval());
     let maintenance = Maintenance::new(state.store.clone(), config.clone(), Some(cleaner.clone()));
+    let metrics = state.metrics.clone();
+    if let Some(m) = &metrics {
+        cleaner.observe(Arc::new(GcMetrics(m.clone())));
+        maintenance.set_metrics(m.clone());
+    }
     if config.gc.enabled {
         state.on_delete = Some(Arc::new(OnDelete {
             cleaner: cleaner.clone(),
@@ -61,14 +70,86 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
     if config.maintenance.enabled {
         maintenance.start();
     }
-    let router = registry::api::router(state).merge(crate::admin::router(
+    let mut router = registry::api::router(state).merge(crate::admin::router(
         cleaner.clone(),
         maintenance.clone(),
         config.admin.loopback_only,
     ));
+    if let (Some(m), true) = (&metrics, config.admin.metrics) {
+        router = router.merge(crate::admin::guarded(
+            metrics_router("/admin/metrics", m.clone()),
+            config.admin.loopback_only,
+        ));
+    }
+    let router = telemetry::layer(
+        router,
+        Telemetry {
+            metrics,
+            access_log: !config.log.accesslog.disabled,
+            sink: None,
+        },
+    );
     Online {
         router,
         cleaner,
         maintenance,
+    }
+}
+
+/// `GET path`: the metrics in Prometheus' text format.
+pub fn metrics_router(path: &str, metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        path,
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        registry::metrics::CONTENT_TYPE,
+                    )],
+                    m.render(),
+                )
+                    .into_response()
+            }
+        }),
+    )
+}
+
+/// Records each cycle of the server's collector in its metrics.
+struct GcMetrics(Arc<Metrics>);
+
+impl CycleObserver for GcMetrics {
+    fn started(&self) {
+        self.0.gc.in_progress.set(1);
+    }
+
+    fn finished(&self, result: &Result<Report, GcError>, _took: Duration) {
+        let g = &self.0.gc;
+        g.in_progress.set(0);
+        g.cycles.inc();
+        match result {
+            Ok(r) => {
+                for (phase, ms) in [("mark", r.mark_ms), ("sweep", r.sweep_ms)] {
+                    let l = PhaseLabels { phase };
+                    g.phase_seconds.get_or_create(&l).inc_by(ms / 1e3);
+                    g.last_duration_seconds.get_or_create(&l).set(ms / 1e3);
+                }
+                if !r.dry_run {
+                    g.freed_bytes.inc_by(r.bytes_freed);
+                    g.removed_blobs.inc_by(r.blobs_removed as u64);
+                    g.removed_manifests.inc_by(r.manifests_removed as u64);
+                    g.removed_layer_links.inc_by(r.layer_links_removed as u64);
+                }
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                g.last_success.set(now);
+            }
+            Err(_) => {
+                g.failures.inc();
+            }
+        }
     }
 }

@@ -49,6 +49,20 @@ pub struct Cache {
     listed_tags: AtomicUsize,
     /// Every repository, sorted bytewise.
     catalog: std::sync::RwLock<Option<Arc<[String]>>>,
+    /// Lookups answered and not, by kind (`LOOKUP_KINDS`), for the metrics.
+    hits: [AtomicU64; 5],
+    misses: [AtomicU64; 5],
+}
+
+/// The kinds of lookup the cache counts, in the order of its counters.
+const LOOKUP_KINDS: [&str; 5] = ["link", "size", "manifest", "tags", "catalog"];
+
+/// Hit and miss counts of one kind of lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookups {
+    pub kind: &'static str,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 impl Cache {
@@ -64,6 +78,30 @@ impl Cache {
         self.off
     }
 
+    /// Counts a lookup of kind `k` (an index into `LOOKUP_KINDS`) and passes it on.
+    fn counted<T>(&self, k: usize, found: Option<T>) -> Option<T> {
+        let c = if found.is_some() {
+            &self.hits[k]
+        } else {
+            &self.misses[k]
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Hits and misses so far, by kind.
+    pub fn lookups(&self) -> Vec<Lookups> {
+        LOOKUP_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| Lookups {
+                kind,
+                hits: self.hits[i].load(Ordering::Relaxed),
+                misses: self.misses[i].load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
     /// The generation to pass to a later `fill_*` call; read it before the disk.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -76,7 +114,7 @@ impl Cache {
     }
 
     pub fn link(&self, path: &str) -> Option<Digest> {
-        self.links.get(path).map(|d| d.clone())
+        self.counted(0, self.links.get(path).map(|d| d.clone()))
     }
 
     pub fn fill_link(&self, path: &str, digest: &Digest, since: u64) {
@@ -98,7 +136,7 @@ impl Cache {
     }
 
     pub fn size(&self, digest: &Digest) -> Option<u64> {
-        self.sizes.get(digest).map(|s| *s)
+        self.counted(1, self.sizes.get(digest).map(|s| *s))
     }
 
     pub fn fill_size(&self, digest: &Digest, size: u64, since: u64) {
@@ -111,7 +149,7 @@ impl Cache {
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<CachedManifest> {
-        self.manifests.get(digest).map(|m| m.clone())
+        self.counted(2, self.manifests.get(digest).map(|m| m.clone()))
     }
 
     pub fn fill_manifest(&self, digest: &Digest, m: CachedManifest, since: u64) {
@@ -127,7 +165,7 @@ impl Cache {
 
     /// A repository's tags in listing order, if cached.
     pub fn tag_list(&self, repo: &str) -> Option<Arc<[String]>> {
-        self.tag_lists.get(repo).map(|l| l.clone())
+        self.counted(3, self.tag_lists.get(repo).map(|l| l.clone()))
     }
 
     pub fn fill_tag_list(&self, repo: &str, tags: Arc<[String]>, since: u64) {
@@ -154,7 +192,8 @@ impl Cache {
 
     /// The catalog, if cached.
     pub fn catalog(&self) -> Option<Arc<[String]>> {
-        self.catalog.read().ok()?.clone()
+        let found = self.catalog.read().ok().and_then(|c| c.clone());
+        self.counted(4, found)
     }
 
     pub fn fill_catalog(&self, repos: Arc<[String]>, since: u64) {

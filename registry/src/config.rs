@@ -286,6 +286,34 @@ pub struct HttpConfig {
     pub relativeurls: bool,
     pub host: String,
     pub prefix: String,
+    /// Distribution's debug listener: metrics (and health) on a separate address.
+    pub debug: DebugConfig,
+}
+
+/// `http.debug`: a second listener for operators (never exposed with the API).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct DebugConfig {
+    /// `host:port` of the debug listener; empty: none.
+    pub addr: String,
+    pub prometheus: PrometheusConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    /// Keep metrics and serve them on the debug listener at `path`.
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: false,
+            path: "/metrics".into(),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -299,6 +327,7 @@ impl Default for HttpConfig {
             relativeurls: true,
             host: String::new(),
             prefix: String::new(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -366,12 +395,16 @@ impl Default for GcConfig {
 pub struct AdminConfig {
     /// Answer `/admin/...` on the HTTP listener only to loopback clients.
     pub loopback_only: bool,
+    /// Keep metrics and serve them on the main listener at `/admin/metrics`, behind
+    /// the same access rule as every admin endpoint.
+    pub metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             loopback_only: true,
+            metrics: false,
         }
     }
 }
@@ -458,10 +491,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
         (
             "http.tls",
             Refuse("drydock does not terminate TLS yet; it would serve plain HTTP"),
-        ),
-        (
-            "http.debug",
-            Refuse("drydock has no debug listener yet; its metrics would be missing"),
         ),
         (
             "notifications",
@@ -629,6 +658,21 @@ impl Config {
                 message,
             })?;
         }
+        let prometheus = &config.http.debug.prometheus;
+        if prometheus.enabled && config.http.debug.addr.trim().is_empty() && !config.admin.metrics {
+            return Err(ConfigError::Key {
+                path: "http.debug.addr".into(),
+                message: "is empty, so the metrics http.debug.prometheus.enabled asks for \
+                          would be served nowhere (set it, or admin.metrics: true)"
+                    .into(),
+            });
+        }
+        if !prometheus.path.starts_with('/') {
+            return Err(ConfigError::Key {
+                path: "http.debug.prometheus.path".into(),
+                message: format!("{:?} must start with /", prometheus.path),
+            });
+        }
         if !(1..=256).contains(&config.gc.workers) {
             return Err(ConfigError::Key {
                 path: "gc.workers".into(),
@@ -665,6 +709,21 @@ impl Config {
             "warn" | "warning" => "warn",
             "error" | "fatal" | "panic" => "error",
             _ => "info",
+        }
+    }
+
+    /// Whether this server keeps metrics (for the debug listener or `/admin/metrics`).
+    pub fn metrics_enabled(&self) -> bool {
+        self.http.debug.prometheus.enabled || self.admin.metrics
+    }
+
+    /// The debug listener's address, if one is configured (`:port`: every address).
+    pub fn debug_addr(&self) -> Option<String> {
+        let a = self.http.debug.addr.trim();
+        match a {
+            "" => None,
+            a if a.starts_with(':') => Some(format!("0.0.0.0{a}")),
+            a => Some(a.to_owned()),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod inventory;
 pub mod liveness;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod repository;
 pub mod server;

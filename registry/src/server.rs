@@ -17,7 +17,11 @@ use crate::store::{Store, StoreOptions};
 
 /// Builds the shared state of a server from its configuration.
 pub fn state_from_config(config: &Config) -> AppState {
-    let driver = FsDriver::new(config.storage.filesystem.rootdirectory.clone());
+    let metrics = config.metrics_enabled().then(crate::metrics::Metrics::new);
+    let mut driver = FsDriver::new(config.storage.filesystem.rootdirectory.clone());
+    if let Some(m) = &metrics {
+        driver = driver.with_metrics(m.storage.clone());
+    }
     let store = Store::new(
         driver,
         StoreOptions {
@@ -45,8 +49,12 @@ pub fn state_from_config(config: &Config) -> AppState {
             }
         }
     }
+    if let Some(m) = &metrics {
+        m.watch_cache(store.cache().clone());
+    }
     AppState {
         store,
+        metrics,
         delete_enabled: config.storage.delete.enabled,
         read_only: config.storage.maintenance.readonly.enabled,
         access_log: !config.log.accesslog.disabled,

@@ -73,6 +73,11 @@ impl Store {
         &self.driver
     }
 
+    /// The cache in front of the small reads (its lookup counts feed the metrics).
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
     pub fn options(&self) -> &StoreOptions {
         &self.options
     }

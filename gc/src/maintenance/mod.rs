@@ -90,6 +90,17 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Killed => "killed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
 /// One run of a task, as persisted and reported.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {

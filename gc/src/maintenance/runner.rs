@@ -52,6 +52,7 @@ struct Inner {
     /// ran is first due one period after it. `None` (a CLI on a root no server ever
     /// scheduled): a task that never ran is due now.
     anchor: Mutex<Option<f64>>,
+    metrics: std::sync::OnceLock<Arc<registry::metrics::Metrics>>,
 }
 
 /// Where the load average comes from (`/proc/loadavg`; tests drive it themselves).
@@ -130,6 +131,7 @@ impl Maintenance {
                 deletes_since_gc: AtomicU64::new(0),
                 load,
                 anchor,
+                metrics: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -143,6 +145,11 @@ impl Maintenance {
 
     fn running(&self) -> std::sync::MutexGuard<'_, BTreeSet<Task>> {
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records every later run in `metrics` (runs by outcome, duration, running).
+    pub fn set_metrics(&self, metrics: Arc<registry::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// A delete happened (the gc task's `--auto` threshold counts them).
@@ -254,6 +261,15 @@ impl Maintenance {
         };
         if !self.running().insert(task) {
             self.counters().skipped += 1;
+            if let Some(m) = self.inner.metrics.get() {
+                m.maintenance
+                    .runs
+                    .get_or_create(&registry::metrics::TaskOutcomeLabels {
+                        task: task.name(),
+                        outcome: Outcome::Skipped.name(),
+                    })
+                    .inc();
+            }
             tracing::info!(
                 task = task.name(),
                 trigger,
@@ -283,6 +299,10 @@ impl Maintenance {
             c.queued -= 1;
             c.running += 1;
         }
+        let labels = registry::metrics::TaskLabels { task: task.name() };
+        if let Some(m) = self.inner.metrics.get() {
+            m.maintenance.running.get_or_create(&labels).inc();
+        }
         let started = SystemTime::now();
         let t0 = Instant::now();
         let limit = parse_duration(&task.config(&self.inner.config).time_limit)
@@ -299,6 +319,26 @@ impl Maintenance {
                 serde_json::Value::Null,
             ),
         };
+        if let Some(m) = self.inner.metrics.get() {
+            m.maintenance.running.get_or_create(&labels).dec();
+            m.maintenance
+                .duration
+                .get_or_create(&labels)
+                .observe(t0.elapsed().as_secs_f64());
+            m.maintenance
+                .runs
+                .get_or_create(&registry::metrics::TaskOutcomeLabels {
+                    task: task.name(),
+                    outcome: outcome.name(),
+                })
+                .inc();
+            if outcome == Outcome::Ok && !dry_run {
+                m.maintenance
+                    .last_success
+                    .get_or_create(&labels)
+                    .set(unix_now());
+            }
+        }
         {
             let mut c = self.counters();
             c.running -= 1;

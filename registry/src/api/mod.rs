@@ -5,6 +5,7 @@
 //! path is parsed: `%2e%2e` is just an invalid name.
 
 pub mod error;
+pub mod telemetry;
 
 mod artifacts;
 mod blobs;
@@ -13,7 +14,6 @@ mod manifests;
 mod uploads;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub access_log: bool,
     pub extra_headers: Arc<Vec<(HeaderName, HeaderValue)>>,
     pub on_delete: Option<Arc<dyn DeleteListener>>,
+    /// The server's metrics, when it keeps them (see `telemetry`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
             access_log: true,
             extra_headers: Arc::new(Vec::new()),
             on_delete: None,
+            metrics: None,
         }
     }
 
@@ -194,28 +197,15 @@ fn method_not_allowed() -> Response {
     r
 }
 
-/// Logs every request (method, path, status, duration) and adds the API version header.
+/// Adds the API version header and `http.headers` to every response (the access log
+/// line, span and metrics are `telemetry`'s).
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
-    let start = Instant::now();
-    let logged = state
-        .access_log
-        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     for (k, v) in state.extra_headers.iter() {
         h.append(k.clone(), v.clone());
-    }
-    if let Some((method, path)) = logged {
-        tracing::info!(
-            target: "drydock::access",
-            %method,
-            path,
-            status = resp.status().as_u16(),
-            duration_ms = start.elapsed().as_secs_f64() * 1e3,
-            "request"
-        );
     }
     resp
 }

@@ -58,6 +58,8 @@ pub struct FileInfo {
 #[derive(Debug, Clone)]
 pub struct FsDriver {
     root: PathBuf,
+    /// Times each operation when the server keeps metrics.
+    ops: Option<crate::metrics::StorageOps>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -72,7 +74,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl FsDriver {
     pub fn new(root: impl Into<PathBuf>) -> FsDriver {
-        FsDriver { root: root.into() }
+        FsDriver {
+            root: root.into(),
+            ops: None,
+        }
+    }
+
+    /// This driver timing its operations into `ops` (`registry_storage_action_seconds`).
+    pub fn with_metrics(mut self, ops: crate::metrics::StorageOps) -> FsDriver {
+        self.ops = Some(ops);
+        self
+    }
+
+    /// A guard that records the operation's latency when dropped (nothing without
+    /// metrics).
+    fn timed(&self, action: &'static str) -> Option<crate::metrics::OpTimer> {
+        self.ops.as_ref().map(|o| o.start(action))
     }
 
     pub fn root(&self) -> &Path {
@@ -86,6 +103,7 @@ impl FsDriver {
 
     /// Reads a small file whole (links, manifests, records).
     pub async fn get_content(&self, path: &str) -> Result<Vec<u8>> {
+        let _t = self.timed("get_content");
         let p = self.full(path);
         tokio::fs::read(&p)
             .await
@@ -94,6 +112,7 @@ impl FsDriver {
 
     /// Writes a small file atomically: temp name, fsync, rename, fsync the folder.
     pub async fn put_content(&self, path: &str, data: Vec<u8>) -> Result<()> {
+        let _t = self.timed("put_content");
         let p = self.full(path);
         blocking(move || put_atomic(&p, &data)).await
     }
@@ -101,6 +120,7 @@ impl FsDriver {
     /// Writes a new file without fsync (upload session files: losing one in a crash
     /// only makes the client start its upload again).
     pub async fn put_content_unsynced(&self, path: &str, data: Vec<u8>) -> Result<()> {
+        let _t = self.timed("put_content_unsynced");
         let p = self.full(path);
         blocking(move || {
             let dir = p.parent().unwrap_or(Path::new("."));
@@ -111,6 +131,7 @@ impl FsDriver {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let _t = self.timed("stat");
         let p = self.full(path);
         let m = tokio::fs::metadata(&p)
             .await
@@ -133,18 +154,21 @@ impl FsDriver {
 
     /// The names of a folder's children, sorted; temporary files are left out.
     pub async fn list(&self, path: &str) -> Result<Vec<String>> {
+        let _t = self.timed("list");
         let p = self.full(path);
         blocking(move || list_sync(&p)).await
     }
 
     /// Moves a file into place, creating the target's folders; fsyncs the target folder.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let _t = self.timed("rename");
         let (f, t) = (self.full(from), self.full(to));
         blocking(move || rename_sync(&f, &t)).await
     }
 
     /// Removes a file or a whole folder.
     pub async fn delete(&self, path: &str) -> Result<()> {
+        let _t = self.timed("delete");
         let p = self.full(path);
         blocking(move || delete_sync(&p)).await
     }
@@ -152,6 +176,7 @@ impl FsDriver {
     /// Sets a file's modification time to now: content that is reused (deduplicated or
     /// mounted) counts as new for the collector's grace period.
     pub async fn touch(&self, path: &str) -> Result<()> {
+        let _t = self.timed("touch");
         let p = self.full(path);
         blocking(move || touch_sync(&p)).await
     }
@@ -164,6 +189,7 @@ impl FsDriver {
         path: &str,
         file_name: &'static str,
     ) -> Result<Vec<(String, FileInfo)>> {
+        let _t = self.timed("walk");
         let p = self.full(path);
         blocking(move || {
             let mut out = Vec::new();
@@ -175,6 +201,7 @@ impl FsDriver {
 
     /// Opens an immutable file (a pool blob) for streaming by memory-mapped chunks.
     pub async fn open_mapped(&self, path: &str) -> Result<MappedFile> {
+        let _t = self.timed("open");
         let p = self.full(path);
         blocking(move || {
             let file = std::fs::File::open(&p).map_err(|e| StorageError::io(&p, e))?;
