@@ -159,33 +159,91 @@ async fn shutdown_signal() {
     }
 }
 
-/// The listener systemd passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`, fd 3),
-/// if any; `http.addr` is then not bound.
-fn activated_listener() -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    use std::os::fd::FromRawFd;
-    let for_us = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let fds = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    if !for_us || fds == 0 {
+/// The listener systemd passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`), if any;
+/// `http.addr` is then not bound. Taken before any thread starts (`listenfd` clears the
+/// variables), checked to be a listening TCP socket, and marked close-on-exec so a
+/// post-process command never inherits it.
+fn activated_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::AsRawFd;
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
         return Ok(None);
     }
-    // SAFETY: systemd hands the first passed socket over as fd 3 (SD_LISTEN_FDS_START),
-    // owned by this process from now on; nothing else in the process uses fd 3.
-    let std_listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
-    std_listener
+    if fds.len() > 1 {
+        bail!(
+            "socket activation passed {} sockets; drydock takes one (one ListenStream=)",
+            fds.len()
+        );
+    }
+    let listener = fds
+        .take_tcp_listener(0)
+        .context("the socket-activated file descriptor")?
+        .context("the socket-activated file descriptor was already taken")?;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `listening`, a c_int we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        bail!("the socket-activated file descriptor is a TCP socket that is not listening");
+    }
+    listener
         .set_nonblocking(true)
         .context("socket-activated listener")?;
-    Ok(Some(
-        tokio::net::TcpListener::from_std(std_listener).context("socket-activated listener")?,
-    ))
+    Ok(Some(listener))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Tells systemd (`Type=notify`) how the service is doing; nothing without
+/// `NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while the runtime runs, when the unit
+/// sets `WatchdogSec=`.
+fn start_watchdog() {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        loop {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// Resolves when the server should stop: on SIGTERM or SIGINT, `/readyz` turns red and
+/// systemd hears `STOPPING=1` at once; the listener stops accepting `health.shutdown_delay`
+/// later, then in-flight requests drain.
+async fn drain_on_signal(
+    health: std::sync::Arc<registry::health::Health>,
+    delay: std::time::Duration,
+) {
+    shutdown_signal().await;
+    health.start_draining();
+    notify(&[sd_notify::NotifyState::Stopping]);
+    if !delay.is_zero() {
+        tracing::info!(
+            ?delay,
+            "not ready; still accepting until the shutdown delay has passed"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
     let root = config.storage.filesystem.rootdirectory.clone();
     std::fs::create_dir_all(&root)
@@ -201,8 +259,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             root.display(),
         );
     };
-    let listener = match activated_listener()? {
-        Some(l) => l,
+    let listener = match activated {
+        Some(l) => tokio::net::TcpListener::from_std(l).context("socket-activated listener")?,
         None => {
             let addr = config.listen_addr();
             tokio::net::TcpListener::bind(&addr)
@@ -213,12 +271,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
 
     let state = registry::server::state_from_config(&config);
+    let metrics = state.metrics.clone();
+    let gc::online::Online {
+        router: app,
+        cleaner,
+        maintenance,
+        health,
+    } = gc::online::app(state, &config);
     if let Some(addr) = config.debug_addr() {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (http.debug.addr)"))?;
-        let mut router = axum::Router::new();
-        if let (Some(m), true) = (&state.metrics, config.http.debug.prometheus.enabled) {
+        let mut router = registry::health::router(health.clone());
+        if let (Some(m), true) = (&metrics, config.http.debug.prometheus.enabled) {
             router = router.merge(gc::online::metrics_router(
                 &config.http.debug.prometheus.path,
                 m.clone(),
@@ -232,11 +297,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let gc::online::Online {
-        router: app,
-        cleaner,
-        maintenance,
-    } = gc::online::app(state, &config);
     if config.gc.enabled {
         let c = cleaner.clone();
         tokio::spawn(async move {
@@ -259,7 +319,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .await
     .context("cannot open the admin socket")?;
     tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
-    registry::server::serve(listener, app, config.drain_timeout(), shutdown_signal()).await?;
+    // The listener is bound (or was passed) and accepts into its backlog from here on.
+    notify(&[sd_notify::NotifyState::Ready]);
+    start_watchdog();
+    let delay = registry::config::parse_duration(&config.health.shutdown_delay)
+        .unwrap_or(std::time::Duration::ZERO);
+    registry::server::serve(
+        listener,
+        app,
+        config.drain_timeout(),
+        drain_on_signal(health, delay),
+    )
+    .await?;
     let _ = std::fs::remove_file(admin_socket(&root));
     tracing::info!("stopped");
     Ok(())
@@ -560,8 +631,11 @@ fn tune_allocator() {}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut activated = None;
     if matches!(cli.command, Command::Serve { .. }) {
         tune_allocator();
+        // Before any thread exists: listenfd clears LISTEN_PID/LISTEN_FDS.
+        activated = activated_listener()?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -570,7 +644,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config.as_deref(), None)?;
-            rt.block_on(serve(config))
+            rt.block_on(serve(config, activated))
         }
         Command::GarbageCollect {
             dry_run,

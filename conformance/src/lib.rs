@@ -64,6 +64,7 @@ impl TestServer {
             router: app,
             cleaner,
             maintenance,
+            ..
         } = gc::online::app(state, &config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(registry::server::serve(
@@ -249,10 +250,21 @@ impl ServerProcess {
     /// Spawns `registry serve CONFIG` (the config must listen on `127.0.0.1:0`) and waits
     /// for the log line announcing the bound address.
     pub fn spawn(config_path: &Path) -> ServerProcess {
+        ServerProcess::spawn_with_env(config_path, &[])
+    }
+
+    /// [`ServerProcess::spawn`] with extra environment variables.
+    pub fn spawn_with_env(config_path: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = std::process::Command::new(registry_binary());
+        cmd.arg("serve").arg(config_path).envs(env.iter().copied());
+        ServerProcess::spawn_command(cmd)
+    }
+
+    /// Runs `cmd`, which must end up exec'ing `registry serve` (through `sh -c` when a
+    /// variable must name the server's own pid), and waits for it to listen.
+    pub fn spawn_command(mut cmd: std::process::Command) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(registry_binary())
-            .arg("serve")
-            .arg(config_path)
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -616,6 +616,8 @@ fn deploy_units_pass_systemd_analyze_verify() {
         "ReadWritePaths=/var/lib/drydock",
         "NoNewPrivileges=yes",
         "User=drydock",
+        "Type=notify",
+        "WatchdogSec=",
     ] {
         assert!(
             service.contains(hardening),

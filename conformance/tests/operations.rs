@@ -297,3 +297,224 @@ async fn debug_listener_serves_metrics_and_requests_carry_an_id() {
     let r = c.get(server.url("/admin/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Polls `url` until it answers `status` (bounded); returns the body.
+async fn until_status(c: &reqwest::Client, url: &str, status: u16) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(r) = c.get(url).send().await {
+            let got = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if got == status {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url} stayed at {got} ({body}), want {status}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `/livez` answers while the process runs; `/readyz` follows the storage probe (a
+/// write that fails turns it red after `threshold` probes, and green again once writes
+/// work) and Distribution's file check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_storage_writes_and_the_file_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_of_rotation = dir.path().join("maintenance-window");
+    let oor = out_of_rotation.clone();
+    let s = TestServer::start_with(move |c| {
+        c.health.storagedriver.interval = "50ms".into();
+        c.health.storagedriver.threshold = 2;
+        c.health.file = vec![registry::config::FileCheck {
+            file: oor,
+            interval: None,
+        }];
+    })
+    .await;
+    let c = client();
+    let r = c.get(s.url("/livez")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(until_status(&c, &s.url("/readyz"), 200).await, "{}");
+
+    std::fs::write(&out_of_rotation, "").unwrap();
+    let body = until_status(&c, &s.url("/readyz"), 503).await;
+    assert!(body.contains("file:"), "{body}");
+    std::fs::remove_file(&out_of_rotation).unwrap();
+    until_status(&c, &s.url("/readyz"), 200).await;
+
+    // The probe's file cannot be written: a non-empty folder stands where it goes.
+    let blocker = s.root().join("drydock/health-probe");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let body = until_status(&c, &s.url("/readyz"), 503).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["storage"].as_str().unwrap().contains("write"), "{body}");
+    assert!(v.get("draining").is_none(), "{body}");
+    // Distribution's path answers the same.
+    let r = c.get(s.url("/debug/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    // Liveness is not readiness.
+    assert_eq!(c.get(s.url("/livez")).send().await.unwrap().status(), 200);
+    std::fs::remove_dir_all(&blocker).unwrap();
+    until_status(&c, &s.url("/readyz"), 200).await;
+}
+
+/// Unmounts a tmpfs when dropped, even when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk shows on `/readyz`: the root is a 512 KiB tmpfs, filled up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_readyz_red() {
+    let root = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(root.path())
+        .status()
+        .expect("mount (the tests run as root)");
+    assert!(st.success(), "cannot mount a tmpfs: the tests need root");
+    let _mount = Mount(root.path().to_owned());
+    let mut config = test_config(root.path());
+    config.health.storagedriver.interval = "50ms".into();
+    let s = TestServer::start_on(root, config).await;
+    let c = client();
+    until_status(&c, &s.url("/readyz"), 200).await;
+    // Fill it: write until the filesystem refuses.
+    let filler = s.root().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let body = until_status(&c, &s.url("/readyz"), 503).await;
+    assert!(body.contains("No space left"), "{body}");
+    std::fs::remove_file(&filler).unwrap();
+    until_status(&c, &s.url("/readyz"), 200).await;
+}
+
+/// SIGTERM turns `/readyz` red while the listener still accepts (for
+/// `health.shutdown_delay`), and systemd hears READY=1 once the server listens,
+/// STOPPING=1 at the signal, and WATCHDOG=1 pings when the unit asks for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_readiness_first_and_systemd_is_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\ngc:\n  on_startup: false\nhealth:\n  shutdown_delay: 60s\n",
+            dir.path().join("root").display()
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // WATCHDOG_PID must be the server's pid, as systemd sets it: exec through sh.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "WATCHDOG_PID=$$ exec {} serve {}",
+            registry_binary().display(),
+            cfg.display()
+        ),
+    ])
+    .env("NOTIFY_SOCKET", &sock_path)
+    .env("WATCHDOG_USEC", "200000");
+    let server = ServerProcess::spawn_command(cmd);
+    let recv = |want: &str| {
+        let mut buf = [0u8; 512];
+        let mut seen = Vec::new();
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .expect("a notification before the timeout");
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            if msg.lines().any(|l| l == want) {
+                return seen;
+            }
+            seen.push(msg);
+        }
+    };
+    let before_ready = recv("READY=1");
+    assert!(before_ready.is_empty(), "{before_ready:?}");
+    // The server listens by the time READY=1 arrives.
+    let c = client();
+    let r = c.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    recv("WATCHDOG=1");
+
+    // SAFETY: kill(2) on the child's pid.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    recv("STOPPING=1");
+    let body = until_status(&c, &server.url("/readyz"), 503).await;
+    assert!(body.contains("draining"), "{body}");
+    // Still serving while load balancers notice.
+    let r = c.get(server.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Socket activation takes only a listening TCP socket: a UDP socket or a connected TCP
+/// stream passed as fd 3 stops start-up with a clear message.
+#[test]
+fn socket_activation_refuses_what_is_not_a_listening_tcp_socket() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            dir.path().join("root").display()
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (fd, want) in [
+        (OwnedFd::from(udp), "socket-activated"),
+        (OwnedFd::from(stream), "not listening"),
+    ] {
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve {}",
+                registry_binary().display(),
+                cfg.display()
+            ),
+        ])
+        .env_remove("RUST_BACKTRACE");
+        // SAFETY: only dup2 and fcntl, async-signal-safe, run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rc = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "it started: {stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+}

@@ -45,6 +45,8 @@ pub struct Online {
     pub router: Router,
     pub cleaner: Cleaner,
     pub maintenance: Maintenance,
+    /// Readiness: the binary turns it to draining on SIGTERM.
+    pub health: Arc<registry::health::Health>,
 }
 
 /// Builds the whole application of a server: the registry API plus the admin API, with
@@ -54,6 +56,8 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
     let cleaner = Cleaner::start(state.store.clone(), options(config), config.gc_interval());
     let maintenance = Maintenance::new(state.store.clone(), config.clone(), Some(cleaner.clone()));
     let metrics = state.metrics.clone();
+    let health = registry::health::Health::new(config);
+    health.start(config, state.store.driver().clone());
     if let Some(m) = &metrics {
         cleaner.observe(Arc::new(GcMetrics(m.clone())));
         maintenance.set_metrics(m.clone());
@@ -82,7 +86,7 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
         ));
     }
     let router = telemetry::layer(
-        router,
+        router.merge(registry::health::router(health.clone())),
         Telemetry {
             metrics,
             access_log: !config.log.accesslog.disabled,
@@ -93,6 +97,7 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
         router,
         cleaner,
         maintenance,
+        health,
     }
 }
 

@@ -54,6 +54,62 @@ pub struct Config {
     /// Keys (dotted paths, e.g. `proxy`, `storage.s3`) the operator accepts drydock
     /// will not honour: start anyway, with a warning naming each.
     pub ignore: Vec<String>,
+    pub health: HealthConfig,
+}
+
+/// Distribution's `health:` section (its `storagedriver` and `file` checks) and
+/// drydock's readiness knobs; `/readyz` reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    pub storagedriver: StorageDriverCheck,
+    /// Files whose existence takes the server out of rotation (`/readyz` 503).
+    pub file: Vec<FileCheck>,
+    /// On SIGTERM, `/readyz` answers 503 this long before the listener stops accepting,
+    /// so load balancers move traffic away first (Go duration).
+    pub shutdown_delay: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            storagedriver: StorageDriverCheck::default(),
+            file: Vec::new(),
+            shutdown_delay: "0s".into(),
+        }
+    }
+}
+
+/// Writes, reads back and removes a probe file under the root every `interval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageDriverCheck {
+    /// drydock checks by default (Distribution only when enabled); `false` turns it off.
+    pub enabled: bool,
+    pub interval: String,
+    /// Consecutive failures before `/readyz` turns red.
+    pub threshold: u32,
+    /// A probe slower than this fails (drydock's).
+    pub timeout: String,
+}
+
+impl Default for StorageDriverCheck {
+    fn default() -> Self {
+        StorageDriverCheck {
+            enabled: true,
+            interval: "10s".into(),
+            threshold: 1,
+            timeout: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct FileCheck {
+    pub file: PathBuf,
+    /// Accepted for Distribution's format; drydock looks at the file on every `/readyz`.
+    pub interval: Option<String>,
 }
 
 /// Scheduled maintenance (`maintenance:`): which tasks run, when, and how hard.
@@ -521,12 +577,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
             Refuse("drydock reports errors to no service (bugsnag, newrelic)"),
         ),
         (
-            "health.file",
-            Refuse(
-                "drydock has no file health check yet; the file would not take it out of rotation",
-            ),
-        ),
-        (
             "health.http",
             Refuse("drydock has no http health checks; an upstream failure would not show"),
         ),
@@ -534,7 +584,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
             "health.tcp",
             Refuse("drydock has no tcp health checks; an upstream failure would not show"),
         ),
-        ("health.storagedriver", Hint),
         ("storage.s3", DRIVER),
         ("storage.s3-aws", DRIVER),
         ("storage.azure", DRIVER),
@@ -637,6 +686,15 @@ impl Config {
         }
         for (path, value) in [
             ("http.draintimeout", &config.http.draintimeout),
+            (
+                "health.storagedriver.interval",
+                &config.health.storagedriver.interval,
+            ),
+            (
+                "health.storagedriver.timeout",
+                &config.health.storagedriver.timeout,
+            ),
+            ("health.shutdown_delay", &config.health.shutdown_delay),
             ("gc.interval", &config.gc.interval),
             ("gc.grace", &config.gc.grace),
             ("gc.pending_ttl", &config.gc.pending_ttl),
@@ -745,7 +803,7 @@ impl Config {
 /// Applies the fail-closed rule to the keys deserialization did not read (`tree` is
 /// what was read): returns the keys to warn about, or the error naming the first key
 /// that stops start-up. An unread section whose parts the table decides one by one
-/// (`health`: `storagedriver` is a hint, `file` is refused) is looked into.
+/// (`health`: `http` and `tcp` are refused, the rest is read) is looked into.
 fn fail_closed(
     tree: &Value,
     unknown: Vec<String>,

@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod health;
 pub mod inventory;
 pub mod liveness;
 pub mod manifest;

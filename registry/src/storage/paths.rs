@@ -107,6 +107,8 @@ pub enum PathSpec<'a> {
     /// When the server first scheduled maintenance on this root: a task that never ran
     /// is first due one period after it.
     MaintenanceAnchor,
+    /// The file the storage health check writes, reads back and removes.
+    HealthProbe,
     /// The durable event queue of one notification endpoint (by its name's digest).
     NotificationQueue(&'a str),
     /// One queued event of an endpoint (sequence number, zero-padded so names sort).
@@ -184,6 +186,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         ),
         MaintenanceRecord(task) => format!("drydock/maintenance/{task}.json"),
         MaintenanceAnchor => "drydock/maintenance/anchor".to_owned(),
+        HealthProbe => "drydock/health-probe".to_owned(),
         NotificationQueue(endpoint) => format!("drydock/notifications/{endpoint}"),
         NotificationEvent(endpoint, seq) => {
             format!("drydock/notifications/{endpoint}/{seq:020}.json")
@@ -288,6 +291,7 @@ mod tests {
                 "drydock/maintenance/gc.json".into(),
             ),
             (MaintenanceAnchor, "drydock/maintenance/anchor".into()),
+            (HealthProbe, "drydock/health-probe".into()),
             (NotificationQueue("e1"), "drydock/notifications/e1".into()),
             (
                 NotificationEvent("e1", 42),
