@@ -7,12 +7,19 @@
 //! It knows nothing of digests, repositories or HTTP.
 
 pub(crate) mod append;
+pub mod driver;
+mod fs;
+mod hashstate;
 pub mod paths;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use driver::{
+    ByteStream, Capabilities, Committed, Driver, DriverError, DriverResult, Entry, PutMode, Reader,
+    Stat, Version, WalkEntry, Writer, WriterStart,
+};
 pub use paths::{PathSpec, path_for};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,8 @@ pub struct FsDriver {
     root: PathBuf,
     /// Times each operation when the server keeps metrics.
     ops: Option<crate::metrics::StorageOps>,
+    /// Writers append with `O_DIRECT` (see `append`).
+    direct_writes: bool,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -77,6 +86,7 @@ impl FsDriver {
         FsDriver {
             root: root.into(),
             ops: None,
+            direct_writes: false,
         }
     }
 
@@ -90,6 +100,12 @@ impl FsDriver {
     /// metrics).
     fn timed(&self, action: &'static str) -> Option<crate::metrics::OpTimer> {
         self.ops.as_ref().map(|o| o.start(action))
+    }
+
+    /// This driver with its writers appending past the page cache (`O_DIRECT`).
+    pub fn with_direct_writes(mut self, on: bool) -> FsDriver {
+        self.direct_writes = on;
+        self
     }
 
     pub fn root(&self) -> &Path {
