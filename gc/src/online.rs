@@ -56,6 +56,11 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
     let cleaner = Cleaner::start(state.store.clone(), options(config), config.gc_interval());
     let maintenance = Maintenance::new(state.store.clone(), config.clone(), Some(cleaner.clone()));
     let metrics = state.metrics.clone();
+    let notifier = registry::notify::Notifier::start(config, state.store.clone(), metrics.clone());
+    if let Some(n) = &notifier {
+        cleaner.observe(Arc::new(NotifyDeletes(n.clone())));
+        maintenance.set_notifier(n.clone());
+    }
     let health = registry::health::Health::new(config);
     health.start(config, state.store.driver().clone());
     if let Some(m) = &metrics {
@@ -90,7 +95,7 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
         Telemetry {
             metrics,
             access_log: !config.log.accesslog.disabled,
-            sink: None,
+            sink: notifier.map(|n| n as Arc<dyn telemetry::RequestSink>),
         },
     );
     Online {
@@ -155,6 +160,27 @@ impl CycleObserver for GcMetrics {
             Err(_) => {
                 g.failures.inc();
             }
+        }
+    }
+}
+
+/// Delete events for what a cycle of the server's collector removed: untagged
+/// manifests and layer links, by repository (pool blobs belong to no repository).
+struct NotifyDeletes(Arc<registry::notify::Notifier>);
+
+impl CycleObserver for NotifyDeletes {
+    fn finished(&self, result: &Result<Report, GcError>, _took: Duration) {
+        let Ok(r) = result else { return };
+        if r.dry_run {
+            return;
+        }
+        for item in r
+            .removed
+            .manifests
+            .iter()
+            .chain(r.removed.layer_links.iter())
+        {
+            self.0.deleted_by("drydock-gc", &item);
         }
     }
 }

@@ -55,6 +55,64 @@ pub struct Config {
     /// will not honour: start anyway, with a warning naming each.
     pub ignore: Vec<String>,
     pub health: HealthConfig,
+    pub notifications: NotificationsConfig,
+}
+
+/// Distribution's `notifications:` section: webhooks for push, pull, mount and delete.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NotificationsConfig {
+    /// Distribution's `events.includereferences` (accepted; drydock sends no references).
+    pub events: BTreeMap<String, Value>,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One receiver of events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub disabled: bool,
+    /// `http://host:port/path` (https receivers are not supported yet).
+    pub url: String,
+    /// Headers sent with every request, e.g. `Authorization: [Bearer <token>]`.
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// A delivery attempt longer than this fails (Go duration).
+    pub timeout: String,
+    /// Consecutive failures after which delivery waits `backoff` between attempts.
+    pub threshold: u32,
+    pub backoff: String,
+    /// Events whose target has one of these media types are not sent.
+    pub ignoredmediatypes: Vec<String>,
+    pub ignore: IgnoreConfig,
+    /// drydock's: the most events the endpoint's durable queue holds; further events
+    /// are dropped (and counted) until it drains.
+    pub queue_limit: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            name: String::new(),
+            disabled: false,
+            url: String::new(),
+            headers: BTreeMap::new(),
+            timeout: "1s".into(),
+            threshold: 10,
+            backoff: "1s".into(),
+            ignoredmediatypes: Vec::new(),
+            ignore: IgnoreConfig::default(),
+            queue_limit: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct IgnoreConfig {
+    pub mediatypes: Vec<String>,
+    /// `push`, `pull`, `mount`, `delete`.
+    pub actions: Vec<String>,
 }
 
 /// Distribution's `health:` section (its `storagedriver` and `file` checks) and
@@ -549,10 +607,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
             Refuse("drydock does not terminate TLS yet; it would serve plain HTTP"),
         ),
         (
-            "notifications",
-            Refuse("drydock does not send notifications yet; receivers would get nothing"),
-        ),
-        (
             "proxy",
             Refuse("drydock is not a pull-through cache; it would serve only what was pushed"),
         ),
@@ -716,6 +770,7 @@ impl Config {
                 message,
             })?;
         }
+        check_endpoints(&config.notifications.endpoints)?;
         let prometheus = &config.http.debug.prometheus;
         if prometheus.enabled && config.http.debug.addr.trim().is_empty() && !config.admin.metrics {
             return Err(ConfigError::Key {
@@ -798,6 +853,69 @@ impl Config {
             a.to_owned()
         }
     }
+}
+
+/// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
+fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
+    let key = |i: usize, k: &str, message: String| ConfigError::Key {
+        path: format!("notifications.endpoints.{i}.{k}"),
+        message,
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        if e.name.trim().is_empty() {
+            return Err(key(i, "name", "is empty".into()));
+        }
+        if !names.insert(e.name.as_str()) {
+            return Err(key(i, "name", format!("{:?} names two endpoints", e.name)));
+        }
+        if e.disabled {
+            continue;
+        }
+        let uri: http::Uri = e
+            .url
+            .parse()
+            .map_err(|err| key(i, "url", format!("{:?}: {err}", e.url)))?;
+        match uri.scheme_str() {
+            Some("http") if uri.host().is_some() => {}
+            Some("https") => {
+                return Err(key(
+                    i,
+                    "url",
+                    "https receivers are not supported yet; refusing to start rather than \
+                     send nothing (use http on a trusted network, or list the endpoint as \
+                     disabled)"
+                        .into(),
+                ));
+            }
+            _ => return Err(key(i, "url", format!("{:?} is not an http URL", e.url))),
+        }
+        for (k, v) in [("timeout", &e.timeout), ("backoff", &e.backoff)] {
+            parse_duration(v).map_err(|m| key(i, k, m))?;
+        }
+        for (h, values) in &e.headers {
+            for v in values {
+                if http::HeaderName::try_from(h.as_str()).is_err()
+                    || http::HeaderValue::try_from(v.as_str()).is_err()
+                {
+                    return Err(key(i, "headers", format!("{h:?} is not a valid header")));
+                }
+            }
+        }
+        for a in &e.ignore.actions {
+            if !["push", "pull", "mount", "delete"].contains(&a.as_str()) {
+                return Err(key(
+                    i,
+                    "ignore.actions",
+                    format!("{a:?} is not push, pull, mount or delete"),
+                ));
+            }
+        }
+        if e.queue_limit == 0 {
+            return Err(key(i, "queue_limit", "must be at least 1".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Applies the fail-closed rule to the keys deserialization did not read (`tree` is
@@ -1150,6 +1268,37 @@ mod tests {
         )
         .unwrap();
         assert!(e.starts_with("configuration key redis:"), "{e}");
+    }
+
+    #[test]
+    fn notification_endpoints_are_checked_at_load() {
+        let ok = "notifications:\n  events: {includereferences: true}\n  endpoints:\n    - name: a\n      url: http://127.0.0.1:9/e\n      headers: {Authorization: [Bearer x]}\n      ignore: {actions: [pull]}\n";
+        let l = Config::from_yaml(ok, "t", env(&[])).unwrap();
+        assert_eq!(l.config.notifications.endpoints[0].threshold, 10);
+        assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
+        for (yaml, key) in [
+            (
+                "url: https://hooks.example/e",
+                "notifications.endpoints.0.url",
+            ),
+            ("url: ftp://x/e", "notifications.endpoints.0.url"),
+            (
+                "url: http://x/e\n      timeout: soon",
+                "notifications.endpoints.0.timeout",
+            ),
+            (
+                "url: http://x/e\n      ignore: {actions: [pul]}",
+                "notifications.endpoints.0.ignore.actions",
+            ),
+            (
+                "url: http://x/e\n    - name: a\n      url: http://y/e",
+                "notifications.endpoints.1.name",
+            ),
+        ] {
+            let text = format!("notifications:\n  endpoints:\n    - name: a\n      {yaml}\n");
+            let e = refusal(&text, &[]).unwrap_or_else(|| panic!("{text} loaded"));
+            assert!(e.starts_with(&format!("configuration key {key}:")), "{e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod repository;
 pub mod server;
 pub mod storage;

@@ -53,6 +53,7 @@ struct Inner {
     /// scheduled): a task that never ran is due now.
     anchor: Mutex<Option<f64>>,
     metrics: std::sync::OnceLock<Arc<registry::metrics::Metrics>>,
+    notifier: std::sync::OnceLock<Arc<registry::notify::Notifier>>,
 }
 
 /// Where the load average comes from (`/proc/loadavg`; tests drive it themselves).
@@ -132,6 +133,7 @@ impl Maintenance {
                 load,
                 anchor,
                 metrics: std::sync::OnceLock::new(),
+                notifier: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -150,6 +152,11 @@ impl Maintenance {
     /// Records every later run in `metrics` (runs by outcome, duration, running).
     pub fn set_metrics(&self, metrics: Arc<registry::metrics::Metrics>) {
         let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Sends a delete event for every tag and manifest retention removes.
+    pub fn set_notifier(&self, notifier: Arc<registry::notify::Notifier>) {
+        let _ = self.inner.notifier.set(notifier);
     }
 
     /// A delete happened (the gc task's `--auto` threshold counts them).
@@ -428,6 +435,11 @@ impl Maintenance {
             }
             Task::Retention => {
                 let r = tasks::retention(&i.store, &i.config, dry_run).await?;
+                if let (Some(n), false) = (i.notifier.get(), dry_run) {
+                    for removed in r.tags_removed.iter().chain(&r.manifests_removed) {
+                        n.deleted_by("drydock-retention", removed);
+                    }
+                }
                 // What retention untagged or deleted is collected by the next cycle.
                 if let Some(c) = &i.cleaner
                     && !dry_run
