@@ -343,14 +343,20 @@ struct Man {
     /// manifest was last acknowledged (a referrer's subject need not exist).
     subject_kept: bool,
     flow: Flow,
+    /// The op of the last write that made it reachable again after it was untagged.
+    revived: Option<u64>,
     /// The client's operation number that pushed it.
     op: u64,
 }
 
 impl Man {
     fn label(&self) -> String {
+        let revived = self
+            .revived
+            .map(|op| format!(", made reachable again from untagged at op {op}"))
+            .unwrap_or_default();
         format!(
-            "{} {} ({}, pushed at op {})",
+            "{} {} ({}, pushed at op {}{revived})",
             kind(self.media_type),
             short(&self.digest),
             self.flow.name(),
@@ -482,6 +488,8 @@ struct Client {
     /// When the request was sent whose answer told this client a blob or manifest
     /// exists in a repository (upload, mount, `HEAD`, push by digest).
     confirmed: HashMap<Key, (Instant, &'static str)>,
+    /// Manifests this client deleted by digest (what reaches them cannot be re-used).
+    deleted: HashSet<Key>,
     /// Failures already reported, by (repository, digest, what).
     reported: HashSet<String>,
 }
@@ -513,6 +521,7 @@ impl Client {
             live: BTreeSet::new(),
             candidates: VecDeque::new(),
             confirmed: HashMap::new(),
+            deleted: HashSet::new(),
             reported: HashSet::new(),
         }
     }
@@ -1143,6 +1152,7 @@ impl Client {
             children: Vec::new(),
             subject: None,
             subject_kept: false,
+            revived: None,
             flow: Flow::Image,
             op: self.op,
         };
@@ -1186,11 +1196,52 @@ impl Client {
         self.candidates
             .iter()
             .rev()
-            .filter(|k| k.0 == repo)
+            .filter(|k| k.0 == repo && !self.reaches_deleted(k))
             .filter_map(|k| self.archive.get(k))
             .filter(|m| media.contains(&m.media_type))
             .cloned()
             .collect()
+    }
+
+    /// Whether `k` or an index child below it was deleted by digest by this client
+    /// (the server may still accept an index over it: it checks direct children only).
+    fn reaches_deleted(&self, k: &Key) -> bool {
+        let mut stack = vec![k.clone()];
+        while let Some(k) = stack.pop() {
+            if self.deleted.contains(&k) {
+                return true;
+            }
+            if let Some(m) = self.archive.get(&k) {
+                stack.extend(m.children.iter().map(|c| (k.0, c.clone())));
+            }
+        }
+        false
+    }
+
+    /// After a write made `roots` reachable again: what it reaches that was not live is
+    /// marked revived, and each subject in it is expected only if it is guaranteed now
+    /// (the server does not check subjects). Call before [`Client::settle`].
+    fn revive(&mut self, roots: &[Key]) {
+        let now = Instant::now();
+        let mut stack: Vec<Key> = roots.to_vec();
+        let mut seen = HashSet::new();
+        while let Some(k) = stack.pop() {
+            if self.live.contains(&k) || !seen.insert(k.clone()) {
+                continue;
+            }
+            let Some(mut m) = self.archive.get(&k).cloned() else {
+                continue;
+            };
+            m.revived = Some(self.op);
+            if let Some(s) = &m.subject {
+                m.subject_kept = self.guaranteed(k.0, s, now, &HashSet::new());
+                if m.subject_kept {
+                    stack.push((k.0, s.clone()));
+                }
+            }
+            stack.extend(m.children.iter().map(|c| (k.0, c.clone())));
+            self.archive.insert(k, m);
+        }
     }
 
     fn live_in(&self, repo: usize, media: &[&str]) -> Vec<Man> {
@@ -1249,6 +1300,7 @@ impl Client {
             children: kept.iter().map(|c| c.digest.clone()).collect(),
             subject: None,
             subject_kept: false,
+            revived: None,
             flow,
             op: self.op,
         };
@@ -1260,6 +1312,8 @@ impl Client {
         if untagged {
             inc(&self.sh.stats.indexes_over_untagged);
         }
+        let children: Vec<Key> = m.children.iter().map(|c| (repo, c.clone())).collect();
+        self.revive(&children);
         self.archive.insert((repo, m.digest.clone()), m.clone());
         self.set_tag(repo, tag, &m.digest, flow.name());
         self.settle();
@@ -1386,6 +1440,7 @@ impl Client {
             return self.push_image(true).await;
         }
         let ((repo, _), digest) = sole[self.rng.below(sole.len() as u64) as usize].clone();
+        self.deleted.insert((repo, digest.clone()));
         let name = self.repo(repo);
         let r = match send(
             self.http
@@ -1476,6 +1531,7 @@ impl Client {
             children: Vec::new(),
             subject: Some(subject.digest.clone()),
             subject_kept: true,
+            revived: None,
             flow: if on_untagged {
                 Flow::ReferrerOnUntagged
             } else {
@@ -1499,6 +1555,9 @@ impl Client {
             inc(&self.sh.stats.referrers_on_untagged);
         }
         let k = (repo, m.digest.clone());
+        if tagged && on_untagged {
+            self.revive(&[(repo, subject.digest.clone())]);
+        }
         self.archive.insert(k.clone(), m.clone());
         if !on_untagged {
             // A referrer of a live subject is live while the subject is.
@@ -1529,19 +1588,13 @@ impl Client {
         if pool.is_empty() {
             return self.push_image(false).await;
         }
-        let mut m = pool[self.rng.below(pool.len() as u64) as usize].clone();
+        let m = pool[self.rng.below(pool.len() as u64) as usize].clone();
         let tag = self.pick_tag();
         if !matches!(self.put_manifest(&m, &tag).await, Put::Created) {
             return;
         }
         inc(&self.sh.stats.retags);
-        // The server does not check a subject: it is kept only if it was guaranteed.
-        if let Some(subject) = &m.subject {
-            // Still live, or confirmed less than pending_ttl before now (so before
-            // the answer too).
-            m.subject_kept = self.guaranteed(repo, subject, Instant::now(), &HashSet::new());
-            self.archive.insert((repo, m.digest.clone()), m.clone());
-        }
+        self.revive(&[(repo, m.digest.clone())]);
         self.set_tag(repo, tag, &m.digest, "re-tagged from untagged");
         self.settle();
     }
@@ -1582,6 +1635,7 @@ impl Client {
             children: Vec::new(),
             subject: None,
             subject_kept: false,
+            revived: None,
             flow: Flow::Artifact,
             op: self.op,
         };
@@ -1761,26 +1815,26 @@ impl Client {
         )
         .await
         {
-            Err(e) => problems.push(format!("GET by tag: {e}")),
-            Ok(r) if r.status != 200 => problems.push(format!("GET by tag: {}", r.describe())),
+            Err(e) => problems.push(format!("{trail}: GET by tag: {e}")),
+            Ok(r) if r.status != 200 => problems.push(format!("{trail}: GET by tag: {}", r.describe())),
             Ok(r) => {
                 inc(&self.sh.stats.items_verified);
                 if r.body.as_ref() != top.body.as_bytes() {
                     problems.push(format!(
-                        "GET by tag: other bytes (digest {})",
+                        "{trail}: GET by tag: other bytes (digest {})",
                         digest_of(&r.body)
                     ));
                 }
                 if r.header("docker-content-digest") != digest {
                     problems.push(format!(
-                        "GET by tag: Docker-Content-Digest {:?}",
+                        "{trail}: GET by tag: Docker-Content-Digest {:?}",
                         r.header("docker-content-digest")
                     ));
                 }
                 let ct = r.header("content-type");
                 if ct != top.media_type {
                     problems.push(format!(
-                        "GET by tag: Content-Type {ct:?}, pushed as {}",
+                        "{trail}: GET by tag: Content-Type {ct:?}, pushed as {}",
                         top.media_type
                     ));
                 }
