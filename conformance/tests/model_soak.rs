@@ -627,6 +627,13 @@ impl Client {
         self.live = live;
     }
 
+    /// A manifest pushed untagged (before [`Client::settle`], which keeps the archive
+    /// of candidates).
+    fn add_candidate(&mut self, k: Key) {
+        self.candidates.retain(|c| c != &k);
+        self.candidates.push_back(k);
+    }
+
     /// The blobs of the live manifests, per repository.
     fn live_blobs(&self) -> HashSet<Key> {
         self.live
@@ -1193,9 +1200,8 @@ impl Client {
         } else {
             inc(&self.sh.stats.pushed_by_digest);
             // Untagged: protected only for pending_ttl, so only a candidate.
+            self.add_candidate(k);
             self.settle();
-            self.candidates.retain(|c| c != &k);
-            self.candidates.push_back(k);
         }
     }
 
@@ -1577,11 +1583,10 @@ impl Client {
         if tagged {
             self.set_tag(repo, tag, &m.digest, m.flow.name());
         }
-        self.settle();
         if !tagged && on_untagged {
-            self.candidates.retain(|c| c != &k);
-            self.candidates.push_back(k);
+            self.add_candidate(k);
         }
+        self.settle();
     }
 
     /// Re-tags an untagged manifest by PUTting its bytes under a tag (no `HEAD`).
@@ -1735,7 +1740,7 @@ impl Client {
             84..=88 => self.push_image(true).await,
             _ => self.pull_random().await,
         }
-        if self.op % self.sh.settings.verify_every == 0 {
+        if self.op.is_multiple_of(self.sh.settings.verify_every) {
             let base = self.base.clone();
             self.verify(&base, "periodic check").await;
         }
