@@ -233,7 +233,10 @@ struct Failure {
 /// (a guide for reading results; the message says exactly what was lost).
 fn classify(variant: Variant, message: &str) -> &'static str {
     // The trail: "repo:tag (how) → top manifest (…) → child/subject/blob …".
-    let below_top = message.split(" → ").skip(2).any(|p| p.contains("again from untagged"));
+    let below_top = message
+        .split(" → ")
+        .skip(2)
+        .any(|p| p.contains("again from untagged"));
     let flow1 = below_top
         || message.contains(Flow::IndexOverUntagged.name())
         || message.contains(Flow::ReferrerOnUntagged.name());
