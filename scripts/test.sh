@@ -2,6 +2,7 @@
 # Runs every test of drydock: installs what the tests drive when it is missing (skopeo,
 # podman, docker, CNCF Distribution's docker-registry, systemd-analyze, python3-venv),
 # puts oras-py in a virtual environment under target/ (never a global pip install),
+# starts a Ceph RGW on loopback for the S3 tests (scripts/rgw.sh; stopped on exit),
 # builds the binaries the process tests spawn, then runs the whole workspace's tests
 # with --no-fail-fast and prints one line of totals at the end.
 # Fails loudly when something cannot be installed; no test is skipped.
@@ -40,6 +41,16 @@ if ! "$VENV/bin/python" -c "import oras.client" >/dev/null 2>&1; then
   fi
 fi
 export DRYDOCK_PYTHON="$VENV/bin/python"
+
+# A real S3 server for the S3 driver's tests (Ceph RGW, scripts/rgw.sh): started before
+# the tests, its endpoint and credentials exported for them, stopped by PID on exit.
+echo "== starting Ceph RGW"
+if ! RGW_DIR=$(bash scripts/rgw.sh start); then
+  echo "FATAL: could not start Ceph RGW (scripts/rgw.sh start); the S3 tests need it" >&2
+  exit 1
+fi
+trap 'bash scripts/rgw.sh stop "$RGW_DIR"' EXIT
+eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
 
 echo "== building"
 cargo build --workspace --bins

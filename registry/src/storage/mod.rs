@@ -11,6 +11,7 @@ pub mod driver;
 mod fs;
 mod hashstate;
 pub mod paths;
+pub mod s3;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
