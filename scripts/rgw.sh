@@ -102,10 +102,15 @@ mon data = $dir/mon
 [osd]
 osd data = $dir/osd0
 osd objectstore = memstore
-memstore device bytes = 4294967296
+memstore device bytes = 8589934592
 osd max object size = 134217728
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+# Deleted objects' data goes at once (RGW's default waits two hours), or the memstore
+# OSD fills up over a test run and every write hangs.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
+rgw gc processor max time = 5
 rgw data = $dir/rgw
 rgw dns name = localhost
 EOF
