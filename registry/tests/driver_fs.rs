@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use registry::storage::{Driver, FsDriver, PutMode};
 
-fn fs_driver() -> (Arc<dyn Driver>, impl FnOnce()) {
+fn fs_driver() -> (Arc<dyn Driver>, impl FnOnce() -> std::future::Ready<()>) {
     let dir = tempfile::tempdir().unwrap();
     let driver: Arc<dyn Driver> = Arc::new(FsDriver::new(dir.path()));
     let after = move || {
@@ -19,6 +19,7 @@ fn fs_driver() -> (Arc<dyn Driver>, impl FnOnce()) {
             .map(|e| e.unwrap().path())
             .collect();
         assert!(left.is_empty(), "left on disk: {left:?}");
+        std::future::ready(())
     };
     (driver, after)
 }

@@ -33,13 +33,78 @@ pub fn rgw_config(rootdirectory: &str) -> S3Config {
     S3Config::from_yaml(&v, std::iter::empty()).unwrap()
 }
 
-fn s3_driver() -> (Arc<dyn Driver>, impl FnOnce()) {
+/// A driver under a root directory of its own, and the check that the test left no
+/// multipart upload in progress below it (the suite's walk cannot see those).
+type AfterCheck = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+fn s3_driver() -> (Arc<dyn Driver>, impl FnOnce() -> AfterCheck) {
     let root = format!("driver-suite-{}", uuid::Uuid::new_v4().simple());
-    let d: Arc<dyn Driver> = Arc::new(S3Driver::new(rgw_config(&root)).unwrap());
-    (d, || ())
+    let s3 = S3Driver::new(rgw_config(&root)).unwrap();
+    let d: Arc<dyn Driver> = Arc::new(s3.clone());
+    (d, move || Box::pin(no_uploads_left(s3)))
+}
+
+async fn no_uploads_left(s3: S3Driver) {
+    let left = s3.multipart_uploads("").await.unwrap();
+    assert!(left.is_empty(), "multipart uploads left: {left:?}");
 }
 
 all_driver_tests!(s3_driver());
+
+/// Objects above the copy threshold (5 GiB on S3) are copied with UploadPartCopy: run
+/// the large-writer test and a move with the threshold at 5 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_are_copied_in_parts() {
+    let root = format!("copy-{}", uuid::Uuid::new_v4().simple());
+    let s3 = S3Driver::new(rgw_config(&root))
+        .unwrap()
+        .with_copy_limits(5 << 20, 5 << 20);
+    let d: Arc<dyn Driver> = Arc::new(s3.clone());
+    suite::run(d.clone(), "large_copy", |d, p| {
+        Box::pin(suite::writer_large_multipart(d, p))
+    })
+    .await;
+    let data = suite::pattern(12 << 20, 42);
+    d.put(
+        "a/data",
+        bytes::Bytes::from(data.clone()),
+        registry::storage::PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    d.rename("a/data", "b/data").await.unwrap();
+    assert_eq!(suite::read_all(d.as_ref(), "b/data", 0, None).await, data);
+    assert!(d.stat("a/data").await.unwrap_err().is_not_found());
+    d.delete("b").await.unwrap();
+    no_uploads_left(s3).await;
+}
+
+/// A writer's multipart upload is listed while it is in progress (what the uploads
+/// task aborts when stale) and gone once the writer is cancelled.
+#[tokio::test]
+async fn uploads_in_progress_are_listed() {
+    use registry::storage::WriterStart;
+    let root = format!("mpu-{}", uuid::Uuid::new_v4().simple());
+    let s3 = S3Driver::new(rgw_config(&root)).unwrap();
+    let mut w = s3
+        .writer("r/_uploads/u/data", WriterStart::New)
+        .await
+        .unwrap();
+    w.write(bytes::Bytes::from_static(b"abc")).await.unwrap();
+    w.flush().await.unwrap();
+    drop(w);
+    let ups = s3.multipart_uploads("r").await.unwrap();
+    assert_eq!(ups.len(), 1, "{ups:?}");
+    assert_eq!(ups[0].0, "r/_uploads/u/data");
+    assert!(s3.multipart_uploads("other").await.unwrap().is_empty());
+    s3.writer("r/_uploads/u/data", WriterStart::Resume)
+        .await
+        .unwrap()
+        .cancel()
+        .await
+        .unwrap();
+    no_uploads_left(s3).await;
+}
 
 /// Wrong credentials are refused at the check the server makes before it starts, with
 /// a message that names the problem and not the secret.

@@ -613,7 +613,8 @@ pub async fn run(d: Arc<dyn Driver>, name: &str, test: SuiteFn) {
 }
 
 /// Declares one `#[tokio::test]` per suite test; `$make` is an expression giving an
-/// `Arc<dyn Driver>` and a closure run after the test (a driver's own leftover check).
+/// `Arc<dyn Driver>` and a closure whose future runs after the test (a driver's own
+/// leftover check: files on disk, multipart uploads in a bucket).
 #[macro_export]
 macro_rules! driver_suite {
     ($make:expr; $($name:ident),* $(,)?) => {
@@ -622,7 +623,7 @@ macro_rules! driver_suite {
             async fn $name() {
                 let (d, after) = $make;
                 suite::run(d, stringify!($name), |d, p| Box::pin(suite::$name(d, p))).await;
-                after();
+                after().await;
             }
         )*
     };

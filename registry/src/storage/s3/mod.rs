@@ -43,6 +43,10 @@ use super::driver::{
 
 /// Listings a walk runs at once.
 const WALK_PARALLELISM: usize = 16;
+/// The largest object one CopyObject copies (S3's limit).
+const COPY_THRESHOLD: u64 = 5 << 30;
+/// Part size of a multipart copy.
+const COPY_PART: u64 = 1 << 30;
 
 /// The S3 driver. Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +61,9 @@ struct Inner {
     /// For the one request `object_store` cannot make (a copy onto itself).
     http: object_store::client::HttpClient,
     credential: AwsCredential,
+    /// Objects larger than this are copied in parts (S3's CopyObject stops at 5 GiB).
+    copy_threshold: u64,
+    copy_part: u64,
 }
 
 impl std::fmt::Debug for S3Driver {
@@ -163,8 +170,31 @@ impl S3Driver {
                 endpoint,
                 http,
                 credential,
+                copy_threshold: COPY_THRESHOLD,
+                copy_part: COPY_PART,
             }),
         })
+    }
+
+    /// This driver copying objects above `threshold` bytes in parts of `part` bytes
+    /// (tests exercise multipart copies with small objects this way).
+    pub fn with_copy_limits(self, threshold: u64, part: u64) -> S3Driver {
+        let inner = &self.inner;
+        S3Driver {
+            inner: Arc::new(Inner {
+                store: inner.store.clone(),
+                config: inner.config.clone(),
+                endpoint: inner.endpoint.clone(),
+                http: inner.http.clone(),
+                credential: AwsCredential {
+                    key_id: inner.credential.key_id.clone(),
+                    secret_key: inner.credential.secret_key.clone(),
+                    token: inner.credential.token.clone(),
+                },
+                copy_threshold: threshold,
+                copy_part: part,
+            }),
+        }
     }
 
     pub fn config(&self) -> &S3Config {
@@ -319,24 +349,34 @@ impl S3Driver {
             .join("/");
         let c = &self.inner.config;
         let e = &self.inner.endpoint;
-        if c.forcepathstyle || c.regionendpoint.is_none() {
+        if self.path_style() {
             format!("{e}/{}/{enc}", c.bucket)
         } else {
             format!("{}/{enc}", virtual_hosted(e, &c.bucket))
         }
     }
 
-    /// A copy of `key` onto itself with new metadata: `LastModified` becomes now. The
-    /// data is not rewritten (RGW shares it; AWS copies server-side).
-    async fn copy_onto_itself(&self, path: &str) -> DriverResult<()> {
-        let key = self.key(path);
-        let url = self.url_of(&key);
-        let source = format!("{}/{}", self.inner.config.bucket, key);
-        let mut req = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(&url)
-            .header("x-amz-copy-source", &source)
-            .header("x-amz-metadata-directive", "REPLACE")
+    /// Sends one request `object_store` cannot make, signed here: `query` and `headers`
+    /// as given, an empty body. Returns the body of a 2xx answer; a 2xx whose body is an
+    /// `<Error>` (a copy can fail after its status line) is an error too.
+    async fn signed(
+        &self,
+        path: &str,
+        key: &str,
+        query: &str,
+        headers: &[(&str, String)],
+        method: http::Method,
+    ) -> DriverResult<Bytes> {
+        let mut url = self.url_of(key);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut b = http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        let mut req = b
             .header(http::header::CONTENT_LENGTH, "0")
             .body(object_store::client::HttpRequestBody::empty())
             .map_err(|e| DriverError::Backend {
@@ -350,40 +390,248 @@ impl S3Driver {
         );
         auth.try_authorize(&mut req, None)
             .map_err(|e| self.map_err(path, e))?;
-        let resp = self.inner.http.execute(req).await.map_err(|e| {
-            let message = e.to_string();
-            DriverError::Unavailable {
+        let resp = self
+            .inner
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| DriverError::Unavailable {
                 endpoint: self.inner.endpoint.clone(),
-                message,
-            }
-        })?;
+                message: e.to_string(),
+            })?;
         let status = resp.status();
+        let body = resp.into_body().bytes().await.unwrap_or_default();
+        let text = || String::from_utf8_lossy(&body).into_owned();
         if status.is_success() {
-            // A copy can fail after a 200 (the error is in the body).
-            let body = resp.into_body().bytes().await.unwrap_or_default();
             if body.windows(7).any(|w| w == b"<Error>") {
                 return Err(DriverError::Backend {
                     path: path.to_owned(),
-                    message: String::from_utf8_lossy(&body).into_owned(),
+                    message: text(),
                 });
             }
-            return Ok(());
+            return Ok(body);
         }
         match status.as_u16() {
             404 => Err(DriverError::NotFound(path.to_owned())),
             s if s >= 500 => Err(DriverError::Unavailable {
                 endpoint: self.inner.endpoint.clone(),
-                message: format!("copy answered {status}"),
+                message: format!("{status}: {}", text()),
             }),
-            _ => {
-                let body = resp.into_body().bytes().await.unwrap_or_default();
-                Err(DriverError::Backend {
-                    path: path.to_owned(),
-                    message: format!("copy answered {status}: {}", String::from_utf8_lossy(&body)),
+            _ => Err(DriverError::Backend {
+                path: path.to_owned(),
+                message: format!("{status}: {}", text()),
+            }),
+        }
+    }
+
+    /// `x-amz-copy-source` of an object key: `/bucket/key`, each segment URL-encoded.
+    fn copy_source(&self, key: &str) -> String {
+        let url = self.url_of(key);
+        let enc = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(_, p)| p.to_owned())
+            .unwrap_or_default();
+        if self.path_style() {
+            format!("/{enc}")
+        } else {
+            format!("/{}/{enc}", self.inner.config.bucket)
+        }
+    }
+
+    fn path_style(&self) -> bool {
+        let c = &self.inner.config;
+        c.forcepathstyle || c.regionendpoint.is_none()
+    }
+
+    /// A copy of `key` onto itself with new metadata: `LastModified` becomes now. The
+    /// data is not sent again (the copy is the server's).
+    async fn copy_onto_itself(&self, path: &str) -> DriverResult<()> {
+        let key = self.key(path);
+        self.signed(
+            path,
+            &key,
+            "",
+            &[
+                ("x-amz-copy-source", self.copy_source(&key)),
+                ("x-amz-metadata-directive", "REPLACE".to_owned()),
+            ],
+            http::Method::PUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Copies `from` to `to` (driver paths) server-side: one CopyObject up to the copy
+    /// threshold (S3 allows 5 GiB), else a multipart upload of UploadPartCopy ranges
+    /// (sent with `Content-Length: 0`: RGW answers 411 without it).
+    async fn copy_object(&self, from: &str, to: &str) -> DriverResult<()> {
+        let (f, t) = (self.obj(from)?, self.obj(to)?);
+        let size = self.head(from).await?.size;
+        if size <= self.inner.copy_threshold {
+            return self
+                .inner
+                .store
+                .copy(&f, &t)
+                .await
+                .map_err(|e| self.map_err(from, e));
+        }
+        use object_store::multipart::{MultipartStore, PartId};
+        let id = self
+            .inner
+            .store
+            .create_multipart(&t)
+            .await
+            .map_err(|e| self.map_err(to, e))?;
+        let part = self.inner.copy_part.max(MIN_CHUNK_SIZE);
+        let ranges: Vec<(u64, u64)> = (0..size.div_ceil(part))
+            .map(|i| (i * part, ((i + 1) * part).min(size) - 1))
+            .collect();
+        let (src, dst_key) = (self.copy_source(&self.key(from)), self.key(to));
+        let parts: DriverResult<Vec<PartId>> =
+            futures::stream::iter(ranges.into_iter().enumerate())
+                .map(|(i, (a, b))| {
+                    let (src, dst_key, id) = (src.clone(), dst_key.clone(), id.clone());
+                    async move {
+                        let q = format!("partNumber={}&uploadId={}", i + 1, url_encode(&id));
+                        let body = self
+                            .signed(
+                                to,
+                                &dst_key,
+                                &q,
+                                &[
+                                    ("x-amz-copy-source", src),
+                                    ("x-amz-copy-source-range", format!("bytes={a}-{b}")),
+                                ],
+                                http::Method::PUT,
+                            )
+                            .await?;
+                        let text = String::from_utf8_lossy(&body);
+                        let etag =
+                            xml_values(&text, "ETag")
+                                .into_iter()
+                                .next()
+                                .ok_or_else(|| DriverError::Backend {
+                                    path: to.to_owned(),
+                                    message: format!("UploadPartCopy answered no ETag: {text}"),
+                                })?;
+                        Ok(PartId { content_id: etag })
+                    }
                 })
+                .buffered(4)
+                .try_collect()
+                .await;
+        let parts = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.inner.store.abort_multipart(&t, &id).await;
+                return Err(e);
+            }
+        };
+        self.inner
+            .store
+            .complete_multipart(&t, &id, parts)
+            .await
+            .map(drop)
+            .map_err(|e| self.map_err(to, e))
+    }
+
+    /// The multipart uploads in progress below the folder `path`: (driver path, upload
+    /// id, when it started). What the uploads task aborts when stale, and what the
+    /// driver suite checks a test did not leave.
+    pub async fn multipart_uploads(
+        &self,
+        path: &str,
+    ) -> DriverResult<Vec<(String, String, SystemTime)>> {
+        check_path(path)?;
+        let base = self.key(path);
+        let prefix = if base.is_empty() {
+            String::new()
+        } else {
+            format!("{base}/")
+        };
+        let root = self.key("");
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (String::new(), String::new());
+        loop {
+            let mut q = format!("prefix={}&uploads=", url_encode(&prefix));
+            if !key_marker.is_empty() {
+                q = format!(
+                    "key-marker={}&prefix={}&upload-id-marker={}&uploads=",
+                    url_encode(&key_marker),
+                    url_encode(&prefix),
+                    url_encode(&id_marker)
+                );
+            }
+            let body = self.signed(path, "", &q, &[], http::Method::GET).await?;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            for upload in text.split("<Upload>").skip(1) {
+                let get = |tag| {
+                    xml_values(upload, tag)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default()
+                };
+                let key = get("Key");
+                let started = time::OffsetDateTime::parse(
+                    &get("Initiated"),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(SystemTime::from)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+                if let Some(rel) = self.rel(&key, &root) {
+                    out.push((rel.to_owned(), get("UploadId"), started));
+                }
+            }
+            let truncated =
+                xml_values(&text, "IsTruncated").first().map(String::as_str) == Some("true");
+            key_marker = xml_values(&text, "NextKeyMarker")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            id_marker = xml_values(&text, "NextUploadIdMarker")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            if !truncated || key_marker.is_empty() {
+                return Ok(out);
             }
         }
     }
+}
+
+/// RFC 3986 percent-encoding of a query value.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text of every `<tag>…</tag>` in `xml`, entities decoded (S3's answers are flat
+/// enough for this; `object_store` keeps its XML types private).
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(
+            after[..j]
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[j + close.len()..];
+    }
+    out
 }
 
 #[async_trait::async_trait]
@@ -666,12 +914,8 @@ impl Driver for S3Driver {
     }
 
     async fn rename(&self, from: &str, to: &str) -> DriverResult<()> {
-        let (f, t) = (self.obj(from)?, self.obj(to)?);
-        self.inner
-            .store
-            .copy(&f, &t)
-            .await
-            .map_err(|e| self.map_err(from, e))?;
+        let f = self.obj(from)?;
+        self.copy_object(from, to).await?;
         self.inner
             .store
             .delete(&f)

@@ -16,9 +16,9 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
+use object_store::PutPayload;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, PutPayload};
 
 use super::S3Driver;
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -299,7 +299,7 @@ impl Writer for S3Writer {
             return Err(self.poisoned());
         }
         check_file_path(to)?;
-        let dest = self.d.obj(to)?;
+        self.d.obj(to)?;
         if expected.algorithm() == Algorithm::Sha256 {
             let computed = self.hash.clone().finish();
             if &computed != expected {
@@ -354,12 +354,7 @@ impl Writer for S3Writer {
                 });
             }
         }
-        self.d
-            .inner
-            .store
-            .copy(&self.obj, &dest)
-            .await
-            .map_err(|e| self.d.map_err(to, e))?;
+        self.d.copy_object(&self.path, to).await?;
         self.remove_all().await?;
         Ok(Committed {
             size,
