@@ -387,6 +387,66 @@ pub async fn writer_large_multipart(d: &dyn Driver, p: &str) {
     d.delete(&dest).await.unwrap();
 }
 
+/// A part sent after the last flush and then lost with the server: the resumed writer
+/// starts from what its state (or, on disk, the file) holds and sends the rest again.
+pub async fn writer_redoes_unflushed_parts(d: &dyn Driver, p: &str) {
+    let path = k(p, "_uploads/u8/data");
+    let dest = k(p, "blobs/redone/data");
+    let data = pattern(14 * 1024 * 1024 + 5, 8);
+    let mut w = d.writer(&path, WriterStart::New).await.unwrap();
+    write_chunks(w.as_mut(), &data[..3_000_000], 100_000).await;
+    w.flush().await.unwrap();
+    // More than a part (5 MiB on S3) goes out, then the writer is gone unflushed.
+    write_chunks(w.as_mut(), &data[3_000_000..11_000_000], 100_000).await;
+    drop(w);
+    let mut w = d.writer(&path, WriterStart::Resume).await.unwrap();
+    let kept = w.size() as usize;
+    assert!((3_000_000..=11_000_000).contains(&kept), "{kept}");
+    write_chunks(w.as_mut(), &data[kept..], 300_000).await;
+    w.commit(&digest_of(&data), &dest).await.unwrap();
+    assert!(read_all(d, &dest, 0, None).await == data, "content differs");
+    d.delete(&dest).await.unwrap();
+}
+
+/// A driver that redirects gives a URL a plain HTTP client can GET the object from.
+pub async fn redirect_urls_serve_the_object(d: &dyn Driver, p: &str) {
+    let key = k(p, "blobs/redirect/data");
+    let data = pattern(100_000, 11);
+    d.put(&key, Bytes::from(data.clone()), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let url = d
+        .redirect_url(&key, Duration::from_secs(600))
+        .await
+        .unwrap();
+    match (d.capabilities().redirect, url) {
+        (false, None) => {}
+        (true, Some(url)) => assert_eq!(http_get(&url).await, data),
+        (cap, url) => panic!("capability {cap} but url {url:?}"),
+    }
+    d.delete(&key).await.unwrap();
+}
+
+/// GET of a plain `http://host:port/path?query` URL over HTTP/1.0; the body of a 200.
+async fn http_get(url: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    buf[at + 4..].to_vec()
+}
+
 pub async fn writer_sha512_commit(d: &dyn Driver, p: &str) {
     let path = k(p, "_uploads/u9/data");
     let dest = k(p, "blobs/sha512/data");
@@ -645,6 +705,7 @@ macro_rules! all_driver_tests {
             writer_resumes_after_restart,
             writer_large_multipart,
             writer_sha512_commit,
+            writer_redoes_unflushed_parts,
             writer_new_replaces_old,
             concurrent_writers,
             stat_files_and_folders,
@@ -654,6 +715,7 @@ macro_rules! all_driver_tests {
             delete_many_in_batches,
             rename_moves,
             invalid_paths_are_refused,
+            redirect_urls_serve_the_object,
         );
     };
 }
