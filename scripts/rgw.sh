@@ -14,7 +14,13 @@
 set -euo pipefail
 
 say() { echo "rgw.sh: $*" >&2; }
-die() { say "FATAL: $*"; exit 1; }
+# A start that fails half way stops what it started (by PID) before it exits.
+STARTING=""
+die() {
+  say "FATAL: $*"
+  if [ -n "$STARTING" ]; then stop "$STARTING"; fi
+  exit 1
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -57,6 +63,7 @@ start() {
     base=/dev/shm
   fi
   dir=$(mktemp -d "$base/drydock-rgw.XXXXXX")
+  STARTING=$dir
   mkdir -p "$dir"/{run,log,mon,osd0,rgw}
   mon_port=$(free_port)
   rgw_port=$(free_port)
@@ -120,33 +127,33 @@ EOF
   monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$dir/monmap" >/dev/null \
     || die "monmaptool failed"
   ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >"$dir/log/mkfs-mon.log" 2>&1 \
-    || { tail -20 "$dir/log/mkfs-mon.log" >&2; die "ceph-mon --mkfs failed"; }
+    || { tail -20 "$dir/log/mkfs-mon.log" >&2 || true; die "ceph-mon --mkfs failed"; }
   timeout 60 ceph-mon -c "$conf" -i a 2>>"$dir/log/daemons.err" || die "ceph-mon did not start"
   wait_for "timeout 5 ceph -c '$conf' mon stat" 30 \
-    || { tail -20 "$dir/log/mon.a.log" >&2; die "the monitor does not answer"; }
+    || { tail -20 "$dir/log/mon.a.log" >&2 || true; die "the monitor does not answer"; }
   local id
   id=$(timeout 20 ceph -c "$conf" osd create 2>>"$dir/log/daemons.err") || die "ceph osd create failed"
   ceph-osd -c "$conf" -i "$id" --mkfs >"$dir/log/mkfs-osd.log" 2>&1 \
-    || { tail -20 "$dir/log/mkfs-osd.log" >&2; die "ceph-osd --mkfs failed"; }
+    || { tail -20 "$dir/log/mkfs-osd.log" >&2 || true; die "ceph-osd --mkfs failed"; }
   timeout 60 ceph-osd -c "$conf" -i "$id" 2>>"$dir/log/daemons.err" || die "ceph-osd did not start"
   wait_for "timeout 5 ceph -c '$conf' osd stat -f json | grep -q '\"num_up_osds\":1'" 60 \
-    || { tail -20 "$dir/log/osd.$id.log" >&2; die "the OSD did not come up"; }
+    || { tail -20 "$dir/log/osd.$id.log" >&2 || true; die "the OSD did not come up"; }
   timeout 60 radosgw -c "$conf" -n client.rgw 2>>"$dir/log/daemons.err" \
-    || { tail -30 "$dir/log/client.rgw.log" >&2; die "radosgw did not start"; }
+    || { tail -30 "$dir/log/client.rgw.log" >&2 || true; die "radosgw did not start"; }
   wait_for "curl -sf -o /dev/null http://127.0.0.1:$rgw_port/" 90 \
-    || { tail -30 "$dir/log/client.rgw.log" >&2; die "radosgw does not answer on 127.0.0.1:$rgw_port"; }
+    || { tail -30 "$dir/log/client.rgw.log" >&2 || true; die "radosgw does not answer on 127.0.0.1:$rgw_port"; }
   local ak sk
   ak=$(python3 -c 'import secrets; print("DD" + secrets.token_hex(9).upper())')
   sk=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
   radosgw-admin -c "$conf" -n client.rgw user create --uid drydock --display-name drydock \
     --access-key "$ak" --secret "$sk" >"$dir/log/user.json" 2>"$dir/log/user.err" \
-    || { cat "$dir/log/user.err" >&2; die "radosgw-admin user create failed"; }
+    || { cat "$dir/log/user.err" >&2 || true; die "radosgw-admin user create failed"; }
   local bucket=drydock-test
   # curl signs x-amz-content-sha256 only when given (RGW requires it): the empty body's.
   curl -sf -X PUT --user "$ak:$sk" --aws-sigv4 "aws:amz:default:s3" \
     -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
     "http://127.0.0.1:$rgw_port/$bucket" >"$dir/log/bucket.log" 2>&1 \
-    || { cat "$dir/log/bucket.log" >&2; die "could not create bucket $bucket"; }
+    || { cat "$dir/log/bucket.log" >&2 || true; die "could not create bucket $bucket"; }
   cat >"$dir/env" <<EOF
 export DRYDOCK_TEST_S3_ENDPOINT=http://127.0.0.1:$rgw_port
 export DRYDOCK_TEST_S3_REGION=default
@@ -155,6 +162,7 @@ export DRYDOCK_TEST_S3_ACCESS_KEY=$ak
 export DRYDOCK_TEST_S3_SECRET_KEY=$sk
 EOF
   chmod 600 "$dir/env"
+  STARTING=""
   say "RGW on 127.0.0.1:$rgw_port (bucket $bucket) in $((SECONDS - t0)) s; state in $dir"
   echo "$dir"
 }

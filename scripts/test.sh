@@ -50,6 +50,8 @@ if ! RGW_DIR=$(bash scripts/rgw.sh start); then
   exit 1
 fi
 trap 'bash scripts/rgw.sh stop "$RGW_DIR"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
 
 echo "== building"
