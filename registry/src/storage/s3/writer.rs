@@ -8,9 +8,11 @@
 //!   state never names a tail a later flush is overwriting; the old one goes once the
 //!   new state is written.
 //!
-//! Memory: the bytes after the last part, at most one part (`chunksize`). A part is sent
-//! once it is full; `flush` stores the tail and the state; `commit` sends the tail as the
-//! last part, checks the digest, completes the upload and copies the object into place.
+//! Memory: the bytes after the last part (less than one part, `chunksize`) and the one
+//! full part being sent meanwhile. A part is sent once it is full, while the next fills;
+//! `flush` waits for it and stores the tail and the state; `commit` sends the tail as
+//! the last part, checks the digest, completes the upload and copies the object into
+//! place.
 //! Parts sent after the last flush and then lost to a crash are simply not listed at
 //! completion (S3 drops unlisted parts).
 
@@ -58,6 +60,8 @@ pub(super) struct S3Writer {
     hash: ResumableSha256,
     size: u64,
     failed: bool,
+    /// The part being sent while the next one fills (one at a time).
+    inflight: Option<tokio::task::JoinHandle<DriverResult<Part>>>,
 }
 
 fn corrupt(path: &str, why: &str) -> DriverError {
@@ -107,6 +111,7 @@ impl S3Writer {
                     hash: ResumableSha256::new(),
                     size: 0,
                     failed: false,
+                    inflight: None,
                 };
                 w.save_state(None).await?;
                 Ok(w)
@@ -138,6 +143,7 @@ impl S3Writer {
                     hash,
                     size: s.size,
                     failed: false,
+                    inflight: None,
                 })
             }
         }
@@ -200,25 +206,55 @@ impl S3Writer {
             .map(drop)
     }
 
+    /// Starts sending `data` as the next part, after the part in flight has gone: one
+    /// part is sent while the next one fills.
     async fn send_part(&mut self, data: Bytes) -> DriverResult<()> {
+        self.settle().await?;
+        let (d, obj, id, path) = (
+            self.d.clone(),
+            self.obj.clone(),
+            self.upload_id.clone(),
+            self.path.clone(),
+        );
+        let index = self.parts.len();
         let size = data.len() as u64;
-        let PartId { content_id } = self
-            .d
-            .inner
-            .store
-            .put_part(
-                &self.obj,
-                &self.upload_id,
-                self.parts.len(),
-                PutPayload::from(data),
-            )
-            .await
-            .map_err(|e| self.d.map_err(&self.path, e))?;
-        self.parts.push(Part {
-            etag: content_id,
-            size,
-        });
+        self.inflight = Some(tokio::spawn(async move {
+            let PartId { content_id } = d
+                .inner
+                .store
+                .put_part(&obj, &id, index, PutPayload::from(data))
+                .await
+                .map_err(|e| d.map_err(&path, e))?;
+            Ok(Part {
+                etag: content_id,
+                size,
+            })
+        }));
         Ok(())
+    }
+
+    /// Waits for the part in flight and records it.
+    async fn settle(&mut self) -> DriverResult<()> {
+        let Some(task) = self.inflight.take() else {
+            return Ok(());
+        };
+        let part = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(DriverError::Backend {
+                path: self.path.clone(),
+                message: format!("part upload task: {e}"),
+            }),
+        };
+        match part {
+            Ok(p) => {
+                self.parts.push(p);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
     }
 
     fn poisoned(&self) -> DriverError {
@@ -262,6 +298,10 @@ impl Writer for S3Writer {
         let part = self.d.inner.config.chunksize as usize;
         self.hash.update(&chunk);
         self.size += chunk.len() as u64;
+        if self.buf.capacity() - self.buf.len() < chunk.len() {
+            // A whole part at once: growing by doubling would copy each part twice.
+            self.buf.reserve(part.max(chunk.len()));
+        }
         self.buf.extend_from_slice(&chunk);
         while self.buf.len() >= part {
             let data = self.buf.split_to(part).freeze();
@@ -277,6 +317,7 @@ impl Writer for S3Writer {
         if self.failed {
             return Err(self.poisoned());
         }
+        self.settle().await?;
         let tail_key = if self.buf.is_empty() {
             None
         } else {
@@ -300,6 +341,8 @@ impl Writer for S3Writer {
         }
         check_file_path(to)?;
         self.d.obj(to)?;
+        // No part may still be on its way when the upload is aborted or completed.
+        self.settle().await?;
         if expected.algorithm() == Algorithm::Sha256 {
             let computed = self.hash.clone().finish();
             if &computed != expected {
@@ -324,6 +367,7 @@ impl Writer for S3Writer {
         if !self.buf.is_empty() || self.parts.is_empty() {
             let last = std::mem::take(&mut self.buf).freeze();
             self.send_part(last).await?;
+            self.settle().await?;
         }
         let parts: Vec<PartId> = self
             .parts
@@ -362,7 +406,8 @@ impl Writer for S3Writer {
         })
     }
 
-    async fn cancel(self: Box<Self>) -> DriverResult<()> {
+    async fn cancel(mut self: Box<Self>) -> DriverResult<()> {
+        let _ = self.settle().await;
         self.remove_all().await
     }
 }
