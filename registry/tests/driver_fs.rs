@@ -79,3 +79,21 @@ async fn a_resumed_writer_hashes_bytes_past_its_saved_state() {
         b"hello world"
     );
 }
+
+/// Batch deletes hold a folder open two levels up; a file right below the root has none.
+#[tokio::test]
+async fn batch_deletes_reach_files_below_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = FsDriver::new(dir.path());
+    for p in ["top", "a/leaf"] {
+        d.put(p, bytes::Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let r = d
+        .delete_many(&["top".to_owned(), "a/leaf".to_owned(), "gone".to_owned()])
+        .await
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

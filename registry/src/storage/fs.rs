@@ -286,7 +286,12 @@ fn delete_many_sync(root: &Path, paths: &[PathBuf]) -> Vec<DriverResult<()>> {
             Some(gp) if gp.starts_with(root) && gp != Path::new("") => {
                 groups.entry(gp).or_default().push(i)
             }
-            _ => out[i] = Err(DriverError::InvalidPath(p.display().to_string())),
+            // A file right below the root: no folder to hold open.
+            _ => match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => out[i] = Err(ioe(p, e)),
+            },
         }
     }
     for (gp, idx) in groups {

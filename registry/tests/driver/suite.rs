@@ -611,6 +611,12 @@ pub async fn delete_many_in_batches(d: &dyn Driver, p: &str) {
         .unwrap();
     let mut batch = keys.clone();
     batch.push(k(p, "pool/00/missing/data"));
+    // A file one level below the prefix, too.
+    let shallow = k(p, "top");
+    d.put(&shallow, Bytes::from_static(b"t"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    batch.push(shallow);
     let results = d.delete_many(&batch).await.unwrap();
     assert_eq!(results.len(), batch.len());
     assert!(
