@@ -4,6 +4,9 @@
 //! collector's sweep) invalidates what it changed, so a cached answer is never staler
 //! than the disk. A fill that raced with an invalidation is dropped: readers note the
 //! generation before reading the disk and insert only if no invalidation happened since.
+//! The check and the insert are one step under the entry's map lock, and an
+//! invalidation bumps the generation before it removes the entry under that same lock:
+//! either the fill sees the bump, or the removal sees the entry.
 //! Each map is bounded; when full it is emptied (entries are cheap to refill).
 //!
 //! Correct only while one process writes the root — the root lock guarantees it.
@@ -113,6 +116,31 @@ impl Cache {
         !self.off && self.generation.load(Ordering::SeqCst) == since
     }
 
+    /// Inserts `value` if no invalidation happened since `since`, checking under the
+    /// entry's lock; returns whether the key is new.
+    fn fill<K: std::hash::Hash + Eq + Clone, V>(
+        &self,
+        map: &DashMap<K, V>,
+        key: K,
+        value: V,
+        since: u64,
+    ) -> bool {
+        let entry = map.entry(key);
+        if !self.unchanged(since) {
+            return false;
+        }
+        match entry {
+            dashmap::Entry::Occupied(mut o) => {
+                o.insert(value);
+                false
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(value);
+                true
+            }
+        }
+    }
+
     pub fn link(&self, path: &str) -> Option<Digest> {
         self.counted(0, self.links.get(path).map(|d| d.clone()))
     }
@@ -121,9 +149,7 @@ impl Cache {
         if self.links.len() >= MAX_LINKS {
             self.links.clear();
         }
-        if self.unchanged(since) {
-            self.links.insert(path.to_owned(), digest.clone());
-        }
+        self.fill(&self.links, path.to_owned(), digest.clone(), since);
     }
 
     /// Call after the link at `path` was written or removed on disk.
@@ -143,9 +169,7 @@ impl Cache {
         if self.sizes.len() >= MAX_SIZES {
             self.sizes.clear();
         }
-        if self.unchanged(since) {
-            self.sizes.insert(digest.clone(), size);
-        }
+        self.fill(&self.sizes, digest.clone(), size, since);
     }
 
     pub fn manifest(&self, digest: &Digest) -> Option<CachedManifest> {
@@ -158,7 +182,7 @@ impl Cache {
             self.manifests.clear();
             self.manifest_bytes.store(0, Ordering::Relaxed);
         }
-        if self.unchanged(since) && self.manifests.insert(digest.clone(), m).is_none() {
+        if self.fill(&self.manifests, digest.clone(), m, since) {
             self.manifest_bytes.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -174,7 +198,7 @@ impl Cache {
             self.listed_tags.store(0, Ordering::Relaxed);
         }
         let n = tags.len();
-        if self.unchanged(since) && self.tag_lists.insert(repo.to_owned(), tags).is_none() {
+        if self.fill(&self.tag_lists, repo.to_owned(), tags, since) {
             self.listed_tags.fetch_add(n, Ordering::Relaxed);
         }
     }
