@@ -22,6 +22,8 @@ pub struct TestServer {
     pub cleaner: gc::cleaner::Cleaner,
     /// The server's maintenance run queue.
     pub maintenance: gc::maintenance::Maintenance,
+    /// The server's store (for tests that arm `registry::hooks` or run a task directly).
+    pub store: registry::Store,
     root: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -60,6 +62,7 @@ impl TestServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = registry::server::state_from_config(&config);
+        let store = state.store.clone();
         let gc::online::Online {
             router: app,
             cleaner,
@@ -80,6 +83,7 @@ impl TestServer {
             base: format!("http://{addr}"),
             cleaner,
             maintenance,
+            store,
             config,
             root,
             shutdown: Some(tx),

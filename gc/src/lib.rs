@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use registry::liveness::Liveness;
+use registry::liveness::{self, Liveness};
 use registry::{Digest, Store};
 
 pub use report::Report;
@@ -74,6 +74,14 @@ mod secs {
     }
 }
 
+/// The digests the server holds pending, read once the session is open (so a digest
+/// pending before it began is either here or journaled).
+fn liveness_pending(removal: Option<&liveness::Removal>) -> HashSet<Digest> {
+    removal
+        .map(|r| r.pending().into_iter().collect())
+        .unwrap_or_default()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
     #[error(transparent)]
@@ -82,6 +90,16 @@ pub enum GcError {
     Other(String),
     #[error("the collection was cancelled")]
     Cancelled,
+}
+
+/// Which part of the store a collection covers; the whole store by default.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only the repositories whose name matches (every one when `None`).
+    pub repositories: Option<regex::Regex>,
+    /// Remove manifest revisions only (retention's untagged policy); their layer links
+    /// and blobs wait for the next full collection.
+    pub revisions_only: bool,
 }
 
 /// Whether a file modified at `modified` is still inside the grace period at `now`.
@@ -98,23 +116,26 @@ pub(crate) fn is_young(modified: SystemTime, now: SystemTime, grace: Duration) -
 /// The walk and the removals run on blocking threads. When this future is dropped (a
 /// maintenance time limit), they stop at the next item, and the cycle's journal stays
 /// open until they have: a dropped sweep is as safe as a killed one.
-#[tracing::instrument(skip_all, fields(dry_run = opts.dry_run, remove_untagged = opts.remove_untagged))]
 pub async fn collect(
     store: &Store,
     opts: &Options,
     liveness: Option<&Arc<Liveness>>,
 ) -> Result<Report, GcError> {
+    collect_in(store, opts, liveness, &Scope::default()).await
+}
+
+/// Runs one cycle over `scope`: every remover of untagged manifests (the collector and
+/// retention's untagged policy) is this function, so all of them mark, claim and keep
+/// closures the same way.
+#[tracing::instrument(skip_all, fields(dry_run = opts.dry_run, remove_untagged = opts.remove_untagged))]
+pub async fn collect_in(
+    store: &Store,
+    opts: &Options,
+    liveness: Option<&Arc<Liveness>>,
+    scope: &Scope,
+) -> Result<Report, GcError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
-    /// Ends the journal when the cycle's work is over, however it ends.
-    struct CycleGuard(Option<Arc<Liveness>>);
-    impl Drop for CycleGuard {
-        fn drop(&mut self) {
-            if let Some(l) = &self.0 {
-                l.end_cycle();
-            }
-        }
-    }
     /// Asks the blocking work to stop when the future is dropped.
     struct CancelOnDrop(Arc<AtomicBool>);
     impl Drop for CancelOnDrop {
@@ -122,29 +143,37 @@ pub async fn collect(
             self.0.store(true, Ordering::Relaxed);
         }
     }
-    if let Some(l) = liveness {
-        l.begin_cycle();
-    }
-    let guard = CycleGuard(liveness.cloned());
+    // The session (and its journal) opens before anything is looked at, and closes when
+    // the blocking work returns, however the cycle ends.
+    let removal = liveness.map(|l| l.begin_removal());
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let artifact_roots = mark::artifact_roots(store).await?;
     let inv = store.inventory();
     let opts_owned = opts.clone();
+    let scope = scope.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let guard = guard; // ends the journal when this closure returns
         let opts = &opts_owned;
-        let liveness = guard.0.as_ref();
-        let pending: HashSet<Digest> = liveness
-            .map(|l| l.pending())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let marked = mark::mark_blocking(&inv, opts, &pending, started, artifact_roots, &cancel)?;
+        let removal = removal.as_ref();
+        let pending: HashSet<Digest> = liveness_pending(removal);
+        let marked = mark::mark_blocking(
+            &inv,
+            opts,
+            &scope,
+            &pending,
+            started,
+            artifact_roots,
+            &cancel,
+        )?;
+        if let Some(r) = removal {
+            r.hooks()
+                .reach_blocking(registry::hooks::Point::Marked, None);
+        }
         let mark_time = t0.elapsed();
         let t1 = Instant::now();
-        let swept =
-            sweep::sweep_blocking(&inv, &marked, opts, &pending, liveness, started, &cancel)?;
+        let swept = sweep::sweep_blocking(
+            &inv, &marked, opts, &scope, &pending, removal, started, &cancel,
+        )?;
         Ok::<_, GcError>(Report::new(
             opts,
             started,
@@ -166,6 +195,7 @@ pub async fn collect(
         blobs_removed = report.blobs_removed,
         bytes_freed = report.bytes_freed,
         skipped_in_use = report.skipped_in_use,
+        unreadable_manifests = report.unreadable_manifests,
         duration_ms = report.duration_ms,
         "garbage collection {}",
         if opts.dry_run {

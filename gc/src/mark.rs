@@ -15,7 +15,7 @@ use registry::manifest;
 use registry::names::RepoName;
 use registry::{Digest, Store};
 
-use crate::{GcError, Options, is_young, par};
+use crate::{GcError, Options, Scope, is_young, par};
 
 /// A set of digests holding raw bytes (32 per sha256 digest).
 #[derive(Default, Debug)]
@@ -25,6 +25,12 @@ pub struct DigestSet {
 }
 
 impl DigestSet {
+    /// Adds every digest of `other`.
+    pub fn extend(&mut self, other: &DigestSet) {
+        self.sha256.extend(other.sha256.iter());
+        self.other.extend(other.other.iter().cloned());
+    }
+
     pub fn insert(&mut self, d: &Digest) -> bool {
         match d.sha256_bytes() {
             Some(b) => self.sha256.insert(b),
@@ -134,6 +140,8 @@ pub struct RepoMark {
     /// sweep takes, subject to the grace period and claims. Links written after the
     /// mark are never among them.
     pub unneeded_links: SortedDigests,
+    /// Manifests whose bytes did not parse: everything they mention was kept.
+    pub unreadable: usize,
 }
 
 /// The result of the mark phase.
@@ -145,24 +153,8 @@ pub struct Marked {
     pub manifests_marked: usize,
     /// Artifact links seen (each one a root).
     pub artifact_links: usize,
-}
-
-/// Runs the mark phase (on the blocking pool; see [`mark_blocking`]).
-pub async fn mark(
-    store: &Store,
-    opts: &Options,
-    pending: &HashSet<Digest>,
-    now: SystemTime,
-) -> Result<Marked, GcError> {
-    let artifact_roots = artifact_roots(store).await?;
-    let inv = store.inventory();
-    let (opts, pending) = (opts.clone(), pending.clone());
-    tokio::task::spawn_blocking(move || {
-        let never = AtomicBool::new(false);
-        mark_blocking(&inv, &opts, &pending, now, artifact_roots, &never)
-    })
-    .await
-    .map_err(|e| GcError::Other(e.to_string()))?
+    /// Manifests whose bytes did not parse: everything they mention was kept.
+    pub unreadable_manifests: usize,
 }
 
 /// The digests generic-artifact links name: roots of every mark.
@@ -180,6 +172,7 @@ pub(crate) async fn artifact_roots(store: &Store) -> Result<Vec<Digest>, GcError
 pub fn mark_blocking(
     inv: &Inventory,
     opts: &Options,
+    scope: &Scope,
     pending: &HashSet<Digest>,
     now: SystemTime,
     artifact_roots: Vec<Digest>,
@@ -192,7 +185,10 @@ pub fn mark_blocking(
     marked.artifact_links = artifact_roots.len();
     drop(artifact_roots);
     let blobs = Mutex::new(std::mem::take(&mut marked.blobs));
-    let repos = inv.repositories()?;
+    let mut repos = inv.repositories()?;
+    if let Some(only) = &scope.repositories {
+        repos.retain(|r| only.is_match(r.as_str()));
+    }
     let marks = par::map(&repos, opts.workers, cancel, |repo| {
         mark_repo(inv, opts, pending, now, repo, &blobs)
     })?;
@@ -200,6 +196,7 @@ pub fn mark_blocking(
     marked.blobs.seal();
     for (repo, rm) in repos.into_iter().zip(marks) {
         marked.manifests_marked += rm.live_manifests;
+        marked.unreadable_manifests += rm.unreadable;
         marked.repos.push((repo, rm));
     }
     Ok(marked)
@@ -214,14 +211,7 @@ fn mark_repo(
     blobs: &Mutex<SortedDigests>,
 ) -> Result<RepoMark, GcError> {
     let revisions = inv.revisions(repo)?;
-    let mut walk = Walk {
-        inv,
-        repo,
-        revision_set: revisions.iter().collect(),
-        subjects: inv.referrer_subjects(repo)?.iter().collect(),
-        live: DigestSet::default(),
-        needed_layers: DigestSet::default(),
-    };
+    let mut walk = Walk::new(inv, repo, &revisions)?;
     let mut rm = RepoMark {
         revisions: revisions.len(),
         ..RepoMark::default()
@@ -233,18 +223,18 @@ fn mark_repo(
     let mut roots: Vec<Digest> = inv.tags(repo)?.into_iter().filter_map(|(_, d)| d).collect();
     roots.extend(revisions.iter().filter(|d| pending.contains(*d)).cloned());
     walk.traverse(roots)?;
-    // Unreached revisions newer than the grace period are roots too.
+    // Unreached revisions newer than the grace period are roots too, and so are those
+    // whose link is not (or no longer) there to tell their age: a write may have made
+    // the folder and not yet renamed its link into it.
     let mut old = Vec::new();
     let mut young = Vec::new();
     for d in revisions {
         if walk.live.contains(&d) {
             continue;
         }
-        let t = inv.revision_time(repo, &d);
-        if is_young(t, now, opts.grace) {
-            young.push(d);
-        } else {
-            old.push((d, t));
+        match inv.revision_time(repo, &d) {
+            Some(t) if !is_young(t, now, opts.grace) => old.push((d, t)),
+            _ => young.push(d),
         }
     }
     walk.traverse(young)?;
@@ -253,6 +243,20 @@ fn mark_repo(
         .filter(|(d, _)| !walk.live.contains(d))
         .collect();
     walk.finish(rm, pending, blobs)
+}
+
+/// The closure of `roots` in `repo`: every manifest they reach (children, subjects,
+/// referrers) and every blob those need, by the same rules as the mark. The sweep keeps
+/// the closure of every manifest it was refused (a write holds it) with this.
+pub fn closure(
+    inv: &Inventory,
+    repo: &RepoName,
+    roots: Vec<Digest>,
+) -> Result<(DigestSet, DigestSet), GcError> {
+    let revisions = inv.revisions(repo)?;
+    let mut walk = Walk::new(inv, repo, &revisions)?;
+    walk.traverse(roots)?;
+    Ok((walk.live, walk.needed_layers))
 }
 
 /// The traversal of one repository.
@@ -266,9 +270,23 @@ struct Walk<'a> {
     live: DigestSet,
     /// Blobs the live manifests reference (their layer links stay).
     needed_layers: DigestSet,
+    /// Manifests reached whose bytes did not parse.
+    unreadable: usize,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(inv: &'a Inventory, repo: &'a RepoName, revisions: &[Digest]) -> Result<Self, GcError> {
+        Ok(Walk {
+            inv,
+            repo,
+            revision_set: revisions.iter().collect(),
+            subjects: inv.referrer_subjects(repo)?.iter().collect(),
+            live: DigestSet::default(),
+            needed_layers: DigestSet::default(),
+            unreadable: 0,
+        })
+    }
+
     /// Marks everything reachable from `stack`: manifests, their blobs, index children,
     /// subjects and referrers.
     fn traverse(&mut self, mut stack: Vec<Digest>) -> Result<(), GcError> {
@@ -277,21 +295,25 @@ impl Walk<'_> {
                 continue;
             }
             if let Some(bytes) = self.inv.manifest_bytes(&d)? {
-                match manifest::parse(&bytes, None) {
-                    Ok(m) => {
-                        for b in m.blobs {
-                            self.needed_layers.insert(&b);
-                        }
-                        stack.extend(m.children);
-                        if let Some(s) = m.subject
-                            && self.revision_set.contains(&s)
-                        {
-                            stack.push(s);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(repository = %self.repo, digest = %d, error = %e, "unreadable manifest kept as is");
-                    }
+                let r = manifest::references(&bytes);
+                if r.unreadable {
+                    // Fail closed: whatever it names stays, and every revision it names
+                    // is followed as a child.
+                    self.unreadable += 1;
+                    tracing::warn!(repository = %self.repo, digest = %d, mentioned = r.blobs.len(), "unreadable manifest: everything it mentions is kept");
+                }
+                for b in &r.blobs {
+                    self.needed_layers.insert(b);
+                }
+                stack.extend(
+                    r.children
+                        .into_iter()
+                        .filter(|c| !r.unreadable || self.revision_set.contains(c)),
+                );
+                if let Some(s) = r.subject
+                    && self.revision_set.contains(&s)
+                {
+                    stack.push(s);
                 }
             } else {
                 tracing::warn!(repository = %self.repo, digest = %d, "manifest revision without pool blob");
@@ -316,6 +338,7 @@ impl Walk<'_> {
         blobs: &Mutex<SortedDigests>,
     ) -> Result<RepoMark, GcError> {
         rm.live_manifests = self.live.len();
+        rm.unreadable = self.unreadable;
         for d in self.inv.layer_links(self.repo)? {
             if !self.needed_layers.contains(&d) && !pending.contains(&d) {
                 rm.unneeded_links.push(&d);

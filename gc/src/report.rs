@@ -24,6 +24,9 @@ pub struct Report {
     pub blobs_removed: usize,
     pub bytes_freed: u64,
     pub skipped_in_use: u64,
+    /// Manifests whose bytes did not parse: everything they mention was kept.
+    #[serde(default)]
+    pub unreadable_manifests: usize,
     pub mark_ms: f64,
     pub sweep_ms: f64,
     pub duration_ms: f64,
@@ -56,6 +59,7 @@ impl Report {
             blobs_removed: swept.blobs.len(),
             bytes_freed: swept.bytes_freed,
             skipped_in_use: swept.skipped_in_use,
+            unreadable_manifests: marked.unreadable_manifests,
             mark_ms: mark.as_secs_f64() * 1e3,
             sweep_ms: sweep.as_secs_f64() * 1e3,
             duration_ms: (mark + sweep).as_secs_f64() * 1e3,
@@ -78,6 +82,7 @@ impl Report {
             blobs_removed: self.blobs_removed,
             bytes_freed: self.bytes_freed,
             skipped_in_use: self.skipped_in_use,
+            unreadable_manifests: self.unreadable_manifests,
             mark_ms: self.mark_ms,
             sweep_ms: self.sweep_ms,
             duration_ms: self.duration_ms,
@@ -110,7 +115,7 @@ impl Report {
         }
         writeln!(
             w,
-            "{}marked {} repositories, {} manifests, {} blobs; {verb} {} manifests, {} layer links, {} blobs ({}); {} in use skipped; mark {:.0} ms, sweep {:.0} ms, total {:.0} ms",
+            "{}marked {} repositories, {} manifests, {} blobs; {verb} {} manifests, {} layer links, {} blobs ({}); {} in use skipped; {}mark {:.0} ms, sweep {:.0} ms, total {:.0} ms",
             if self.dry_run { "dry run: " } else { "" },
             self.repositories,
             self.manifests_marked,
@@ -120,6 +125,10 @@ impl Report {
             self.blobs_removed,
             human_bytes(self.bytes_freed),
             self.skipped_in_use,
+            match self.unreadable_manifests {
+                0 => String::new(),
+                n => format!("{n} unreadable manifests kept with all they mention; "),
+            },
             self.mark_ms,
             self.sweep_ms,
             self.duration_ms,

@@ -4,23 +4,33 @@
 //! period goes, nor anything the server holds pinned, journaled or pending; in a dry run
 //! the same decisions are recorded and nothing is deleted.
 //!
+//! Protection is of closures, not digests: a write that refers to an existing manifest
+//! (a `HEAD` before an index push, an index or referrer put, a re-tag) holds that
+//! manifest's digest, and the mark may already have judged everything the manifest
+//! reaches unreachable. So the manifest phase claims all of a repository's candidates
+//! first, computes the closure of the ones it was refused (children, subjects,
+//! referrers, their blobs), releases the candidates in that closure, and keeps the
+//! closure out of the later phases too. A writer that meets a claimed candidate waits
+//! for the outcome: kept (it goes on) or removed (it answers as if absent).
+//!
 //! It runs on blocking threads: repositories, then pool shards, are spread over a few
 //! workers, and each removal is two or three system calls with no thread hop.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use registry::Digest;
 use registry::digest::Algorithm;
+use registry::hooks::Point;
 use registry::inventory::{Inventory, LeafDir, PoolShard};
-use registry::liveness::Liveness;
+use registry::liveness::{Claim, Removal};
 use registry::names::{RepoName, Tag};
 
 use crate::items::Items;
 use crate::mark::{DigestSet, Marked, RepoMark, SortedDigests};
-use crate::{GcError, Options, is_young, par};
+use crate::{GcError, Options, Scope, is_young, par};
 
 /// What the sweep removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -56,37 +66,78 @@ struct Sweeper<'a> {
     inv: &'a Inventory,
     opts: &'a Options,
     pending: DigestSet,
-    liveness: Option<&'a Arc<Liveness>>,
+    removal: Option<&'a Removal>,
     now: SystemTime,
+    /// The closures of manifests the manifest phase was refused: neither their layer
+    /// links nor their pool blobs go in this sweep.
+    rescued: Mutex<DigestSet>,
+}
+
+/// What a remover may do with one candidate.
+enum Decision<'a> {
+    /// Remove it (the claim, in a server, ends when this is dropped).
+    Remove(Option<Claim<'a>>),
+    /// A write holds it: leave it.
+    Refused,
 }
 
 impl Sweeper<'_> {
-    fn young(&self, t: SystemTime) -> bool {
-        is_young(t, self.now, self.opts.grace)
+    /// Whether a file modified at `t` is inside the grace period; a file whose time is
+    /// unknown (not there, or not there yet) counts as new.
+    fn young(&self, t: Option<SystemTime>) -> bool {
+        t.is_none_or(|t| is_young(t, self.now, self.opts.grace))
     }
 
-    /// Runs `delete` under a claim of `digest` (in the server), or plainly (offline); in
-    /// a dry run, only says whether it would have run. Returns whether it ran.
+    fn rescued(&self, d: &Digest) -> bool {
+        self.rescued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(d)
+    }
+
+    /// Claims `digest` in a server; offline and in a dry run there is nothing to claim.
+    fn decide(&self, digest: &Digest) -> Decision<'_> {
+        match self.removal {
+            Some(r) if !self.opts.dry_run => match r.claim(digest) {
+                Some(c) => Decision::Remove(Some(c)),
+                None => Decision::Refused,
+            },
+            _ => Decision::Remove(None),
+        }
+    }
+
+    /// Runs `delete` holding the claim `decision` (none offline); in a dry run, only
+    /// says it would have run.
+    fn remove(
+        &self,
+        digest: &Digest,
+        claim: Option<Claim<'_>>,
+        delete: impl FnOnce() -> registry::Result<()>,
+    ) -> Result<(), GcError> {
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        if let Some(r) = self.removal {
+            r.hooks().reach_blocking(Point::Claimed, Some(digest));
+        }
+        delete()?;
+        drop(claim);
+        Ok(())
+    }
+
+    /// Claims `digest` and runs `delete` under the claim. Returns whether it ran (or,
+    /// in a dry run, would have).
     fn claimed(
         &self,
         digest: &Digest,
         delete: impl FnOnce() -> registry::Result<()>,
     ) -> Result<bool, GcError> {
-        match self.liveness {
-            _ if self.opts.dry_run => Ok(true),
-            None => {
-                delete()?;
+        match self.decide(digest) {
+            Decision::Remove(claim) => {
+                self.remove(digest, claim, delete)?;
                 Ok(true)
             }
-            Some(l) => {
-                if !l.claim(digest) {
-                    return Ok(false);
-                }
-                let r = delete();
-                l.release(digest);
-                r?;
-                Ok(true)
-            }
+            Decision::Refused => Ok(false),
         }
     }
 
@@ -117,17 +168,38 @@ impl Sweeper<'_> {
                 .collect();
             histories.push((tag, index));
         }
+        // Claim every candidate first: a write that holds one of them (and so may
+        // reference the others) must keep everything it reaches.
+        let mut claimed = Vec::new();
+        let mut refused = Vec::new();
         for d in todo {
+            match self.decide(d) {
+                Decision::Remove(c) => claimed.push((d, c)),
+                Decision::Refused => refused.push(d.clone()),
+            }
+        }
+        out.skipped_in_use += refused.len() as u64;
+        let keep = if refused.is_empty() {
+            DigestSet::default()
+        } else {
+            let (manifests, blobs) = crate::mark::closure(self.inv, repo, refused)?;
+            let mut rescued = self.rescued.lock().unwrap_or_else(|p| p.into_inner());
+            rescued.extend(&manifests);
+            rescued.extend(&blobs);
+            manifests
+        };
+        for (d, claim) in claimed {
+            if keep.contains(d) {
+                out.skipped_in_use += 1;
+                continue; // the claim ends here; waiting writers find it kept
+            }
             let tags: Vec<Tag> = histories
                 .iter()
                 .filter(|(_, index)| index.contains(d))
                 .map(|(t, _)| t.clone())
                 .collect();
-            if self.claimed(d, || self.inv.remove_revision(repo, d, Some(&tags)))? {
-                out.manifests.push_in(&name, d);
-            } else {
-                out.skipped_in_use += 1;
-            }
+            self.remove(d, claim, || self.inv.remove_revision(repo, d, Some(&tags)))?;
+            out.manifests.push_in(&name, d);
         }
         Ok(out)
     }
@@ -151,7 +223,7 @@ impl Sweeper<'_> {
             let Some((_, Some(dir))) = &open else {
                 continue;
             };
-            if self.young(dir.time(d.hex())) {
+            if self.young(dir.time(d.hex())) || self.rescued(&d) {
                 continue;
             }
             if self.claimed(&d, || self.inv.remove_layer_link(dir, repo, &d).map(|_| ()))? {
@@ -178,7 +250,10 @@ impl Sweeper<'_> {
             let Ok(d) = format!("{}:{hex}", shard.algorithm.as_str()).parse::<Digest>() else {
                 continue;
             };
-            if (known.is_none() && marked.contains(&d)) || self.pending.contains(&d) {
+            if (known.is_none() && marked.contains(&d))
+                || self.pending.contains(&d)
+                || self.rescued(&d)
+            {
                 continue;
             }
             let (size, modified) = dir.meta(&hex)?;
@@ -205,12 +280,14 @@ impl Sweeper<'_> {
 }
 
 /// The sweep phase on the calling (blocking) thread, with a few worker threads.
+#[allow(clippy::too_many_arguments)]
 pub fn sweep_blocking(
     inv: &Inventory,
     marked: &Marked,
     opts: &Options,
+    scope: &Scope,
     pending: &HashSet<Digest>,
-    liveness: Option<&Arc<Liveness>>,
+    removal: Option<&Removal>,
     now: SystemTime,
     cancel: &AtomicBool,
 ) -> Result<Swept, GcError> {
@@ -218,8 +295,9 @@ pub fn sweep_blocking(
         inv,
         opts,
         pending: pending.iter().collect(),
-        liveness,
+        removal,
         now,
+        rescued: Mutex::new(DigestSet::default()),
     };
     let workers = opts.workers;
     let mut parts = Vec::new();
@@ -229,6 +307,9 @@ pub fn sweep_blocking(
         parts.extend(par::map(&marked.repos, workers, cancel, |(repo, rm)| {
             s.revisions(repo, rm)
         })?);
+    }
+    if scope.revisions_only {
+        return Ok(Swept::concat(parts));
     }
     parts.extend(par::map(&marked.repos, workers, cancel, |(repo, rm)| {
         s.layer_links(repo, rm)

@@ -3,6 +3,7 @@
 //! access check. Pool blobs are never modified once in place.
 
 use crate::digest::Digest;
+use crate::hooks::Point;
 use crate::names::RepoName;
 use crate::storage::{MappedFile, PathSpec, path_for};
 use crate::store::Store;
@@ -50,6 +51,10 @@ impl Store {
         let _pin = self.liveness.pin(vec![digest.clone()]).await;
         let size = self.blob_size(name, digest).await?;
         if size.is_some() {
+            self.liveness
+                .hooks()
+                .reach(Point::Checked, Some(digest))
+                .await;
             self.liveness.pending_add([digest.clone()]);
         }
         Ok(size)
@@ -109,6 +114,10 @@ impl Store {
             None => None,
         };
         if size.is_some() {
+            self.liveness
+                .hooks()
+                .reach(Point::Checked, Some(digest))
+                .await;
             self.driver
                 .touch(&path_for(PathSpec::BlobData(digest)))
                 .await?;

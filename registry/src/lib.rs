@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod health;
+pub mod hooks;
 pub mod inventory;
 pub mod liveness;
 pub mod manifest;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::cache::CachedManifest;
 use crate::digest::{Algorithm, Digest};
+use crate::hooks::Point;
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{PathSpec, path_for};
@@ -108,6 +109,7 @@ impl Store {
         };
         let _pin = self.liveness.pin(vec![d.clone()]).await;
         let m = self.get_manifest(name, reference).await?;
+        self.liveness.hooks().reach(Point::Checked, Some(d)).await;
         self.liveness.pending_add([d.clone()]);
         Ok(m)
     }
@@ -135,7 +137,11 @@ impl Store {
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
         let m: Manifest = manifest::parse(&body, content_type)?;
+        // Everything this manifest makes reachable is held from before it is checked
+        // until it is linked; a remover that was refused one of these keeps all it
+        // reaches (its children's and its subject's closures too).
         let mut pinned: Vec<Digest> = m.blobs.iter().chain(&m.children).cloned().collect();
+        pinned.extend(m.subject.iter().cloned());
         pinned.push(digest.clone());
         let pin = self.liveness.pin(pinned).await;
         for b in &m.blobs {
@@ -148,6 +154,10 @@ impl Store {
                 return Err(Error::ManifestBlobUnknown(c.clone()));
             }
         }
+        self.liveness
+            .hooks()
+            .reach(Point::Checked, Some(&digest))
+            .await;
         self.put_pool_content(&digest, body.to_vec()).await?;
         self.write_link(PathSpec::ManifestRevisionLink(name, &digest), &digest)
             .await?;
@@ -156,6 +166,7 @@ impl Store {
                 .await?;
         }
         if let Reference::Tag(tag) = reference {
+            let _tag = self.tag_locks.lock(name, tag).await;
             self.write_link(PathSpec::TagIndexLink(name, tag, &digest), &digest)
                 .await?;
             self.write_link(PathSpec::TagCurrentLink(name, tag), &digest)
@@ -176,6 +187,7 @@ impl Store {
     pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
         match reference {
             Reference::Tag(tag) => {
+                let _tag = self.tag_locks.lock(name, tag).await;
                 if self.resolve_tag(name, tag).await?.is_none() {
                     return Err(Error::ManifestUnknown(tag.to_string()));
                 }
@@ -187,6 +199,7 @@ impl Store {
                     return Err(Error::ManifestUnknown(digest.to_string()));
                 }
                 for tag in self.tags(name).await? {
+                    let _tag = self.tag_locks.lock(name, &tag).await;
                     if self.resolve_tag(name, &tag).await?.as_ref() == Some(digest) {
                         self.remove(PathSpec::TagDir(name, &tag)).await?;
                     }
@@ -208,6 +221,30 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Removes `tag` only if it still is what a remover decided on: it names `digest`
+    /// and was last pushed at `pushed`. A tag pushed again since (even to the same
+    /// manifest) is a new, acknowledged push and stays. Returns whether it went.
+    pub async fn delete_tag_if(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+        pushed: std::time::SystemTime,
+    ) -> Result<bool> {
+        let _tag = self.tag_locks.lock(name, tag).await;
+        let link = path_for(PathSpec::TagCurrentLink(name, tag));
+        let now = match self.driver.stat(&link).await {
+            Ok(info) => info.modified,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if now != pushed || self.resolve_tag(name, tag).await?.as_ref() != Some(digest) {
+            return Ok(false);
+        }
+        self.remove(PathSpec::TagDir(name, tag)).await?;
+        Ok(true)
     }
 
     /// All tags of `name`, sorted; `NAME_UNKNOWN` when the repository does not exist.

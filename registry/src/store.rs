@@ -47,6 +47,32 @@ pub struct Store {
     pub(crate) liveness: Arc<Liveness>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
+    /// Serialises the writes of one tag (push, delete, retention's conditional delete).
+    pub(crate) tag_locks: Arc<TagLocks>,
+}
+
+/// Striped locks over `repository:tag`: a tag's writes take its stripe, so a remover
+/// that decided on what a tag pointed at can check it still does and remove it as one
+/// step. Tag writes are one or two small files; stripes shared by chance only queue.
+pub(crate) struct TagLocks([tokio::sync::Mutex<()>; 64]);
+
+impl Default for TagLocks {
+    fn default() -> Self {
+        TagLocks(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl TagLocks {
+    pub(crate) async fn lock(
+        &self,
+        name: &crate::names::RepoName,
+        tag: &crate::names::Tag,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name.as_str(), tag.as_str()).hash(&mut h);
+        self.0[(h.finish() % 64) as usize].lock().await
+    }
 }
 
 impl Store {
@@ -57,6 +83,7 @@ impl Store {
             liveness: Arc::new(Liveness::new(options.pending_ttl)),
             cache: Arc::new(Cache::default()),
             artifacts: Arc::default(),
+            tag_locks: Arc::default(),
             options: Arc::new(options),
         }
     }

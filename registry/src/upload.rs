@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::Mutex;
 
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::hooks::Point;
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
 use crate::storage::append::Appender;
@@ -317,6 +318,10 @@ impl Store {
             )));
         }
         let (pin, _) = self.commit_file_pinned(path, digest).await?;
+        self.liveness
+            .hooks()
+            .reach(Point::Checked, Some(digest))
+            .await;
         self.link_layer(name, digest).await?;
         self.liveness.pending_add([digest.clone()]);
         drop(pin);
@@ -336,6 +341,31 @@ impl Store {
         }
         self.sessions.forget(name, &id);
         Ok(())
+    }
+
+    /// Runs `f` with a session's id while holding the session's lock (the one every
+    /// chunk write holds); `f` returns whether it removed the session, whose in-memory
+    /// state then goes too. An id that is not an upload id names no session: `false`.
+    pub(crate) async fn with_upload_session<F, Fut>(
+        &self,
+        name: &RepoName,
+        id: &str,
+        f: F,
+    ) -> Result<bool>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let Ok(id) = parse_id(id) else {
+            return Ok(false);
+        };
+        let session = self.sessions.get(name, &id);
+        let _guard = session.lock().await;
+        let removed = f(id.clone()).await?;
+        if removed {
+            self.sessions.forget(name, &id);
+        }
+        Ok(removed)
     }
 
     async fn discard_upload(&self, name: &RepoName, id: &str) -> Result<()> {

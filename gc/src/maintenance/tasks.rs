@@ -5,11 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use registry::config::{Config, parse_duration};
 use registry::inventory::BlobHealth;
-use registry::names::Reference;
 use registry::{Digest, Store};
 use serde::Serialize;
 
-use crate::Options;
+use crate::{Options, Scope};
 
 fn anchored(re: &str) -> Result<regex::Regex, String> {
     let re = if re.is_empty() { ".*" } else { re };
@@ -58,8 +57,13 @@ pub async fn retention(
             };
             let mut tags = store.tags_with_time(repo).await.unwrap_or_default();
             tags.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            store
+                .liveness()
+                .hooks()
+                .reach(registry::hooks::Point::Marked, None)
+                .await;
             let mut kept_newest = 0;
-            for (tag, _, _) in tags {
+            for (tag, digest, pushed) in tags {
                 if keep_tags.as_ref().is_some_and(|k| k.is_match(tag.as_str())) {
                     out.tags_kept += 1;
                     continue;
@@ -69,14 +73,15 @@ pub async fn retention(
                     out.tags_kept += 1;
                     continue;
                 }
-                if !dry_run {
-                    match store
-                        .delete_manifest(repo, &Reference::Tag(tag.clone()))
+                // Only the tag as it was listed: one pushed again since then is new.
+                if !dry_run
+                    && !store
+                        .delete_tag_if(repo, &tag, &digest, pushed)
                         .await
-                    {
-                        Ok(()) | Err(registry::Error::ManifestUnknown(_)) => {}
-                        Err(e) => return Err(e.to_string()),
-                    }
+                        .map_err(|e| e.to_string())?
+                {
+                    out.tags_kept += 1;
+                    continue;
                 }
                 out.tags_removed.push(format!("{repo}:{tag}"));
             }
@@ -87,44 +92,28 @@ pub async fn retention(
         .await
         .map_err(|e| e.to_string())?;
     out.artifacts = serde_json::to_value(artifacts).map_err(|e| e.to_string())?;
-    // Untagged manifests: one mark per age, over the repositories its policies match.
+    // Untagged manifests: one collection of manifests only per policy, over the
+    // repositories it matches, with its age as the grace period. It is the collector's
+    // own manifest phase, so it marks, claims and keeps what writes hold the same way.
     for policy in &config.retention.images {
         let Some(age) = &policy.untagged_older_than else {
             continue;
         };
-        let age = parse_duration(age)?;
-        let matches = anchored(&policy.repositories)?;
         let opts = Options {
             dry_run,
             remove_untagged: true,
-            grace: age,
+            grace: parse_duration(age)?,
             workers: config.gc.workers,
         };
-        let now = SystemTime::now();
-        let pending = store.liveness().pending().into_iter().collect();
-        let marked = crate::mark::mark(store, &opts, &pending, now)
+        let scope = Scope {
+            repositories: Some(anchored(&policy.repositories)?),
+            revisions_only: true,
+        };
+        let report = crate::collect_in(store, &opts, Some(store.liveness()), &scope)
             .await
             .map_err(|e| e.to_string())?;
-        for (repo, rm) in &marked.repos {
-            if !matches.is_match(repo.as_str()) {
-                continue;
-            }
-            // Unreached and older than `age` (the mark's grace here).
-            for (d, _) in &rm.unreached {
-                if pending.contains(d) {
-                    continue;
-                }
-                if !dry_run {
-                    if !store.liveness().claim(d) {
-                        continue;
-                    }
-                    let r = store.remove_revision(repo, d).await;
-                    store.liveness().release(d);
-                    r.map_err(|e| e.to_string())?;
-                }
-                out.manifests_removed.push(format!("{repo}@{d}"));
-            }
-        }
+        out.manifests_removed
+            .extend(report.removed.manifests.iter());
     }
     Ok(out)
 }
@@ -158,11 +147,13 @@ pub async fn purge_uploads(
         }
         if dry_run
             || store
-                .purge_upload(&s.repository, &s.id)
+                .purge_upload(&s.repository, &s.id, max_age)
                 .await
                 .map_err(|e| e.to_string())?
         {
             out.removed.push(format!("{}/{}", s.repository, s.id));
+        } else {
+            out.kept += 1; // it wrote something since it was listed
         }
     }
     Ok(out)
@@ -193,18 +184,24 @@ pub struct ScrubSummary {
 /// are reported.
 pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
     let mut out = ScrubSummary::default();
+    let removal = store.liveness().begin_removal();
     for blob in store.pool_blobs().await.map_err(|e| e.to_string())? {
         let d: &Digest = &blob.digest;
         match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
             BlobHealth::Ok => {}
             BlobHealth::Missing => continue,
             BlobHealth::Corrupt { actual } => {
-                let quarantined_to = if !dry_run && store.liveness().claim_unpinned(d) {
-                    let r = store.quarantine_pool_blob(d).await;
-                    store.liveness().release(d);
-                    Some(r.map_err(|e| e.to_string())?.display().to_string())
-                } else {
-                    None
+                let claim = (!dry_run).then(|| removal.claim_unpinned(d)).flatten();
+                let quarantined_to = match claim {
+                    Some(_claim) => Some(
+                        store
+                            .quarantine_pool_blob(d)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .display()
+                            .to_string(),
+                    ),
+                    None => None,
                 };
                 tracing::warn!(digest = %d, actual = %actual, quarantined = ?quarantined_to, "corrupt blob");
                 out.corrupt.push(Corrupt {

@@ -269,21 +269,24 @@ impl LeafDir {
     }
 
     /// Size and modification time of a leaf's file; when the file is missing (a removal
-    /// cut short), `None` with the folder's own time (the epoch when that is gone too).
-    pub fn meta(&self, hex: &str) -> Result<(Option<u64>, SystemTime)> {
+    /// cut short, or a write that has made the folder and not yet renamed its file into
+    /// it), `None` with the folder's own time; no time at all when that is gone too.
+    /// A caller must treat a missing time as new, never as old.
+    pub fn meta(&self, hex: &str) -> Result<(Option<u64>, Option<SystemTime>)> {
         let err = |e| io_err(&self.path.join(hex), e);
         if let Some((size, t)) = self.stat(hex, true).map_err(err)? {
-            return Ok((Some(size), t));
+            return Ok((Some(size), Some(t)));
         }
         let t = self.stat(hex, false).map_err(err)?.map(|(_, t)| t);
-        Ok((None, t.unwrap_or(SystemTime::UNIX_EPOCH)))
+        Ok((None, t))
     }
 
-    /// Modification time of a leaf's file (the epoch when it is gone).
-    pub fn time(&self, hex: &str) -> SystemTime {
+    /// Modification time of a leaf's file; `None` when it is not there (yet): a caller
+    /// must treat that as new, never as old.
+    pub fn time(&self, hex: &str) -> Option<SystemTime> {
         match self.stat(hex, true) {
-            Ok(Some((_, t))) => t,
-            _ => SystemTime::UNIX_EPOCH,
+            Ok(Some((_, t))) => Some(t),
+            _ => None,
         }
     }
 
@@ -386,10 +389,11 @@ impl Inventory {
         }
     }
 
-    /// Modification time of a revision link (the epoch when it is gone).
-    pub fn revision_time(&self, name: &RepoName, digest: &Digest) -> SystemTime {
+    /// Modification time of a revision link; `None` when it is not there: gone, or its
+    /// folder made by a write that has not yet renamed the link into it. A caller must
+    /// treat that as new, never as old.
+    pub fn revision_time(&self, name: &RepoName, digest: &Digest) -> Option<SystemTime> {
         modified(&self.full(PathSpec::ManifestRevisionLink(name, digest)))
-            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     /// The pool's shards, sorted.
@@ -533,19 +537,21 @@ mod tests {
             .unwrap()
             .modified()
             .unwrap();
-        assert_eq!(t, want);
-        assert_eq!(dir.time("aa"), want);
+        assert_eq!(t, Some(want));
+        assert_eq!(dir.time("aa"), Some(want));
         let (size, t) = dir.meta("bb").unwrap();
         assert_eq!(size, None);
         assert_eq!(
             t,
-            std::fs::metadata(root.join("bb"))
-                .unwrap()
-                .modified()
-                .unwrap()
+            Some(
+                std::fs::metadata(root.join("bb"))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            )
         );
-        assert_eq!(dir.meta("zz").unwrap(), (None, SystemTime::UNIX_EPOCH));
-        assert_eq!(dir.time("zz"), SystemTime::UNIX_EPOCH);
+        assert_eq!(dir.meta("zz").unwrap(), (None, None));
+        assert_eq!(dir.time("zz"), None);
 
         assert!(dir.remove("aa").unwrap());
         assert!(!root.join("aa").exists());

@@ -152,33 +152,7 @@ impl Store {
         let mut out = Vec::new();
         for repo in self.repositories_all().await? {
             for id in self.list(PathSpec::UploadsDir(&repo)).await? {
-                let started = self
-                    .driver
-                    .get_content(&path_for(PathSpec::UploadStartedAt(&repo, &id)))
-                    .await
-                    .ok()
-                    .and_then(|b| {
-                        time::OffsetDateTime::parse(
-                            String::from_utf8_lossy(&b).trim(),
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()
-                    })
-                    .map(SystemTime::from);
-                let mtime = |spec| async move {
-                    self.driver
-                        .stat(&path_for(spec))
-                        .await
-                        .ok()
-                        .map(|i| i.modified)
-                };
-                let data = mtime(PathSpec::UploadData(&repo, &id)).await;
-                let dir = mtime(PathSpec::UploadDir(&repo, &id)).await;
-                let last_active = [started, data, dir]
-                    .into_iter()
-                    .flatten()
-                    .max()
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let last_active = self.upload_last_active(&repo, &id).await;
                 out.push(UploadSession {
                     repository: repo.clone(),
                     id,
@@ -189,13 +163,58 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes an upload session (waits for a chunk being written to it).
-    pub async fn purge_upload(&self, name: &RepoName, id: &str) -> Result<bool> {
-        match self.cancel_upload(name, id).await {
-            Ok(()) => Ok(true),
-            Err(Error::BlobUploadUnknown) => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// When a session last did something: the latest of its `startedat`, its data
+    /// file's and its folder's modification times (the epoch when none is readable).
+    async fn upload_last_active(&self, repo: &RepoName, id: &str) -> SystemTime {
+        let started = self
+            .driver
+            .get_content(&path_for(PathSpec::UploadStartedAt(repo, id)))
+            .await
+            .ok()
+            .and_then(|b| {
+                time::OffsetDateTime::parse(
+                    String::from_utf8_lossy(&b).trim(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .map(SystemTime::from);
+        let mtime = |spec| async move {
+            self.driver
+                .stat(&path_for(spec))
+                .await
+                .ok()
+                .map(|i| i.modified)
+        };
+        let data = mtime(PathSpec::UploadData(repo, id)).await;
+        let dir = mtime(PathSpec::UploadDir(repo, id)).await;
+        [started, data, dir]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// Removes an upload session that has been idle for `max_age` — judged again under
+    /// the session's lock, so a chunk written since it was listed (or being written
+    /// now: the lock waits for it) keeps the session. Returns whether it went.
+    pub async fn purge_upload(
+        &self,
+        name: &RepoName,
+        id: &str,
+        max_age: std::time::Duration,
+    ) -> Result<bool> {
+        self.with_upload_session(name, id, |id| async move {
+            let last = self.upload_last_active(name, &id).await;
+            let idle = SystemTime::now()
+                .duration_since(last)
+                .unwrap_or(std::time::Duration::ZERO);
+            if idle < max_age {
+                return Ok(false);
+            }
+            self.remove(PathSpec::UploadDir(name, &id)).await
+        })
+        .await
     }
 
     /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
