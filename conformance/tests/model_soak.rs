@@ -569,6 +569,16 @@ impl Client {
 
     /// The live closure of the model's tags (manifests only).
     fn closure(&self, tags: impl Iterator<Item = Key>) -> BTreeSet<Key> {
+        self.closure_but(tags, None)
+    }
+
+    /// [`Client::closure`], not following referrer edges to `unlisted` (a referrer
+    /// deleted by digest leaves its subject's listing).
+    fn closure_but(
+        &self,
+        tags: impl Iterator<Item = Key>,
+        unlisted: Option<&Key>,
+    ) -> BTreeSet<Key> {
         let mut live = BTreeSet::new();
         let mut stack: Vec<Key> = tags.collect();
         while let Some(k) = stack.pop() {
@@ -585,7 +595,11 @@ impl Client {
                 stack.push((k.0, s.clone()));
             }
             if let Some(rs) = self.referrers.get(&k) {
-                stack.extend(rs.iter().map(|r| (k.0, r.clone())));
+                stack.extend(
+                    rs.iter()
+                        .map(|r| (k.0, r.clone()))
+                        .filter(|r| Some(r) != unlisted),
+                );
             }
         }
         live
@@ -1452,11 +1466,28 @@ impl Client {
     /// `DELETE` by digest of a manifest that only its own tags keep (so nothing live
     /// breaks): the revision, its tags and its referrers entry go.
     async fn delete_by_digest(&mut self) {
-        let sole = self.sole_tags(&[OCI_MANIFEST, OCI_INDEX, OCI_ARTIFACT]);
-        if sole.is_empty() {
+        // Live manifests that only their own tags or their subject's listing keep: the
+        // delete removes those tags and that listing entry, and breaks nothing live.
+        let deletable: Vec<Key> = self
+            .live
+            .iter()
+            .filter(|k| {
+                let listed = self
+                    .referrers
+                    .iter()
+                    .any(|(s, rs)| s.0 == k.0 && rs.contains(&k.1));
+                let tagged = self.tags.iter().any(|((r, _), d)| (*r, d) == (k.0, &k.1));
+                (listed || tagged)
+                    && !self
+                        .closure_but(self.tag_roots().filter(|t| t != *k), Some(k))
+                        .contains(*k)
+            })
+            .cloned()
+            .collect();
+        if deletable.is_empty() {
             return self.push_image(true).await;
         }
-        let ((repo, _), digest) = sole[self.rng.below(sole.len() as u64) as usize].clone();
+        let (repo, digest) = deletable[self.rng.below(deletable.len() as u64) as usize].clone();
         self.deleted.insert((repo, digest.clone()));
         let name = self.repo(repo);
         let r = match send(
@@ -1479,7 +1510,7 @@ impl Client {
         self.tags.retain(|(r, _), d| !(*r == repo && *d == digest));
         let tags = &self.tags;
         self.tag_how.retain(|k, _| tags.contains_key(k));
-        for rs in self.referrers.values_mut() {
+        for (_, rs) in self.referrers.iter_mut().filter(|(s, _)| s.0 == repo) {
             rs.remove(&digest);
         }
         self.referrers.remove(&(repo, digest.clone()));
