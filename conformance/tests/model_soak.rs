@@ -50,8 +50,8 @@ use gc::maintenance::{Outcome, Task};
 use registry::config::ImagePolicy;
 
 /// Whether the flows issue 15 reported lost are in the mix when `SOAK_EXPECT_FIXED` is
-/// not set. Flip to `true` once the fix is on main.
-const EXPECT_FIXED_DEFAULT: bool = false;
+/// not set: in, since the fix is on main.
+const EXPECT_FIXED_DEFAULT: bool = true;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
