@@ -144,19 +144,18 @@ fn init_logging(config: &Config, level: Option<&str>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before the server
+/// announces itself, so a signal sent right after start-up is never the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    })
 }
 
 /// The listener systemd passed by socket activation (`LISTEN_PID`/`LISTEN_FDS`), if any;
@@ -230,8 +229,9 @@ fn start_watchdog() {
 async fn drain_on_signal(
     health: std::sync::Arc<registry::health::Health>,
     delay: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
-    shutdown_signal().await;
+    shutdown.await;
     health.start_draining();
     notify(&[sd_notify::NotifyState::Stopping]);
     if !delay.is_zero() {
@@ -297,18 +297,19 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
             }
         });
     }
-    if config.gc.enabled {
+    // Always handled (`systemctl reload` sends it): without a handler SIGUSR1 would
+    // end the process.
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
         let c = cleaner.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::user_defined1()) {
-                Ok(mut s) => {
-                    while s.recv().await.is_some() {
-                        tracing::info!("SIGUSR1: garbage collection scheduled");
-                        c.schedule();
-                    }
+            while usr1.recv().await.is_some() {
+                if c.schedule() {
+                    tracing::info!("SIGUSR1: garbage collection scheduled");
+                } else {
+                    tracing::info!("SIGUSR1: gc.enabled is false; no collection scheduled");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot listen for SIGUSR1"),
             }
         });
     }
@@ -318,17 +319,17 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     )
     .await
     .context("cannot open the admin socket")?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
     // The listener is bound (or was passed) and accepts into its backlog from here on.
     notify(&[sd_notify::NotifyState::Ready]);
     start_watchdog();
-    let delay = registry::config::parse_duration(&config.health.shutdown_delay)
-        .unwrap_or(std::time::Duration::ZERO);
+    let delay = config.health.shutdown_delay;
     registry::server::serve(
         listener,
         app,
         config.drain_timeout(),
-        drain_on_signal(health, delay),
+        drain_on_signal(health, delay, shutdown),
     )
     .await?;
     let _ = std::fs::remove_file(admin_socket(&root));
@@ -371,10 +372,10 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
             let socket = admin_socket(&root);
             tracing::info!(socket = %socket.display(), "a server owns this root; asking it to collect");
             let q = format!(
-                "/admin/gc?wait=true&dry_run={}&remove_untagged={}&grace={}s",
+                "/admin/gc?wait=true&dry_run={}&remove_untagged={}&grace={}",
                 opts.dry_run,
                 opts.remove_untagged,
-                opts.grace.as_secs_f64()
+                registry::config::format_duration(opts.grace)
             );
             let (status, body) = gc::admin::request(&socket, "POST", &q).await.map_err(|e| {
                 anyhow::anyhow!("the server owning {} did not answer: {e}", root.display())
@@ -456,10 +457,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
                         chosen = if auto || schedule.is_some() {
                             m.due(schedule.as_deref(), auto)
                         } else {
-                            Task::ALL
-                                .into_iter()
-                                .filter(|t| t.config(&config).enabled)
-                                .collect()
+                            m.enabled_tasks()
                         };
                     }
                     m.run_with(chosen, &trigger, dry_run).await

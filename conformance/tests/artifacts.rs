@@ -28,7 +28,7 @@ echo "$DRYDOCK_TAG/$DRYDOCK_JOB/$DRYDOCK_FORMAT" > SIGNED.txt"#;
 /// pending protection (so collections in tests see only what links protect).
 async fn server() -> TestServer {
     TestServer::start_with(|c| {
-        c.gc.pending_ttl = "0s".into();
+        c.gc.pending_ttl = Duration::ZERO;
         c.gc.on_startup = false;
         c.artifacts.post_process.command = Some(SIGN.into());
         c.artifacts.post_process.filter = Some(r"\.rpm$".into());
@@ -487,7 +487,7 @@ async fn post_process_past_its_timeout_is_killed_with_what_it_started() {
     let s = TestServer::start_with(|c| {
         c.gc.on_startup = false;
         c.artifacts.post_process.command = Some(command);
-        c.artifacts.post_process.timeout = "1s".into();
+        c.artifacts.post_process.timeout = Duration::from_secs(1);
     })
     .await;
     let rpm = random_bytes(10_000, 9);

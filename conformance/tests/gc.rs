@@ -15,7 +15,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// each test sets (grace) protects recent content.
 async fn server() -> TestServer {
     TestServer::start_with(|c| {
-        c.gc.pending_ttl = "0s".into();
+        c.gc.pending_ttl = std::time::Duration::ZERO;
         c.gc.on_startup = false;
     })
     .await

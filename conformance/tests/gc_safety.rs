@@ -58,7 +58,7 @@ fn quiet(c: &mut Config) {
         repositories: String::new(),
         keep_last: None,
         keep_tags: None,
-        untagged_older_than: Some("0s".into()),
+        untagged_older_than: Some(std::time::Duration::ZERO),
     }];
 }
 

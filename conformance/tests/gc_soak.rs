@@ -185,7 +185,7 @@ async fn pushes_never_fail_while_the_collector_runs_back_to_back() {
     // the run; every push here completes well within it.
     let s = TestServer::start_with(|c| {
         c.gc.on_startup = false;
-        c.gc.pending_ttl = "3s".into();
+        c.gc.pending_ttl = Duration::from_secs(3);
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));

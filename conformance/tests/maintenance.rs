@@ -35,7 +35,7 @@ fn set_mtime(p: &Path, t: SystemTime) {
 async fn schedules_fire_and_record_last_runs() {
     let s = TestServer::start_with(|c| {
         c.gc.on_startup = false;
-        c.maintenance.tick = "100ms".into();
+        c.maintenance.tick = Duration::from_millis(100);
         for t in [
             &mut c.maintenance.tasks.gc,
             &mut c.maintenance.tasks.retention,
@@ -109,7 +109,8 @@ async fn overlapping_requests_never_run_a_task_twice_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_over_its_time_limit_is_cancelled_and_recorded_killed() {
-    let s = quiet_server(|c| c.maintenance.tasks.scrub.time_limit = "20ms".into()).await;
+    let s =
+        quiet_server(|c| c.maintenance.tasks.scrub.time_limit = Duration::from_millis(20)).await;
     let c = client();
     for i in 0..8 {
         push_blob(&c, &s, "slow", &random_bytes(16 << 20, 100 + i)).await;
@@ -168,7 +169,7 @@ async fn tasks_wait_while_the_load_is_high_and_resume_below_the_lower_mark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_purge_removes_only_old_sessions() {
-    let s = quiet_server(|c| c.uploads.max_age = "24h".into()).await;
+    let s = quiet_server(|c| c.uploads.max_age = Duration::from_secs(24 * 3600)).await;
     let c = client();
     let mut locations = Vec::new();
     for _ in 0..2 {
@@ -302,7 +303,7 @@ async fn retention_keeps_exactly_what_the_policies_promise() {
             repositories: "ret/.*".into(),
             keep_last: Some(2),
             keep_tags: Some("release-.*".into()),
-            untagged_older_than: Some("1h".into()),
+            untagged_older_than: Some(Duration::from_secs(3600)),
         }];
     })
     .await;

@@ -2136,16 +2136,16 @@ fn start_removers(
 
 fn configure(c: &mut registry::Config, variant: Variant, settings: &Settings) {
     c.gc.on_startup = false;
-    c.gc.pending_ttl = format!("{}ms", settings.pending_ttl.as_millis());
+    c.gc.pending_ttl = settings.pending_ttl;
     c.maintenance.enabled = false;
     if variant == Variant::Retention {
         c.retention.images = vec![ImagePolicy {
             repositories: "soak/.*".into(),
             keep_last: None,
             keep_tags: None,
-            untagged_older_than: Some("0s".into()),
+            untagged_older_than: Some(std::time::Duration::ZERO),
         }];
-        c.uploads.max_age = format!("{}ms", settings.upload_max_age.as_millis());
+        c.uploads.max_age = settings.upload_max_age;
     }
 }
 

@@ -79,7 +79,7 @@ fn endpoint(
     let mut e = registry::config::EndpointConfig {
         name: name.into(),
         url: url.into(),
-        backoff: "50ms".into(),
+        backoff: std::time::Duration::from_millis(50),
         threshold: 2,
         ..Default::default()
     };

@@ -326,7 +326,7 @@ async fn readyz_follows_storage_writes_and_the_file_check() {
     let out_of_rotation = dir.path().join("maintenance-window");
     let oor = out_of_rotation.clone();
     let s = TestServer::start_with(move |c| {
-        c.health.storagedriver.interval = "50ms".into();
+        c.health.storagedriver.interval = std::time::Duration::from_millis(50);
         c.health.storagedriver.threshold = 2;
         c.health.file = vec![registry::config::FileCheck {
             file: oor,
@@ -382,7 +382,7 @@ async fn a_full_disk_turns_readyz_red() {
     assert!(st.success(), "cannot mount a tmpfs: the tests need root");
     let _mount = Mount(root.path().to_owned());
     let mut config = test_config(root.path());
-    config.health.storagedriver.interval = "50ms".into();
+    config.health.storagedriver.interval = std::time::Duration::from_millis(50);
     let s = TestServer::start_on(root, config).await;
     let c = client();
     until_status(&c, &s.url("/readyz"), 200).await;

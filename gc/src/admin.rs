@@ -48,7 +48,13 @@ async fn gc_status(State(c): State<Cleaner>) -> Response {
 async fn gc_run(State(c): State<Cleaner>, Query(p): Query<GcParams>) -> Response {
     let custom = p.dry_run.is_some() || p.remove_untagged.is_some() || p.grace.is_some();
     if !p.wait && !custom {
-        c.schedule();
+        if !c.schedule() {
+            return error(
+                StatusCode::CONFLICT,
+                "gc.enabled is false: cycles are not scheduled (POST /admin/gc?wait=true runs one now)"
+                    .into(),
+            );
+        }
         return json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "scheduled": true }),
@@ -100,7 +106,7 @@ async fn maintenance_run(State(m): State<Maintenance>, uri: axum::http::Uri) -> 
         tasks = if auto || schedule.is_some() {
             m.due(schedule, auto)
         } else {
-            Task::ALL.to_vec()
+            m.enabled_tasks()
         };
     }
     let trigger = get("trigger").unwrap_or("admin").to_owned();

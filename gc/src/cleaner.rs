@@ -19,6 +19,9 @@ struct Inner {
     store: Store,
     options: Options,
     interval: Duration,
+    /// Cycles start by themselves (timer, deletes, signals); false with `gc.enabled:
+    /// false`, where only an explicit [`Cleaner::run_now`] collects.
+    periodic: bool,
     wake: Notify,
     cycle: tokio::sync::Mutex<()>,
     status: Mutex<Status>,
@@ -51,24 +54,44 @@ pub struct Cleaner {
 impl Cleaner {
     /// Starts the background loop on the current runtime.
     pub fn start(store: Store, options: Options, interval: Duration) -> Cleaner {
-        let inner = Arc::new(Inner {
-            store,
-            options,
-            interval,
-            wake: Notify::new(),
-            cycle: tokio::sync::Mutex::new(()),
-            status: Mutex::new(Status::default()),
-            observers: Mutex::new(Vec::new()),
-        });
-        let c = Cleaner { inner };
+        let c = Cleaner::idle(store, options, interval, true);
         let bg = c.clone();
         tokio::spawn(async move { bg.run_loop().await });
         c
     }
 
-    /// Requests a cycle; returns at once.
-    pub fn schedule(&self) {
-        self.inner.wake.notify_one();
+    /// A cleaner without the background loop (`gc.enabled: false`): no timer, and
+    /// [`Cleaner::schedule`] does nothing; [`Cleaner::run_now`] still runs a cycle.
+    pub fn disabled(store: Store, options: Options, interval: Duration) -> Cleaner {
+        Cleaner::idle(store, options, interval, false)
+    }
+
+    fn idle(store: Store, options: Options, interval: Duration, periodic: bool) -> Cleaner {
+        let inner = Arc::new(Inner {
+            store,
+            options,
+            interval,
+            periodic,
+            wake: Notify::new(),
+            cycle: tokio::sync::Mutex::new(()),
+            status: Mutex::new(Status::default()),
+            observers: Mutex::new(Vec::new()),
+        });
+        Cleaner { inner }
+    }
+
+    /// Requests a cycle; returns at once. `false` when cycles are disabled
+    /// (`gc.enabled: false`) and nothing was scheduled.
+    pub fn schedule(&self) -> bool {
+        if self.inner.periodic {
+            self.inner.wake.notify_one();
+        }
+        self.inner.periodic
+    }
+
+    /// Whether cycles start by themselves (`gc.enabled`).
+    pub fn enabled(&self) -> bool {
+        self.inner.periodic
     }
 
     /// Runs a cycle with `options` now (after any running one) and returns its report.
@@ -144,6 +167,6 @@ impl Cleaner {
 
 impl DeleteListener for Cleaner {
     fn deleted(&self) {
-        self.schedule();
+        let _ = self.schedule();
     }
 }

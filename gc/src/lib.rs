@@ -45,7 +45,7 @@ pub struct Options {
 }
 
 fn default_workers() -> usize {
-    32
+    registry::config::default_gc_workers()
 }
 
 impl Default for Options {
@@ -70,7 +70,8 @@ mod secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let v = f64::deserialize(d)?;
-        Ok(Duration::from_secs_f64(v.max(0.0)))
+        // Checked: a value out of range (or not a number) is an error, never a panic.
+        Duration::try_from_secs_f64(v.max(0.0)).map_err(serde::de::Error::custom)
     }
 }
 

@@ -35,7 +35,7 @@ struct OnDelete {
 
 impl DeleteListener for OnDelete {
     fn deleted(&self) {
-        self.cleaner.schedule();
+        let _ = self.cleaner.schedule();
         self.maintenance.note_delete();
     }
 }
@@ -53,7 +53,11 @@ pub struct Online {
 /// the online cleaner attached when `gc.enabled` and the maintenance scheduler started
 /// when `maintenance.enabled`. Must run inside a tokio runtime.
 pub fn app(mut state: AppState, config: &Config) -> Online {
-    let cleaner = Cleaner::start(state.store.clone(), options(config), config.gc_interval());
+    let cleaner = if config.gc.enabled {
+        Cleaner::start(state.store.clone(), options(config), config.gc_interval())
+    } else {
+        Cleaner::disabled(state.store.clone(), options(config), config.gc_interval())
+    };
     let maintenance = Maintenance::new(state.store.clone(), config.clone(), Some(cleaner.clone()));
     let metrics = state.metrics.clone();
     let notifier = registry::notify::Notifier::start(config, state.store.clone(), metrics.clone());
@@ -73,7 +77,7 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
             maintenance: maintenance.clone(),
         }));
         if config.gc.on_startup {
-            cleaner.schedule();
+            let _ = cleaner.schedule();
         }
     }
     if config.maintenance.enabled {

@@ -22,6 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// What `registry serve` runs with when no CONFIG is given.
 pub const EMBEDDED_DEFAULT: &str = "\
 version: 0.1
@@ -77,11 +79,13 @@ pub struct EndpointConfig {
     pub url: String,
     /// Headers sent with every request, e.g. `Authorization: [Bearer <token>]`.
     pub headers: BTreeMap<String, Vec<String>>,
-    /// A delivery attempt longer than this fails (Go duration).
-    pub timeout: String,
+    /// A delivery attempt longer than this fails.
+    #[serde(with = "go_duration")]
+    pub timeout: Duration,
     /// Consecutive failures after which delivery waits `backoff` between attempts.
     pub threshold: u32,
-    pub backoff: String,
+    #[serde(with = "go_duration")]
+    pub backoff: Duration,
     /// Events whose target has one of these media types are not sent.
     pub ignoredmediatypes: Vec<String>,
     pub ignore: IgnoreConfig,
@@ -97,9 +101,9 @@ impl Default for EndpointConfig {
             disabled: false,
             url: String::new(),
             headers: BTreeMap::new(),
-            timeout: "1s".into(),
+            timeout: Duration::from_secs(1),
             threshold: 10,
-            backoff: "1s".into(),
+            backoff: Duration::from_secs(1),
             ignoredmediatypes: Vec::new(),
             ignore: IgnoreConfig::default(),
             queue_limit: 100_000,
@@ -124,8 +128,9 @@ pub struct HealthConfig {
     /// Files whose existence takes the server out of rotation (`/readyz` 503).
     pub file: Vec<FileCheck>,
     /// On SIGTERM, `/readyz` answers 503 this long before the listener stops accepting,
-    /// so load balancers move traffic away first (Go duration).
-    pub shutdown_delay: String,
+    /// so load balancers move traffic away first.
+    #[serde(with = "go_duration")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for HealthConfig {
@@ -133,7 +138,7 @@ impl Default for HealthConfig {
         HealthConfig {
             storagedriver: StorageDriverCheck::default(),
             file: Vec::new(),
-            shutdown_delay: "0s".into(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -144,20 +149,22 @@ impl Default for HealthConfig {
 pub struct StorageDriverCheck {
     /// drydock checks by default (Distribution only when enabled); `false` turns it off.
     pub enabled: bool,
-    pub interval: String,
+    #[serde(with = "go_duration")]
+    pub interval: Duration,
     /// Consecutive failures before `/readyz` turns red.
     pub threshold: u32,
     /// A probe slower than this fails (drydock's).
-    pub timeout: String,
+    #[serde(with = "go_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for StorageDriverCheck {
     fn default() -> Self {
         StorageDriverCheck {
             enabled: true,
-            interval: "10s".into(),
+            interval: Duration::from_secs(10),
             threshold: 1,
-            timeout: "5s".into(),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -167,7 +174,8 @@ impl Default for StorageDriverCheck {
 pub struct FileCheck {
     pub file: PathBuf,
     /// Accepted for Distribution's format; drydock looks at the file on every `/readyz`.
-    pub interval: Option<String>,
+    #[serde(with = "go_duration::option")]
+    pub interval: Option<Duration>,
 }
 
 /// Scheduled maintenance (`maintenance:`): which tasks run, when, and how hard.
@@ -176,16 +184,18 @@ pub struct FileCheck {
 pub struct SchedulerConfig {
     /// The server runs due tasks itself.
     pub enabled: bool,
-    /// How often the server checks for due tasks (Go duration).
-    pub tick: String,
+    /// How often the server checks for due tasks.
+    #[serde(with = "go_duration")]
+    pub tick: Duration,
     /// Tasks running at once (gc and scrub never run together whatever this says).
     pub max_parallel: usize,
     /// Queued tasks wait while the 1-minute load average is above this (0: never).
     pub load_pause: f64,
     /// ...and start again once it is below this.
     pub load_resume: f64,
-    /// Interval of the STATUS log line (Go duration).
-    pub status_interval: String,
+    /// Interval of the STATUS log line.
+    #[serde(with = "go_duration")]
+    pub status_interval: Duration,
     pub tasks: TasksConfig,
 }
 
@@ -193,11 +203,11 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             enabled: true,
-            tick: "30s".into(),
+            tick: Duration::from_secs(30),
             max_parallel: 2,
             load_pause: 0.0,
             load_resume: 0.0,
-            status_interval: "5m".into(),
+            status_interval: Duration::from_secs(300),
             tasks: TasksConfig::default(),
         }
     }
@@ -215,10 +225,10 @@ pub struct TasksConfig {
 impl Default for TasksConfig {
     fn default() -> Self {
         TasksConfig {
-            gc: TaskConfig::new("daily", "2h"),
-            retention: TaskConfig::new("daily", "1h"),
-            uploads: TaskConfig::new("hourly", "30m"),
-            scrub: TaskConfig::new("weekly", "12h"),
+            gc: TaskConfig::new("daily", HOUR * 2),
+            retention: TaskConfig::new("daily", HOUR),
+            uploads: TaskConfig::new("hourly", HOUR / 2),
+            scrub: TaskConfig::new("weekly", HOUR * 12),
         }
     }
 }
@@ -230,18 +240,19 @@ pub struct TaskConfig {
     pub enabled: bool,
     /// `hourly`, `daily`, `weekly`, or a Go duration (`6h`).
     pub schedule: String,
-    /// A run longer than this is cancelled and recorded as killed (Go duration).
-    pub time_limit: String,
+    /// A run longer than this is cancelled and recorded as killed.
+    #[serde(with = "go_duration")]
+    pub time_limit: Duration,
     /// `--auto` threshold: gc runs once this many deletes happened since its last run.
     pub min_deletes: u64,
 }
 
 impl TaskConfig {
-    fn new(schedule: &str, time_limit: &str) -> TaskConfig {
+    fn new(schedule: &str, time_limit: Duration) -> TaskConfig {
         TaskConfig {
             enabled: true,
             schedule: schedule.into(),
-            time_limit: time_limit.into(),
+            time_limit,
             min_deletes: 1,
         }
     }
@@ -249,7 +260,7 @@ impl TaskConfig {
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig::new("daily", "1h")
+        TaskConfig::new("daily", HOUR)
     }
 }
 
@@ -257,14 +268,15 @@ impl Default for TaskConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UploadsConfig {
-    /// Upload sessions older than this are removed (Go duration; Distribution's 168h).
-    pub max_age: String,
+    /// Upload sessions older than this are removed (Distribution's 168h).
+    #[serde(with = "go_duration")]
+    pub max_age: Duration,
 }
 
 impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig {
-            max_age: "168h".into(),
+            max_age: HOUR * 168,
         }
     }
 }
@@ -286,8 +298,9 @@ pub struct ImagePolicy {
     pub keep_last: Option<usize>,
     /// Tags matching this regex (anchored) are always kept.
     pub keep_tags: Option<String>,
-    /// Untagged manifests older than this (Go duration) are removed.
-    pub untagged_older_than: Option<String>,
+    /// Untagged manifests older than this are removed.
+    #[serde(with = "go_duration::option")]
+    pub untagged_older_than: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,8 +382,10 @@ pub struct MaintenanceConfig {
 #[serde(default)]
 pub struct UploadPurgingConfig {
     pub enabled: bool,
-    pub age: String,
-    pub interval: String,
+    #[serde(with = "go_duration")]
+    pub age: Duration,
+    #[serde(with = "go_duration")]
+    pub interval: Duration,
     pub dryrun: bool,
 }
 
@@ -378,8 +393,8 @@ impl Default for UploadPurgingConfig {
     fn default() -> Self {
         UploadPurgingConfig {
             enabled: true,
-            age: "168h".into(),
-            interval: "24h".into(),
+            age: HOUR * 168,
+            interval: HOUR * 24,
             dryrun: false,
         }
     }
@@ -392,8 +407,9 @@ pub struct HttpConfig {
     pub addr: String,
     /// Only `tcp` is supported.
     pub net: String,
-    /// How long a graceful shutdown waits for in-flight requests (Go duration).
-    pub draintimeout: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(with = "go_duration")]
+    pub draintimeout: Duration,
     /// Extra headers on every response.
     pub headers: BTreeMap<String, Vec<String>>,
     pub secret: String,
@@ -435,7 +451,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: ":5000".into(),
             net: "tcp".into(),
-            draintimeout: "30s".into(),
+            draintimeout: Duration::from_secs(30),
             headers: BTreeMap::new(),
             secret: String::new(),
             relativeurls: true,
@@ -454,6 +470,9 @@ pub struct OciConfig {
     pub mount_without_from: bool,
     /// Largest manifest accepted, in bytes (413 above it).
     pub manifest_max_bytes: u64,
+    /// Upload bodies (blob `PATCH`/`PUT`/`POST ?digest=`, artifact `PUT`) received at
+    /// once; past it a request is answered `429 TOOMANYREQUESTS` with `Retry-After`.
+    pub max_uploads: usize,
 }
 
 impl Default for OciConfig {
@@ -461,6 +480,7 @@ impl Default for OciConfig {
         OciConfig {
             mount_without_from: false,
             manifest_max_bytes: 4 * 1024 * 1024,
+            max_uploads: 256,
         }
     }
 }
@@ -472,17 +492,20 @@ impl Default for OciConfig {
 pub struct GcConfig {
     /// Run the online cleaner inside the server.
     pub enabled: bool,
-    /// Time between periodic cycles (Go duration).
-    pub interval: String,
-    /// Nothing whose file is newer than this is removed (Go duration).
-    pub grace: String,
+    /// Time between periodic cycles.
+    #[serde(with = "go_duration")]
+    pub interval: Duration,
+    /// Nothing whose file is newer than this is removed.
+    #[serde(with = "go_duration")]
+    pub grace: Duration,
     /// Online cycles also remove untagged manifests.
     pub remove_untagged: bool,
     /// Run a cycle when the server starts.
     pub on_startup: bool,
     /// How long the server itself protects a blob linked but not yet referenced by any
     /// manifest (a push between its blobs and its manifest), independent of `grace`.
-    pub pending_ttl: String,
+    #[serde(with = "go_duration")]
+    pub pending_ttl: Duration,
     /// Threads a cycle walks and removes with. Removals mostly wait on the disk (on a
     /// filesystem mounted with `discard`, each waits for its discard), so more threads
     /// than cores pay off.
@@ -493,14 +516,21 @@ impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
             enabled: true,
-            interval: "24h".into(),
-            grace: "1h".into(),
+            interval: HOUR * 24,
+            grace: HOUR,
             remove_untagged: false,
             on_startup: true,
-            pending_ttl: "1h".into(),
-            workers: 32,
+            pending_ttl: HOUR,
+            workers: default_gc_workers(),
         }
     }
+}
+
+/// Two collector threads per core, at most 32: removals that wait on the disk overlap,
+/// and on a fast filesystem threads past the cores only take turns.
+pub fn default_gc_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).clamp(2, 32)
 }
 
 /// The admin endpoints (`/admin/...`) and the admin socket.
@@ -541,8 +571,9 @@ pub struct PostProcessConfig {
     /// files to copy and process; none selects every file.
     pub filter: Option<String>,
     /// A run longer than this is killed with everything it started, and the
-    /// finalisation fails (Go duration; `0s`: no limit).
-    pub timeout: String,
+    /// finalisation fails (`0s`: no limit).
+    #[serde(with = "go_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for PostProcessConfig {
@@ -550,7 +581,7 @@ impl Default for PostProcessConfig {
         PostProcessConfig {
             command: None,
             filter: None,
-            timeout: "10m".into(),
+            timeout: Duration::from_secs(600),
         }
     }
 }
@@ -738,38 +769,6 @@ impl Config {
                 message: format!("{:?} is not supported; use tcp", config.http.net),
             });
         }
-        for (path, value) in [
-            ("http.draintimeout", &config.http.draintimeout),
-            (
-                "health.storagedriver.interval",
-                &config.health.storagedriver.interval,
-            ),
-            (
-                "health.storagedriver.timeout",
-                &config.health.storagedriver.timeout,
-            ),
-            ("health.shutdown_delay", &config.health.shutdown_delay),
-            ("gc.interval", &config.gc.interval),
-            ("gc.grace", &config.gc.grace),
-            ("gc.pending_ttl", &config.gc.pending_ttl),
-            (
-                "artifacts.post_process.timeout",
-                &config.artifacts.post_process.timeout,
-            ),
-            (
-                "storage.maintenance.uploadpurging.age",
-                &config.storage.maintenance.uploadpurging.age,
-            ),
-            (
-                "storage.maintenance.uploadpurging.interval",
-                &config.storage.maintenance.uploadpurging.interval,
-            ),
-        ] {
-            parse_duration(value).map_err(|message| ConfigError::Key {
-                path: path.into(),
-                message,
-            })?;
-        }
         check_endpoints(&config.notifications.endpoints)?;
         let prometheus = &config.http.debug.prometheus;
         if prometheus.enabled && config.http.debug.addr.trim().is_empty() && !config.admin.metrics {
@@ -784,6 +783,12 @@ impl Config {
             return Err(ConfigError::Key {
                 path: "http.debug.prometheus.path".into(),
                 message: format!("{:?} must start with /", prometheus.path),
+            });
+        }
+        if config.oci.max_uploads == 0 {
+            return Err(ConfigError::Key {
+                path: "oci.max_uploads".into(),
+                message: "must be at least 1".into(),
             });
         }
         if !(1..=256).contains(&config.gc.workers) {
@@ -807,11 +812,11 @@ impl Config {
     }
 
     pub fn gc_grace(&self) -> Duration {
-        parse_duration(&self.gc.grace).unwrap_or(Duration::from_secs(3600))
+        self.gc.grace
     }
 
     pub fn gc_interval(&self) -> Duration {
-        parse_duration(&self.gc.interval).unwrap_or(Duration::from_secs(86400))
+        self.gc.interval
     }
 
     /// The tracing filter for `log.level`, accepting Distribution's level names.
@@ -841,7 +846,7 @@ impl Config {
     }
 
     pub fn drain_timeout(&self) -> Duration {
-        parse_duration(&self.http.draintimeout).unwrap_or(Duration::from_secs(30))
+        self.http.draintimeout
     }
 
     /// The address to bind: Distribution's `:5000` means every address.
@@ -858,7 +863,7 @@ impl Config {
 /// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
 fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
     let key = |i: usize, k: &str, message: String| ConfigError::Key {
-        path: format!("notifications.endpoints.{i}.{k}"),
+        path: format!("notifications.endpoints[{i}].{k}"),
         message,
     };
     let mut names = std::collections::BTreeSet::new();
@@ -889,9 +894,6 @@ fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
                 ));
             }
             _ => return Err(key(i, "url", format!("{:?} is not an http URL", e.url))),
-        }
-        for (k, v) in [("timeout", &e.timeout), ("backoff", &e.backoff)] {
-            parse_duration(v).map_err(|m| key(i, k, m))?;
         }
         for (h, values) in &e.headers {
             for v in values {
@@ -1042,7 +1044,13 @@ fn set_env(tree: &mut Value, parts: &[String], raw: &str, path: &mut Vec<String>
     map.insert(Value::String(parts[0].clone()), child);
 }
 
-/// Parses a Go-style duration: `0s`, `500ms`, `30m`, `1h30m`, `168h`, `2d` (days too).
+/// The longest duration accepted: Go's (`time.Duration` is an i64 of nanoseconds),
+/// about 292 years. Anything longer is an error, never a wrap or a panic, and every
+/// accepted value can be added to an `Instant` or subtracted from a `SystemTime`.
+pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Parses a Go-style duration: `0s`, `500ms`, `30m`, `1h30m`, `1.5h`, `168h`, `2d` (days
+/// too). Exact integer arithmetic on nanoseconds; above [`MAX_DURATION`] is an error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -1051,7 +1059,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let mut total = Duration::ZERO;
+    let max = MAX_DURATION.as_nanos();
+    let too_large = || format!("duration {s:?} is too large (the most is {MAX_DURATION:?})");
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let num_end = rest
@@ -1062,23 +1072,113 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?} has a bad number {num:?}"))?;
-        let secs = match unit {
-            "ns" => n / 1e9,
-            "us" | "µs" => n / 1e6,
-            "ms" => n / 1e3,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86400.0,
+        let per_unit: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             _ => return Err(format!("duration {s:?} has an unknown unit {unit:?}")),
         };
-        total += Duration::from_secs_f64(secs);
+        let bad_number = || format!("duration {s:?} has a bad number {num:?}");
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(bad_number());
+        }
+        let mut whole: u128 = 0;
+        for d in int.bytes() {
+            whole = whole * 10 + u128::from(d - b'0');
+            if whole > max {
+                return Err(too_large());
+            }
+        }
+        let mut nanos = whole.checked_mul(per_unit).ok_or_else(too_large)?;
+        // The fraction, digit by digit; below a nanosecond it is dropped (as Go does).
+        let mut scale = per_unit;
+        for d in frac.bytes() {
+            scale /= 10;
+            nanos += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(nanos).ok_or_else(too_large)?;
+        if total > max {
+            return Err(too_large());
+        }
         rest = next;
     }
-    Ok(total)
+    // `total` is at most `max`, which fits in a u64.
+    Ok(Duration::from_nanos(
+        u64::try_from(total).map_err(|_| too_large())?,
+    ))
+}
+
+/// Writes a duration so that [`parse_duration`] reads it back exactly: `1h30m`,
+/// `2m5s`, `1500ms`, `0s`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    let sub = d.subsec_nanos();
+    if sub > 0 {
+        let (n, unit) = if sub.is_multiple_of(1_000_000) {
+            (sub / 1_000_000, "ms")
+        } else if sub.is_multiple_of(1_000) {
+            (sub / 1_000, "us")
+        } else {
+            (sub, "ns")
+        };
+        out.push_str(&format!("{n}{unit}"));
+    }
+    out
+}
+
+/// `#[serde(with = "go_duration")]`: a Go-style duration string in the file, a
+/// `Duration` in memory, parsed once at load (a bad one is an error naming the key).
+pub mod go_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for an optional duration.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(text) => super::super::parse_duration(&text)
+                    .map(Some)
+                    .map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1279,20 +1379,20 @@ mod tests {
         for (yaml, key) in [
             (
                 "url: https://hooks.example/e",
-                "notifications.endpoints.0.url",
+                "notifications.endpoints[0].url",
             ),
-            ("url: ftp://x/e", "notifications.endpoints.0.url"),
+            ("url: ftp://x/e", "notifications.endpoints[0].url"),
             (
                 "url: http://x/e\n      timeout: soon",
-                "notifications.endpoints.0.timeout",
+                "notifications.endpoints[0].timeout",
             ),
             (
                 "url: http://x/e\n      ignore: {actions: [pul]}",
-                "notifications.endpoints.0.ignore.actions",
+                "notifications.endpoints[0].ignore.actions",
             ),
             (
                 "url: http://x/e\n    - name: a\n      url: http://y/e",
-                "notifications.endpoints.1.name",
+                "notifications.endpoints[1].name",
             ),
         ] {
             let text = format!("notifications:\n  endpoints:\n    - name: a\n      {yaml}\n");
@@ -1327,7 +1427,7 @@ mod tests {
         assert_eq!(pp.command.as_deref(), Some("rpmsign --addsign \"$@\""));
         assert_eq!(pp.filter.as_deref(), Some("\\.rpm$"));
         assert!(l.unknown_keys.is_empty(), "{:?}", l.unknown_keys);
-        assert_eq!(pp.timeout, "10m");
+        assert_eq!(pp.timeout, Duration::from_secs(600));
         let d = Config::load(None, env(&[])).unwrap().config;
         assert!(d.artifacts.post_process.command.is_none());
         let e = Config::from_yaml(
@@ -1347,5 +1447,75 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration(".5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(5400),
+            Duration::from_millis(1500),
+            Duration::from_nanos(1),
+            Duration::from_nanos(3_600_000_001_001),
+            MAX_DURATION,
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{d:?}");
+        }
+    }
+
+    /// Values that once panicked (float overflow, addition overflow) are errors now,
+    /// in the parser and in every configuration key that holds a duration.
+    #[test]
+    fn extreme_durations_are_errors_not_panics() {
+        let max = format!("{}ns", MAX_DURATION.as_nanos());
+        assert_eq!(parse_duration(&max).unwrap(), MAX_DURATION);
+        for bad in [
+            "99999999999999999999h",
+            "10000000000000000000s10000000000000000000s",
+            "18446744073709551615s",
+            "9223372036854775808ns",
+            "9223372036s9223372036s",
+            "106752d",
+            "1e400h",
+            "340282366920938463463374607431768211456ns",
+            "1..5s",
+            ".s",
+            "h",
+            "-5s",
+            "5s-",
+            "\u{0}s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        for key in [
+            "http:\n  draintimeout: {v}\n",
+            "gc:\n  grace: {v}\n",
+            "gc:\n  interval: {v}\n",
+            "gc:\n  pending_ttl: {v}\n",
+            "maintenance:\n  tick: {v}\n",
+            "maintenance:\n  status_interval: {v}\n",
+            "maintenance:\n  tasks:\n    gc:\n      time_limit: {v}\n",
+            "uploads:\n  max_age: {v}\n",
+            "artifacts:\n  post_process:\n    timeout: {v}\n",
+            "health:\n  shutdown_delay: {v}\n",
+            "health:\n  storagedriver:\n    interval: {v}\n",
+            "health:\n  storagedriver:\n    timeout: {v}\n",
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://127.0.0.1:1/\n    timeout: {v}\n",
+            "notifications:\n  endpoints:\n  - name: a\n    url: http://127.0.0.1:1/\n    backoff: {v}\n",
+            "storage:\n  maintenance:\n    uploadpurging:\n      age: {v}\n",
+            "retention:\n  images:\n  - untagged_older_than: {v}\n",
+        ] {
+            let yaml = key.replace("{v}", "'99999999999999999999h'");
+            let e = Config::from_yaml(&yaml, "t", env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("configuration key "), "{e}");
+            assert!(e.contains("too large") && !e.contains('\n'), "{e}");
+        }
+        let e = Config::from_yaml("", "t", env(&[("REGISTRY_GC_GRACE", "1e9999h")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gc.grace"), "{e}");
+        let l = Config::from_yaml("gc:\n  grace: 90m\n", "t", env(&[])).unwrap();
+        assert_eq!(l.config.gc.grace, Duration::from_secs(5400));
     }
 }

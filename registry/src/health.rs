@@ -14,14 +14,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::config::{Config, parse_duration};
+use crate::config::Config;
 use crate::storage::{FsDriver, PathSpec, path_for};
 
 /// The readiness state of one server.
@@ -52,8 +51,7 @@ impl Health {
         if !c.enabled {
             return;
         }
-        let every = parse_duration(&c.interval).unwrap_or(Duration::from_secs(10));
-        let timeout = parse_duration(&c.timeout).unwrap_or(Duration::from_secs(5));
+        let (every, timeout) = (c.interval, c.timeout);
         let me = self.clone();
         tokio::spawn(async move {
             loop {

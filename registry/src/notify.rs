@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
 use crate::api::telemetry::{RequestSink, RouteKind, Summary};
-use crate::config::{Config, EndpointConfig, parse_duration};
+use crate::config::{Config, EndpointConfig};
 use crate::metrics::{EndpointLabels, EndpointStatusLabels, Metrics};
 use crate::storage::{PathSpec, path_for};
 use crate::store::Store;
@@ -422,9 +422,9 @@ impl Endpoint {
             name: c.name.clone(),
             url: c.url.parse().unwrap_or_default(),
             headers,
-            timeout: parse_duration(&c.timeout).unwrap_or(Duration::from_secs(1)),
+            timeout: c.timeout,
             threshold: c.threshold.max(1),
-            backoff: parse_duration(&c.backoff).unwrap_or(Duration::from_secs(1)),
+            backoff: c.backoff,
             ignored_media_types,
             ignored_actions: c.ignore.actions.clone(),
             limit: c.queue_limit,
@@ -581,7 +581,9 @@ impl Endpoint {
                 let wait = if failures < self.threshold {
                     Duration::from_millis(50 * u64::from(failures))
                 } else {
-                    self.backoff * (1u32 << (failures - self.threshold).min(6))
+                    self.backoff
+                        .checked_mul(1u32 << (failures - self.threshold).min(6))
+                        .unwrap_or(crate::config::MAX_DURATION)
                 };
                 tokio::time::sleep(wait).await;
                 continue;

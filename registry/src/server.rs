@@ -27,12 +27,12 @@ pub fn state_from_config(config: &Config) -> AppState {
         StoreOptions {
             manifest_max_bytes: config.oci.manifest_max_bytes,
             mount_without_from: config.oci.mount_without_from,
-            pending_ttl: crate::config::parse_duration(&config.gc.pending_ttl)
-                .unwrap_or(Duration::from_secs(3600)),
+            pending_ttl: config.gc.pending_ttl,
             post_process: crate::artifacts::PostProcess::from_config(
                 &config.artifacts.post_process,
             ),
             direct_writes: config.storage.filesystem.directwrites,
+            max_uploads: config.oci.max_uploads,
         },
     );
     let mut extra = Vec::new();

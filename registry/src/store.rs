@@ -25,6 +25,8 @@ pub struct StoreOptions {
     pub post_process: Option<crate::artifacts::PostProcess>,
     /// Write large upload bodies with `O_DIRECT`, past the page cache.
     pub direct_writes: bool,
+    /// Upload bodies received at once; past it, `429 TOOMANYREQUESTS`.
+    pub max_uploads: usize,
 }
 
 impl Default for StoreOptions {
@@ -35,6 +37,7 @@ impl Default for StoreOptions {
             pending_ttl: std::time::Duration::from_secs(3600),
             post_process: None,
             direct_writes: false,
+            max_uploads: 256,
         }
     }
 }
@@ -49,6 +52,11 @@ pub struct Store {
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
     /// Serialises the writes of one tag (push, delete, retention's conditional delete).
     pub(crate) tag_locks: Arc<TagLocks>,
+    /// The threads that write and hash upload bodies (never tokio's blocking pool, so
+    /// reads never queue behind uploads).
+    pub(crate) writers: Arc<crate::storage::append::WriterPool>,
+    /// One permit per upload body being received (`max_uploads`).
+    pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Striped locks over `repository:tag`: a tag's writes take its stripe, so a remover
@@ -84,6 +92,10 @@ impl Store {
             cache: Arc::new(Cache::default()),
             artifacts: Arc::default(),
             tag_locks: Arc::default(),
+            writers: Arc::new(crate::storage::append::WriterPool::new(
+                crate::storage::append::WriterPool::default_threads(),
+            )),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(options.max_uploads.max(1))),
             options: Arc::new(options),
         }
     }

@@ -1,6 +1,12 @@
 //! Blob upload sessions: `_uploads/<uuid>/{data,startedat}` in Distribution's layout, so
-//! a session survives a restart. Bodies stream through a bounded channel to a blocking
-//! worker that appends and hashes in one pass; nothing holds a whole blob in memory.
+//! a session survives a restart. A body is received on the async side in batches of
+//! about 1 MiB; each full batch is written and hashed on the uploads' writer pool
+//! (`storage::append`) while the next one arrives, so a slow client holds no thread,
+//! and nothing holds a whole blob in memory. At most `oci.max_uploads` bodies are
+//! received at once; past that a request is answered `429 TOOMANYREQUESTS`. The
+//! session's lock and the upload's slot travel with the batch being written: a request
+//! dropped mid-body (client gone) releases them only once its writer has let go of the
+//! file.
 //! The running sha256 state is kept in memory next to the offset it covers; when it is
 //! missing (after a restart) it is rebuilt by re-reading the data file once.
 //!
@@ -16,19 +22,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::{Stream, StreamExt};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit};
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::hooks::Point;
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
-use crate::storage::append::Appender;
+use crate::storage::append::{Appender, BATCH_BYTES, BATCH_FRAMES};
 use crate::storage::{self, PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
-
-/// Frames in flight between the request body and the writer thread.
-const CHANNEL_FRAMES: usize = 16;
 
 /// In-memory state of live sessions, keyed by repository and upload id.
 #[derive(Default)]
@@ -37,7 +40,7 @@ pub struct Sessions {
 }
 
 #[derive(Default)]
-struct SessionState {
+pub(crate) struct SessionState {
     /// sha256 of the first `.0` bytes of the data file.
     hasher: Option<(u64, Hasher)>,
 }
@@ -66,7 +69,66 @@ fn parse_id(id: &str) -> Result<String> {
 }
 
 fn io_err(e: io::Error) -> Error {
-    Error::Internal(e.to_string())
+    Error::from_io(e)
+}
+
+/// A session's lock, owned so that it can travel with the writer.
+type SessionGuard = OwnedMutexGuard<SessionState>;
+
+/// What a batch's write carries to the pool thread and back. Fields drop in order: the
+/// appender first (releasing any reserved blocks), then the lock and the slot.
+struct Writer {
+    appender: Appender,
+    session: SessionGuard,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The batch being received.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, b: Bytes) {
+        self.bytes += b.len();
+        self.frames.push(b);
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.frames.len() >= BATCH_FRAMES
+    }
+}
+
+/// A batch on the pool: its write and its hash run side by side.
+struct Inflight {
+    write: futures::future::BoxFuture<'static, io::Result<(Writer, io::Result<()>)>>,
+    hash: futures::future::BoxFuture<'static, io::Result<Hasher>>,
+}
+
+/// How a batch ended (short-lived, one at a time: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Landed {
+    Done(Writer, Hasher),
+    /// The write failed; the writer (and the lock) are back.
+    WriteFailed(Writer, io::Error),
+    /// A pool thread failed: the writer, and the lock with it, are gone.
+    Lost(io::Error),
+}
+
+impl Inflight {
+    async fn land(self) -> Landed {
+        match tokio::join!(self.write, self.hash) {
+            (Ok((w, Ok(()))), Ok(h)) => Landed::Done(w, h),
+            (Ok((w, Err(e))), _) => Landed::WriteFailed(w, e),
+            (Ok((w, Ok(()))), Err(e)) => {
+                drop(w);
+                Landed::Lost(e)
+            }
+            (Err(e), _) => Landed::Lost(e),
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -152,7 +214,7 @@ impl Store {
         id: &str,
         expect_start: Option<u64>,
         body: S,
-        announced: Option<u64>,
+        _announced: Option<u64>,
     ) -> Result<(String, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -160,7 +222,7 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let mut state = session.lock().await;
+        let state = session.lock_owned().await;
         let size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
@@ -177,106 +239,206 @@ impl Store {
             });
         }
         let path = self.upload_data_path(name, &id);
-        let offset = self
-            .append_locked(path, &mut state, size, body, announced)
-            .await?;
+        let (_state, offset) = self.append_locked(path, state, size, body).await?;
         Ok((id, offset))
     }
 
+    /// Receives `body` in batches and appends them to `path` (holding `size` bytes) on
+    /// the writer pool, hashing as it goes; see the module docs. Returns the lock and
+    /// the new size. On an error the lock is released, the session's hash state matches
+    /// its file again (a failed write is cut back to `size`; a body that ended early
+    /// keeps what arrived).
     async fn append_locked<S, E>(
         &self,
         path: PathBuf,
-        state: &mut SessionState,
+        mut state: SessionGuard,
         size: u64,
         body: S,
-        announced: Option<u64>,
-    ) -> Result<u64>
+    ) -> Result<(SessionGuard, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        let Ok(slot) = self.upload_slots.clone().try_acquire_owned() else {
+            return Err(Error::TooManyRequests(format!(
+                "{} upload bodies are being received, the most this registry takes at once \
+                 (oci.max_uploads); retry shortly",
+                self.options.max_uploads
+            )));
+        };
         let hasher = match state.hasher.take() {
             Some((offset, h)) if offset == size => h,
             _ => {
                 let p = path.clone();
-                blocking(move || hash_file(&p, Algorithm::Sha256)).await?.1
+                self.writers
+                    .run(move || hash_file(&p, Algorithm::Sha256))
+                    .await
+                    .and_then(|r| r)
+                    .map_err(io_err)?
+                    .1
             }
         };
         let before = hasher.clone();
-        // Two threads per request body: one writes (see `storage::append`), one
-        // hashes; the frames are shared, not copied.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-        let wpath = path.clone();
         let direct = self.options.direct_writes;
-        let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut w = Appender::open(&wpath, size, direct, announced)?;
-            while let Some(b) = rx.blocking_recv() {
-                w.write(b)?;
+        let p = path.clone();
+        let appender = match self
+            .writers
+            .run(move || Appender::open(&p, size, direct))
+            .await
+            .and_then(|r| r)
+        {
+            Ok(a) => a,
+            Err(e) => {
+                state.hasher = Some((size, before));
+                return Err(io_err(e));
             }
-            w.finish()
-        });
-        let hasher_task = tokio::task::spawn_blocking(move || {
-            let mut h = hasher;
-            while let Some(b) = hrx.blocking_recv() {
-                h.update(&b);
-            }
-            h
-        });
+        };
+        let mut parked = Some((
+            Writer {
+                appender,
+                session: state,
+                _slot: slot,
+            },
+            hasher,
+        ));
+        let mut inflight: Option<Inflight> = None;
+        let mut batch = Batch::default();
         let mut body_error = None;
         let mut sent = 0u64;
+        let mut failure: Option<Landed> = None;
         futures::pin_mut!(body);
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(b) if b.is_empty() => {}
-                Ok(b) => {
-                    sent += b.len() as u64;
-                    if htx.send(b.clone()).await.is_err() || tx.send(b).await.is_err() {
-                        break; // a worker failed; its error is reported below
+        loop {
+            let end = match body.next().await {
+                Some(Ok(b)) => {
+                    if !b.is_empty() {
+                        sent += b.len() as u64;
+                        batch.push(b);
+                    }
+                    false
+                }
+                Some(Err(e)) => {
+                    body_error = Some(e.to_string());
+                    true
+                }
+                None => true,
+            };
+            if batch.full() || (end && !batch.frames.is_empty()) {
+                // One batch on the pool at a time: take the writer back from the last.
+                if let Some(f) = inflight.take() {
+                    match f.land().await {
+                        Landed::Done(w, h) => parked = Some((w, h)),
+                        other => {
+                            failure = Some(other);
+                            break;
+                        }
                     }
                 }
-                Err(e) => {
-                    body_error = Some(e.to_string());
+                let Some((mut w, mut h)) = parked.take() else {
                     break;
-                }
+                };
+                let frames = Arc::new(std::mem::take(&mut batch).frames);
+                let for_hash = frames.clone();
+                inflight = Some(Inflight {
+                    write: Box::pin(self.writers.submit(move || {
+                        let r = w.appender.write_batch(&frames);
+                        (w, r)
+                    })),
+                    hash: Box::pin(self.writers.submit(move || {
+                        for b in for_hash.iter() {
+                            h.update(b);
+                        }
+                        h
+                    })),
+                });
+            }
+            if end {
+                break;
             }
         }
-        drop(tx);
-        drop(htx);
-        let worker = match (writer.await, hasher_task.await) {
-            (Ok(Ok(n)), Ok(h)) if n == sent => Ok(Ok((h, n))),
-            (Ok(Ok(_)), _) => Ok(Err(io::Error::other("the hashing thread stopped early"))),
-            (Ok(Err(e)), _) => Ok(Err(e)),
-            (Err(e), _) => Err(e),
+        if let Some(f) = inflight.take() {
+            match f.land().await {
+                Landed::Done(w, h) => parked = Some((w, h)),
+                other => failure = failure.or(Some(other)),
+            }
+        }
+        let (w, h) = match (failure, parked) {
+            (None, Some((w, h))) => (w, h),
+            (Some(Landed::WriteFailed(w, e)), _) => {
+                return Err(self.undo(w, &path, size, before, e).await);
+            }
+            (Some(Landed::Lost(e)), _) => return Err(io_err(e)),
+            _ => return Err(Error::Internal("an upload lost its writer".into())),
         };
-        match worker {
-            Ok(Ok((h, n))) => {
-                state.hasher = Some((size + n, h));
-                match body_error {
-                    Some(e) => Err(Error::BlobUploadInvalid(format!(
-                        "request body ended early after {n} bytes ({e}); the session keeps them"
-                    ))),
-                    None => Ok(size + n),
-                }
+        let finished = self
+            .writers
+            .run(move || {
+                let Writer {
+                    appender,
+                    session,
+                    _slot,
+                } = w;
+                let mut appender = appender;
+                let r = appender.finish_in_place();
+                (
+                    Writer {
+                        appender,
+                        session,
+                        _slot,
+                    },
+                    r,
+                )
+            })
+            .await
+            .map_err(io_err)?;
+        let mut w = match finished {
+            (w, Ok(n)) if n == sent => w,
+            (w, Ok(n)) => {
+                let e = io::Error::other(format!("wrote {n} of {sent} bytes"));
+                return Err(self.undo(w, &path, size, before, e).await);
             }
-            failed => {
-                // Undo a partial write so the data file matches the hash state again.
-                let p = path.clone();
-                blocking(move || {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)?
-                        .set_len(size)
-                })
-                .await?;
-                state.hasher = Some((size, before));
-                Err(match failed {
-                    Ok(Err(e)) => io_err(e),
-                    Err(e) => Error::internal(e),
-                    Ok(Ok(_)) => Error::Internal("unreachable".into()),
-                })
-            }
+            (w, Err(e)) => return Err(self.undo(w, &path, size, before, e).await),
+        };
+        w.session.hasher = Some((size + sent, h));
+        let Writer {
+            appender, session, ..
+        } = w;
+        drop(appender);
+        match body_error {
+            Some(e) => Err(Error::BlobUploadInvalid(format!(
+                "request body ended early after {sent} bytes ({e}); the session keeps them"
+            ))),
+            None => Ok((session, size + sent)),
         }
+    }
+
+    /// A failed write: cut the data file back to `size` (what the hash state `before`
+    /// covers) on the pool, then release the lock.
+    async fn undo(&self, w: Writer, path: &Path, size: u64, before: Hasher, e: io::Error) -> Error {
+        let p = path.to_owned();
+        let cut = self
+            .writers
+            .run(move || {
+                let Writer {
+                    appender,
+                    mut session,
+                    _slot,
+                } = w;
+                drop(appender);
+                let r = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(size));
+                if r.is_ok() {
+                    session.hasher = Some((size, before));
+                }
+                r
+            })
+            .await
+            .and_then(|r| r);
+        if let Err(cut) = cut {
+            tracing::error!(error = %cut, path = %path.display(), "cannot cut a failed upload back");
+        }
+        io_err(e)
     }
 
     /// Appends an optional last chunk, verifies `digest`, and moves the data into the pool
@@ -287,7 +449,7 @@ impl Store {
         id: &str,
         digest: &Digest,
         body: Option<S>,
-        announced: Option<u64>,
+        _announced: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -295,7 +457,7 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let mut state = session.lock().await;
+        let mut state = session.lock_owned().await;
         let mut size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
@@ -305,9 +467,7 @@ impl Store {
         };
         let path = self.upload_data_path(name, &id);
         if let Some(body) = body {
-            size = self
-                .append_locked(path.clone(), &mut state, size, body, announced)
-                .await?;
+            (state, size) = self.append_locked(path.clone(), state, size, body).await?;
         }
         let computed = data_digest(&path, size, &state, digest.algorithm()).await?;
         if &computed != digest {
@@ -459,12 +619,12 @@ impl Store {
         }
         let p = data.clone();
         blocking(move || std::fs::File::create(p).map(drop)).await?;
-        let mut state = SessionState {
+        let state = Arc::new(Mutex::new(SessionState {
             hasher: Some((0, Hasher::new(Algorithm::Sha256))),
-        };
-        let size = self
-            .append_locked(data.clone(), &mut state, 0, body, None)
-            .await?;
+        }))
+        .lock_owned()
+        .await;
+        let (state, size) = self.append_locked(data.clone(), state, 0, body).await?;
         let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
         let computed = data_digest(&data, size, &state, algorithm).await?;
         if let Some(expected) = expected

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use registry::Store;
-use registry::config::{Config, parse_duration};
+use registry::config::Config;
 use registry::storage::{PathSpec, path_for};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -188,7 +188,7 @@ impl Maintenance {
             .into_iter()
             .filter(|t| {
                 let c = t.config(&self.inner.config);
-                if !c.enabled {
+                if !t.enabled(&self.inner.config) {
                     return false;
                 }
                 if let Some(s) = schedule {
@@ -209,6 +209,14 @@ impl Maintenance {
                 };
                 due && threshold
             })
+            .collect()
+    }
+
+    /// The tasks a run of "every task" runs: the enabled ones.
+    pub fn enabled_tasks(&self) -> Vec<Task> {
+        Task::ALL
+            .into_iter()
+            .filter(|t| t.enabled(&self.inner.config))
             .collect()
     }
 
@@ -312,8 +320,7 @@ impl Maintenance {
         }
         let started = SystemTime::now();
         let t0 = Instant::now();
-        let limit = parse_duration(&task.config(&self.inner.config).time_limit)
-            .unwrap_or(Duration::from_secs(3600));
+        let limit = task.config(&self.inner.config).time_limit;
         let result = tokio::time::timeout(limit, self.execute(task, dry_run)).await;
         drop(heavy);
         drop(slot);
@@ -461,8 +468,7 @@ impl Maintenance {
     /// schedule began, so a task that never ran waits one period from then instead of
     /// every task running at the first tick (a start-up cycle is `gc.on_startup`'s).
     pub fn start(&self) {
-        let tick =
-            parse_duration(&self.inner.config.maintenance.tick).unwrap_or(Duration::from_secs(30));
+        let tick = self.inner.config.maintenance.tick;
         let me = self.clone();
         tokio::spawn(async move {
             me.begin_schedule().await;
@@ -479,8 +485,7 @@ impl Maintenance {
                 }
             }
         });
-        let every = parse_duration(&self.inner.config.maintenance.status_interval)
-            .unwrap_or(Duration::from_secs(300));
+        let every = self.inner.config.maintenance.status_interval;
         let me = self.clone();
         tokio::spawn(async move {
             loop {

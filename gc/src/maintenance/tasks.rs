@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use registry::config::{Config, parse_duration};
+use registry::config::Config;
 use registry::inventory::BlobHealth;
 use registry::{Digest, Store};
 use serde::Serialize;
@@ -96,13 +96,13 @@ pub async fn retention(
     // repositories it matches, with its age as the grace period. It is the collector's
     // own manifest phase, so it marks, claims and keeps what writes hold the same way.
     for policy in &config.retention.images {
-        let Some(age) = &policy.untagged_older_than else {
+        let Some(age) = policy.untagged_older_than else {
             continue;
         };
         let opts = Options {
             dry_run,
             remove_untagged: true,
-            grace: parse_duration(age)?,
+            grace: age,
             workers: config.gc.workers,
         };
         let scope = Scope {
@@ -133,7 +133,7 @@ pub async fn purge_uploads(
     config: &Config,
     dry_run: bool,
 ) -> Result<UploadsSummary, String> {
-    let max_age = parse_duration(&config.uploads.max_age)?;
+    let max_age = config.uploads.max_age;
     let now = SystemTime::now();
     let mut out = UploadsSummary {
         max_age_seconds: max_age.as_secs_f64(),

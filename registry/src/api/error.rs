@@ -43,8 +43,14 @@ pub enum Error {
     Denied,
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
-    #[error("too many requests")]
-    TooManyRequests,
+    /// A bound on concurrent work was reached (uploads, manifest bodies); answered
+    /// with `Retry-After`.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
+    /// The storage has no space left (ENOSPC, EDQUOT): the client is told so, with a
+    /// 5xx status, instead of a bare internal error.
+    #[error("the registry is out of storage space: {0}")]
+    StorageFull(String),
     #[error("invalid number of results requested: {0}")]
     PaginationNumberInvalid(String),
     #[error("not found")]
@@ -82,7 +88,8 @@ impl Error {
             Error::Unauthorized => "UNAUTHORIZED",
             Error::Denied => "DENIED",
             Error::Unsupported(_) => "UNSUPPORTED",
-            Error::TooManyRequests => "TOOMANYREQUESTS",
+            Error::TooManyRequests(_) => "TOOMANYREQUESTS",
+            Error::StorageFull(_) => "UNKNOWN",
             Error::PaginationNumberInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::NotFound => "NOT_FOUND",
             Error::Conflict(_) => "DENIED",
@@ -112,7 +119,8 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Denied => StatusCode::FORBIDDEN,
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Internal(_) | Error::PostProcessFailed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -137,10 +145,33 @@ impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Error {
         Error::Internal(e.to_string())
     }
+
+    /// An I/O error: out of space is the client's business ([`Error::StorageFull`]),
+    /// anything else is internal.
+    pub fn from_io(e: std::io::Error) -> Error {
+        if is_out_of_space(&e) {
+            Error::StorageFull(
+                "no space left on the device; the upload keeps what was written before".into(),
+            )
+        } else {
+            Error::Internal(e.to_string())
+        }
+    }
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Error {
+        if let StorageError::Io { source, .. } = &e
+            && is_out_of_space(source)
+        {
+            tracing::error!(error = %e, "out of storage space");
+            return Error::StorageFull("no space left on the device".into());
+        }
         Error::Internal(e.to_string())
     }
 }
@@ -176,6 +207,9 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Error::TooManyRequests(_) = &self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Error::RangeInvalid {
             size: Some(size), ..
         } = &self

@@ -67,7 +67,7 @@ async fn put(state: &AppState, name: RepoName, reference: Reference, req: Reques
     .map_err(|e| {
         if e.downcast_ref::<LengthLimitError>().is_some() {
             Error::ManifestTooLarge {
-                size: limit + 1,
+                size: limit.saturating_add(1),
                 limit,
             }
         } else {

@@ -31,8 +31,9 @@ fn created(name: &RepoName, digest: &Digest) -> axum::response::Response {
     )
 }
 
-/// `Content-Range: <start>-<end>` (also tolerates `bytes <start>-<end>/<total>`).
-fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
+/// `Content-Range: <start>-<end>` (also tolerates `bytes <start>-<end>/<total>`). The
+/// end is inclusive, so it is below `u64::MAX` (no upload holds 2^64 bytes).
+pub(crate) fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
     let Some(v) = header_str(headers, header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -50,7 +51,7 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
         a.trim().parse().map_err(|_| bad())?,
         b.trim().parse().map_err(|_| bad())?,
     );
-    if b < a {
+    if b < a || b == u64::MAX {
         return Err(bad());
     }
     if let Some(len) = content_length(headers)

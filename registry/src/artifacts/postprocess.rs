@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::tree::{LinkEntry, Scope};
 use super::{FilePath, FormatId, FormatMeta, ScratchDir, rfc3339};
-use crate::config::{PostProcessConfig, parse_duration};
+use crate::config::PostProcessConfig;
 use crate::digest::Digest;
 use crate::storage::paths::Scratch;
 use crate::storage::{PathSpec, path_for};
@@ -58,8 +58,7 @@ impl PostProcess {
                 }
             },
         };
-        // Checked at load; a value that does not parse falls back to the default.
-        let timeout = parse_duration(&c.timeout).unwrap_or(Duration::from_secs(600));
+        let timeout = c.timeout;
         Some(PostProcess {
             command,
             filter,

@@ -624,10 +624,22 @@ impl FsWriter {
                 self.reserve.take(),
             );
             let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-                let mut w = super::append::Appender::open(&path, base, direct, announced)?;
+                // Blocks are reserved per batch, never ahead of the data (storage::append).
+                let _ = announced;
+                let mut w = super::append::Appender::open(&path, base, direct)?;
+                let (mut batch, mut bytes) = (Vec::new(), 0usize);
                 while let Some(b) = rx.blocking_recv() {
-                    w.write(b)?;
+                    bytes += b.len();
+                    batch.push(b);
+                    if bytes >= super::append::BATCH_BYTES
+                        || batch.len() >= super::append::BATCH_FRAMES
+                    {
+                        w.write_batch(&batch)?;
+                        batch.clear();
+                        bytes = 0;
+                    }
                 }
+                w.write_batch(&batch)?;
                 w.finish()
             });
             let hasher = tokio::task::spawn_blocking(move || {

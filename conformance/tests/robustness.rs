@@ -1,0 +1,280 @@
+//! Slow and hostile clients (issue 16): extreme values in every parser of client input,
+//! HTTP framing the server must refuse, stalled connections and bodies, the bound on
+//! concurrent uploads, a full disk. Each test talks to the real server over loopback;
+//! the wire-level ones use raw sockets, since a client library would not send what they
+//! send.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use conformance::*;
+
+/// `grace` values that made `parse_duration` panic (the connection closed with no answer)
+/// are refused with 400 and a message; the server keeps answering.
+#[tokio::test]
+async fn extreme_gc_grace_is_refused_not_a_crash() {
+    let s = TestServer::start().await;
+    for grace in [
+        "99999999999999999999h",
+        "10000000000000000000s10000000000000000000s",
+        "18446744073709551615s",
+    ] {
+        let r = raw_request(
+            &s,
+            &format!(
+                "POST /admin/gc?wait=true&dry_run=true&grace={grace} HTTP/1.1\nHost: {}\nContent-Length: 0\nConnection: close",
+                s.host()
+            ),
+            b"",
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no answer for grace={grace}"));
+        assert_eq!(r.status, 400, "grace={grace}: {:?}", r.body);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(body.contains("too large"), "{body}");
+    }
+    let r = raw_get(&s, "GET", "/v2/").await;
+    assert_eq!(r.status, 200);
+}
+
+/// `Content-Range: 0-18446744073709551615` overflowed `end - start + 1`.
+#[tokio::test]
+async fn extreme_content_range_is_range_invalid() {
+    let s = TestServer::start().await;
+    let c = client();
+    for range in [
+        "0-18446744073709551615",
+        "18446744073709551615-18446744073709551615",
+        "0-99999999999999999999",
+        "5-4",
+        "-1-3",
+    ] {
+        let url = start_session(&c, &s, "r/x").await;
+        let loc = url.strip_prefix(&s.base).unwrap_or(&url);
+        let r = raw_request(
+            &s,
+            &format!(
+                "PATCH {loc} HTTP/1.1\nHost: {}\nContent-Range: {range}\nContent-Length: 1\nConnection: close",
+                s.host()
+            ),
+            b"a",
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no answer for Content-Range {range}"));
+        r.check_error(416, &["RANGE_INVALID"]);
+    }
+    // A Range beyond any size on a blob GET, and a huge suffix.
+    let d = push_blob(&c, &s, "r/x", b"hello").await;
+    for range in [
+        "bytes=18446744073709551615-",
+        "bytes=0-18446744073709551615",
+        "bytes=-18446744073709551615",
+        "bytes=99999999999999999999-",
+    ] {
+        let r = c
+            .get(s.url(&format!("/v2/r/x/blobs/{d}")))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [206, 416].contains(&r.status().as_u16()),
+            "{range}: {}",
+            r.status()
+        );
+    }
+}
+
+/// `gc.enabled: false` stops every cycle that starts by itself: no timer (the clock is
+/// paused and moved past three intervals), no startup cycle, no maintenance gc task.
+#[tokio::test(start_paused = true)]
+async fn gc_disabled_starts_no_cycle_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = test_config(root.path());
+    config.gc.enabled = false;
+    config.gc.interval = Duration::from_secs(60);
+    config.maintenance.enabled = false;
+    let state = registry::server::state_from_config(&config);
+    let online = gc::online::app(state, &config);
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(61)).await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let st = online.cleaner.status();
+    assert!(!st.running && st.cycles == 0, "a cycle ran: {st:?}");
+    assert!(!online.cleaner.schedule(), "a cycle was scheduled");
+    let due = online.maintenance.due(None, false);
+    assert!(!due.contains(&gc::maintenance::Task::Gc), "{due:?}");
+    // An explicit run still collects.
+    let report = online
+        .cleaner
+        .run_now(online.cleaner.options())
+        .await
+        .unwrap();
+    assert_eq!(report.blobs_removed, 0);
+}
+
+/// With `gc.enabled: false`, SIGUSR1 (`systemctl reload`) must not kill the server: it
+/// is handled and logged. The SIGTERM sent after it then ends the server gracefully;
+/// had SIGUSR1 no handler, the process would have died of it (signal 10).
+#[test]
+fn sigusr1_with_gc_disabled_does_not_kill_the_server() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\ngc:\n  enabled: false\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut server = ServerProcess::spawn(&cfg);
+    let pid = server.child.id() as i32;
+    // SAFETY: signals to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server.child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        None,
+        "the server died of a signal: {status:?}"
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+/// Opens a connection that sends a request head announcing `announced` body bytes, then
+/// `sent` of them, and holds it open (the returned socket).
+async fn stalled_body(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    announced: usize,
+    sent: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {announced}\r\n\r\n",
+        s.host()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&vec![b'x'; sent]).await.unwrap();
+    sock.flush().await.unwrap();
+    sock
+}
+
+/// The path of a session URL (`/v2/...?...`).
+fn path_of(s: &TestServer, url: &str) -> String {
+    url.strip_prefix(&s.base).unwrap_or(url).to_owned()
+}
+
+/// 300 uploads that stall mid-body hold no threads: past `oci.max_uploads` the next
+/// one is answered 429 with Retry-After (not left hanging), and blob GETs, manifest
+/// GETs and new sessions are answered while the stalled ones hold their connections.
+/// (Before, each stalled body held two blocking threads, and at 256 of them every
+/// request that touched the disk waited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_neither_freeze_reads_nor_pile_up() {
+    const HELD: usize = 300;
+    let s = TestServer::start_with(|c| c.oci.max_uploads = HELD).await;
+    let c = client();
+    let (manifest, _) = push_image(&c, &s, "r/img", "v1", 7, 2).await;
+    let blob = push_blob(&c, &s, "r/img", b"readable while uploads stall").await;
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let url = start_session(&c, &s, "r/up").await;
+        held.push(stalled_body(&s, "PATCH", &path_of(&s, &url), 1 << 20, 100).await);
+    }
+    // Once every stalled body holds its slot, one more upload is refused at once.
+    let mut refused = None;
+    for _ in 0..200 {
+        let url = start_session(&c, &s, "r/up").await;
+        let r = c
+            .patch(&url)
+            .header("content-type", "application/octet-stream")
+            .body(vec![1u8; 10])
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = refused.expect("no 429 past oci.max_uploads stalled uploads");
+    assert_eq!(hdr(&r, "retry-after"), "1");
+    let body = expect_error(r, 429, "TOOMANYREQUESTS").await;
+    assert!(body.to_string().contains("oci.max_uploads"), "{body}");
+    // Reads and new sessions are answered while all of them stall.
+    let answered = async {
+        let r = c
+            .get(s.url(&format!("/v2/r/img/blobs/{blob}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            &r.bytes().await.unwrap()[..],
+            b"readable while uploads stall"
+        );
+        let r = c
+            .get(s.url(&format!("/v2/r/img/manifests/{manifest}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        start_session(&c, &s, "r/other").await;
+    };
+    tokio::time::timeout(Duration::from_secs(120), answered)
+        .await
+        .expect("reads hung behind stalled uploads");
+    drop(held);
+}
+
+/// A client that announces a large body, sends a little and stalls holds no disk
+/// blocks beyond what it sent (the writes used to reserve 64 MiB ahead of the data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_reserves_no_disk_ahead_of_its_data() {
+    use std::os::unix::fs::MetadataExt;
+    let s = TestServer::start().await;
+    let c = client();
+    let url = start_session(&c, &s, "r/res").await;
+    let id = url
+        .split('/')
+        .next_back()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let sent = (1 << 20) + 1;
+    let _held = stalled_body(&s, "PATCH", &path_of(&s, &url), 512 << 20, sent).await;
+    let data = repo_dir(s.root(), "r/res").join(format!("_uploads/{id}/data"));
+    // The first MiB is written once the server has it; the last byte waits for more.
+    assert!(
+        eventually(|| std::fs::metadata(&data).is_ok_and(|m| m.len() >= 1 << 20)).await,
+        "the first MiB never reached the file: {:?}",
+        std::fs::metadata(&data).map(|m| m.len())
+    );
+    let m = std::fs::metadata(&data).unwrap();
+    let allocated = m.blocks() * 512;
+    assert!(
+        allocated <= m.len() + (64 << 10),
+        "{allocated} bytes allocated for {} bytes received",
+        m.len()
+    );
+}
