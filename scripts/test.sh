@@ -61,6 +61,11 @@ log="$TARGET/test-output.log"
 set +e
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+echo "== conformance workflows again, with authentication on (htpasswd + access policy)"
+DRYDOCK_TEST_AUTH=htpasswd cargo test -p conformance --no-fail-fast --test pull --test push \
+  --test discovery --test management --test artifacts -- --test-threads=2 2>&1 | tee -a "$log"
+auth_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$auth_status
 set -e
 # One line of totals over every test binary ("test result: ok. 12 passed; 0 failed; 1 ignored; ...").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

@@ -244,6 +244,11 @@ async fn drain_on_signal(
 }
 
 async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    if config.http.tls.is_some() {
+        bail!(
+            "configuration key http.tls: TLS is not served by this build yet; terminate TLS in a proxy"
+        );
+    }
     gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
     let root = config.storage.filesystem.rootdirectory.clone();
     std::fs::create_dir_all(&root)
@@ -277,7 +282,24 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
         cleaner,
         maintenance,
         health,
-    } = gc::online::app(state, &config);
+        auth,
+    } = gc::online::app(state, &config).map_err(anyhow::Error::msg)?;
+    warn_if_exposed(&config, local);
+    {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut s) => {
+                    while s.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading credentials and keys");
+                        auth.reload();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+            }
+        });
+    }
     if let Some(addr) = config.debug_addr() {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -313,12 +335,9 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
             }
         });
     }
-    gc::admin::serve_socket(
-        admin_socket(&root),
-        gc::admin::router(cleaner, maintenance, false),
-    )
-    .await
-    .context("cannot open the admin socket")?;
+    gc::admin::serve_socket(admin_socket(&root), gc::admin::router(cleaner, maintenance))
+        .await
+        .context("cannot open the admin socket")?;
     let shutdown = shutdown_signal()?;
     tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
     // The listener is bound (or was passed) and accepts into its backlog from here on.
@@ -335,6 +354,28 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     let _ = std::fs::remove_file(admin_socket(&root));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start-up warning when the registry is reachable from other hosts without TLS or
+/// without authentication.
+fn warn_if_exposed(config: &Config, local: std::net::SocketAddr) {
+    if local.ip().is_loopback() {
+        return;
+    }
+    if config.http.tls.is_none() {
+        tracing::warn!(
+            addr = %local,
+            "SECURITY: listening on a non-loopback address WITHOUT TLS: credentials and \
+             content cross the network in clear (set http.tls, or terminate TLS in a proxy)"
+        );
+    }
+    if !config.auth.enabled() {
+        tracing::warn!(
+            addr = %local,
+            "SECURITY: listening on a non-loopback address WITHOUT AUTHENTICATION: anyone \
+             who can connect may push, pull and delete (set auth.htpasswd or auth.token)"
+        );
+    }
 }
 
 struct GcArgs {

@@ -3,6 +3,8 @@
 //! content. Nothing here is mocked: requests go over loopback TCP to the real router and
 //! the real filesystem store.
 
+pub mod auth;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,7 +39,36 @@ pub fn test_config(root: &Path) -> Config {
     config.storage.filesystem.rootdirectory = root.to_path_buf();
     config.http.addr = "127.0.0.1:0".into();
     config.log.accesslog.disabled = true;
+    if test_auth() {
+        // Outside the root, which tests inspect; one folder per test process.
+        static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let file = DIR.get_or_init(|| {
+            let d = std::env::temp_dir().join(format!("drydock-test-auth-{}", std::process::id()));
+            std::fs::create_dir_all(&d).expect("auth test folder");
+            let f = d.join("htpasswd");
+            auth::write_htpasswd(&f, &[auth::ADMIN, auth::ALICE, auth::READER]);
+            f
+        });
+        auth::use_htpasswd(&mut config, file.clone());
+    }
     config
+}
+
+/// Whether the suite runs with authentication on (`DRYDOCK_TEST_AUTH=htpasswd`): every
+/// server then requires htpasswd credentials with [`auth::POLICY`], and [`client`] and
+/// the raw requests of the tests authenticate as [`auth::ALICE`]. `scripts/test.sh`
+/// runs the conformance workflows once without and once with it.
+pub fn test_auth() -> bool {
+    match std::env::var("DRYDOCK_TEST_AUTH").as_deref() {
+        Ok("htpasswd") => true,
+        Ok("") | Err(_) => false,
+        Ok(other) => panic!("DRYDOCK_TEST_AUTH={other:?}: only htpasswd is known"),
+    }
+}
+
+/// The `Authorization` header tests send when [`test_auth`] is on.
+pub fn test_authorization() -> Option<String> {
+    test_auth().then(|| auth::basic(auth::ALICE))
 }
 
 impl TestServer {
@@ -68,7 +99,14 @@ impl TestServer {
             cleaner,
             maintenance,
             ..
-        } = gc::online::app(state, &config);
+        } = gc::online::app(state, &config).expect("the test configuration loads");
+        // The admin API is the CLI's through the socket in the root, as in the binary.
+        gc::admin::serve_socket(
+            gc::lock::admin_socket(root.path()),
+            gc::admin::router(cleaner.clone(), maintenance.clone()),
+        )
+        .await
+        .expect("admin socket");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(registry::server::serve(
             listener,
@@ -89,6 +127,12 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// `METHOD path` on the admin socket in the root (the CLI's channel); the status and
+    /// the JSON body.
+    pub async fn admin(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        admin(self.root(), method, path).await
     }
 
     /// The storage root directory.
@@ -127,10 +171,33 @@ impl Drop for TestServer {
     }
 }
 
+/// `METHOD path` on the admin socket of the server that owns `root`; the status and
+/// the JSON body.
+pub async fn admin(root: &Path, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = gc::admin::request(&gc::lock::admin_socket(root), method, path)
+        .await
+        .unwrap_or_else(|e| panic!("admin {method} {path}: {e}"));
+    let v = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "admin {method} {path}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status.as_u16(), v)
+}
+
 /// A plain HTTP client (no redirects followed, so `Location` headers can be checked).
 pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(a) = test_authorization() {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            a.parse().expect("header value"),
+        );
+    }
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(headers)
         .build()
         .expect("http client")
 }

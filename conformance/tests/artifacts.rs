@@ -368,8 +368,11 @@ async fn paths_cannot_escape_the_tree() {
     ] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let auth = conformance::test_authorization()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         let req = format!(
-            "PUT {raw} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+            "PUT {raw} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\nConnection: close\r\n\r\nx"
         );
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut answer = Vec::new();

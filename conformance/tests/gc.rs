@@ -22,15 +22,16 @@ async fn server() -> TestServer {
 }
 
 async fn run_gc(s: &TestServer, dry_run: bool, remove_untagged: bool, grace: &str) -> Report {
-    let r = client()
-        .post(s.url(&format!(
-            "/admin/gc?wait=true&dry_run={dry_run}&remove_untagged={remove_untagged}&grace={grace}"
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    let (status, report) = s
+        .admin(
+            "POST",
+            &format!(
+                "/admin/gc?wait=true&dry_run={dry_run}&remove_untagged={remove_untagged}&grace={grace}"
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    serde_json::from_value(report).unwrap()
 }
 
 fn d(s: &str) -> Digest {
@@ -457,26 +458,12 @@ async fn delete_schedules_a_cycle_without_waiting_for_it() {
     let s = TestServer::start_with(|c| c.gc.on_startup = false).await;
     let c = client();
     let (dgst, _) = push_image(&c, &s, "trig", "v1", 61, 1).await;
-    let before: serde_json::Value = c
-        .get(s.url("/admin/gc"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, before) = s.admin("GET", "/admin/gc").await;
     assert_eq!(before["cycles"], 0);
     delete(&s, &format!("/v2/trig/manifests/{dgst}")).await;
     let mut cycles = 0;
     for _ in 0..100 {
-        let st: serde_json::Value = c
-            .get(s.url("/admin/gc"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, st) = s.admin("GET", "/admin/gc").await;
         cycles = st["cycles"].as_u64().unwrap_or(0);
         if cycles >= 1 {
             assert!(st["last"]["repositories"].as_u64().is_some());
@@ -485,6 +472,6 @@ async fn delete_schedules_a_cycle_without_waiting_for_it() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(cycles >= 1, "no cycle ran after DELETE");
-    let r = c.post(s.url("/admin/gc")).send().await.unwrap();
-    assert_eq!(r.status(), 202);
+    let (status, _) = s.admin("POST", "/admin/gc").await;
+    assert_eq!(status, 202);
 }

@@ -61,10 +61,6 @@ fn pool_count(root: &Path) -> usize {
         .sum()
 }
 
-async fn blocking_get(url: String) -> reqwest::Response {
-    client().get(url).send().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_command_removes_garbage_and_reports_json() {
     let s = TestServer::start_with(|c| c.gc.on_startup = false).await;
@@ -146,11 +142,7 @@ async fn command_asks_the_running_server_and_a_second_server_is_refused() {
     .await
     .unwrap();
     assert_eq!(report["removed"]["blobs"][0], dgst.as_str());
-    let st: serde_json::Value = blocking_get(server.url("/admin/gc"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (_, st) = conformance::admin(&root, "GET", "/admin/gc").await;
     assert_eq!(
         st["cycles"], 1,
         "the server did not run the collection: {st}"
@@ -184,22 +176,14 @@ async fn sigusr1_schedules_a_cycle() {
     std::fs::create_dir_all(&root).unwrap();
     let cfg = write_config(dir.path(), &root, "gc:\n  on_startup: false\n");
     let server = ServerProcess::spawn(&cfg);
-    let st: serde_json::Value = blocking_get(server.url("/admin/gc"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (_, st) = conformance::admin(&root, "GET", "/admin/gc").await;
     assert_eq!(st["cycles"], 0);
     let pid = server.child.id() as i32;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let st: serde_json::Value = blocking_get(server.url("/admin/gc"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let (_, st) = conformance::admin(&root, "GET", "/admin/gc").await;
         if st["cycles"].as_u64() >= Some(1) {
             break;
         }

@@ -46,18 +46,10 @@ async fn schedules_fire_and_record_last_runs() {
         c.maintenance.tasks.uploads.schedule = "1s".into();
     })
     .await;
-    let c = client();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut runs = Vec::new();
     while Instant::now() < deadline {
-        let st: serde_json::Value = c
-            .get(s.url("/admin/maintenance"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, st) = s.admin("GET", "/admin/maintenance").await;
         if let Some(r) = st["last"].as_array().and_then(|l| l.first()).cloned() {
             if runs.last() != Some(&r["started_at"]) {
                 runs.push(r["started_at"].clone());
@@ -395,7 +387,7 @@ async fn cli_runs_go_through_the_server_that_owns_the_root() {
         &root,
         "gc:\n  on_startup: false\nmaintenance:\n  enabled: false\n",
     );
-    let server = ServerProcess::spawn(&cfg);
+    let _server = ServerProcess::spawn(&cfg);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(registry_binary())
             .args([
@@ -427,26 +419,12 @@ async fn cli_runs_go_through_the_server_that_owns_the_root() {
             .iter()
             .all(|r| r["outcome"] == "ok" && r["trigger"] == "cli")
     );
-    let st: serde_json::Value = client()
-        .get(server.url("/admin/maintenance"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, st) = conformance::admin(&root, "GET", "/admin/maintenance").await;
     assert_eq!(
         st["counters"]["finished"], 2,
         "the server did not run them: {st}"
     );
-    let gc_status: serde_json::Value = client()
-        .get(server.url("/admin/gc"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, gc_status) = conformance::admin(&root, "GET", "/admin/gc").await;
     assert_eq!(
         gc_status["cycles"], 1,
         "gc did not go through the server's collector"

@@ -101,7 +101,7 @@ async fn gc_disabled_starts_no_cycle_by_itself() {
     config.gc.interval = Duration::from_secs(60);
     config.maintenance.enabled = false;
     let state = registry::server::state_from_config(&config);
-    let online = gc::online::app(state, &config);
+    let online = gc::online::app(state, &config).unwrap();
     for _ in 0..3 {
         tokio::time::advance(Duration::from_secs(61)).await;
         for _ in 0..20 {

@@ -1,18 +1,16 @@
 //! The admin API of a server: `GET /admin/gc` (status and last report) and
 //! `POST /admin/gc` (schedule a cycle, or with `wait=true` run one and answer its
 //! report; `dry_run`, `remove_untagged` and `grace` override the configured options).
-//! On the HTTP listener it answers loopback clients only unless configured otherwise;
-//! it is also served on the root's admin socket, which the offline command uses to ask
-//! the owning server to collect instead of racing it.
+//! On the HTTP listener the auth layer lets only admins through (never by address);
+//! it is also served on the root's admin socket (owner-only), which the offline command
+//! uses to ask the owning server to collect instead of racing it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
@@ -121,22 +119,11 @@ async fn maintenance_run(State(m): State<Maintenance>, uri: axum::http::Uri) -> 
     json(StatusCode::ACCEPTED, &body)
 }
 
-/// Refuses non-loopback peers when the request came over TCP.
-async fn loopback_only(req: Request, next: Next) -> Response {
-    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
-        && !peer.ip().is_loopback()
-    {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the admin API answers loopback clients only (admin.loopback_only)".into(),
-        );
-    }
-    next.run(req).await
-}
-
-/// The admin routes. With `loopback_only`, TCP peers that are not loopback get 403.
-pub fn router(cleaner: Cleaner, maintenance: Maintenance, loopback_only_flag: bool) -> Router {
-    let r = Router::new()
+/// The admin routes. Who may reach them is the auth layer's decision
+/// (`registry::auth`): an admin over TCP, whatever router serves them; anyone who can
+/// open the owner-only socket.
+pub fn router(cleaner: Cleaner, maintenance: Maintenance) -> Router {
+    Router::new()
         .route("/admin/gc", get(gc_status).post(gc_run))
         .with_state(cleaner)
         .merge(
@@ -144,21 +131,7 @@ pub fn router(cleaner: Cleaner, maintenance: Maintenance, loopback_only_flag: bo
                 .route("/admin/maintenance", get(maintenance_status))
                 .route("/admin/maintenance/run", post(maintenance_run))
                 .with_state(maintenance),
-        );
-    guarded(r, loopback_only_flag)
-}
-
-/// `r` behind the admin access rule: every `/admin/...` route (the metrics on the main
-/// listener too) goes through here, so the rule is one place.
-pub fn guarded<S: Clone + Send + Sync + 'static>(
-    r: Router<S>,
-    loopback_only_flag: bool,
-) -> Router<S> {
-    if loopback_only_flag {
-        r.layer(middleware::from_fn(loopback_only))
-    } else {
-        r
-    }
+        )
 }
 
 /// Serves `router` on a unix socket at `path` (a stale socket file is replaced).
@@ -166,7 +139,17 @@ pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> 
     if path.exists() {
         std::fs::remove_file(&path)?;
     }
-    let listener = tokio::net::UnixListener::bind(&path)?;
+    // Bound under a temporary name, made owner-only, then renamed into place: nobody
+    // else can connect at any moment.
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, &path)?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "admin socket server stopped");

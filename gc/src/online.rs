@@ -47,12 +47,18 @@ pub struct Online {
     pub maintenance: Maintenance,
     /// Readiness: the binary turns it to draining on SIGTERM.
     pub health: Arc<registry::health::Health>,
+    /// The auth layer's state (reloaded on SIGHUP).
+    pub auth: Arc<registry::auth::Auth>,
 }
 
-/// Builds the whole application of a server: the registry API plus the admin API, with
-/// the online cleaner attached when `gc.enabled` and the maintenance scheduler started
-/// when `maintenance.enabled`. Must run inside a tokio runtime.
-pub fn app(mut state: AppState, config: &Config) -> Online {
+/// Builds the whole application of a server: the registry API plus the admin API (and
+/// the token endpoint when configured), all behind the auth layer, with the online
+/// cleaner attached when `gc.enabled` and the maintenance scheduler started when
+/// `maintenance.enabled`. Must run inside a tokio runtime. An error names the
+/// configuration key whose files could not be loaded (htpasswd, token keys).
+pub fn app(mut state: AppState, config: &Config) -> Result<Online, String> {
+    let auth = registry::auth::Auth::from_config(config)?;
+    auth.start_watching();
     let cleaner = if config.gc.enabled {
         Cleaner::start(state.store.clone(), options(config), config.gc_interval())
     } else {
@@ -83,31 +89,28 @@ pub fn app(mut state: AppState, config: &Config) -> Online {
     if config.maintenance.enabled {
         maintenance.start();
     }
-    let mut router = registry::api::router(state).merge(crate::admin::router(
-        cleaner.clone(),
-        maintenance.clone(),
-        config.admin.loopback_only,
-    ));
+    let mut router = registry::api::router(state)
+        .merge(crate::admin::router(cleaner.clone(), maintenance.clone()));
     if let (Some(m), true) = (&metrics, config.admin.metrics) {
-        router = router.merge(crate::admin::guarded(
-            metrics_router("/admin/metrics", m.clone()),
-            config.admin.loopback_only,
-        ));
+        // Under /admin/: the auth layer lets only admins through.
+        router = router.merge(metrics_router("/admin/metrics", m.clone()));
     }
     let router = telemetry::layer(
-        router.merge(registry::health::router(health.clone())),
+        auth.wrap(router)
+            .merge(registry::health::router(health.clone())),
         Telemetry {
             metrics,
             access_log: !config.log.accesslog.disabled,
             sink: notifier.map(|n| n as Arc<dyn telemetry::RequestSink>),
         },
     );
-    Online {
+    Ok(Online {
         router,
         cleaner,
         maintenance,
         health,
-    }
+        auth,
+    })
 }
 
 /// `GET path`: the metrics in Prometheus' text format.

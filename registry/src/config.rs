@@ -58,6 +58,8 @@ pub struct Config {
     pub ignore: Vec<String>,
     pub health: HealthConfig,
     pub notifications: NotificationsConfig,
+    pub auth: AuthConfig,
+    pub access: crate::access::AccessConfig,
 }
 
 /// Distribution's `notifications:` section: webhooks for push, pull, mount and delete.
@@ -176,6 +178,114 @@ pub struct FileCheck {
     /// Accepted for Distribution's format; drydock looks at the file on every `/readyz`.
     #[serde(with = "go_duration::option")]
     pub interval: Option<Duration>,
+}
+
+/// Authentication (`auth:`): Distribution's `htpasswd` and `token` sections, drydock's
+/// built-in token server and client-certificate identities. Every key is checked: an
+/// unknown one stops start-up (a security setting is never ignored).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<HtpasswdConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenConfig>,
+    /// drydock's own token service (off unless present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenserver: Option<TokenServerConfig>,
+    /// A client certificate verified against `http.tls.clientcas` names a user (its
+    /// subject's common name) for the access policy.
+    pub mtls: bool,
+}
+
+impl AuthConfig {
+    /// Whether any authentication is configured (and so the access policy applies).
+    pub fn enabled(&self) -> bool {
+        self.htpasswd.is_some() || self.token.is_some() || self.mtls
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HtpasswdConfig {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// An htpasswd file of bcrypt entries (`htpasswd -B`); re-read when it changes.
+    pub path: PathBuf,
+}
+
+fn default_realm() -> String {
+    "drydock".into()
+}
+
+/// Bearer tokens (JWTs) from a token service, Distribution's keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Where clients get tokens: an absolute URL, or a path (`/token`) that is made
+    /// absolute with the request's scheme and host.
+    pub realm: String,
+    /// The audience tokens must be issued for.
+    pub service: String,
+    /// The issuer tokens must name.
+    pub issuer: String,
+    /// PEM certificates: a token's `x5c` chain must end at one of them; a token with a
+    /// `kid` may also name one of their keys.
+    #[serde(default)]
+    pub rootcertbundle: Option<PathBuf>,
+    /// A JSON Web Key Set file whose keys are looked up by `kid`.
+    #[serde(default)]
+    pub jwks: Option<PathBuf>,
+    /// Algorithms accepted (default RS256, RS384, RS512, ES256, ES384, EdDSA, PS256…).
+    #[serde(default)]
+    pub signingalgorithms: Vec<String>,
+}
+
+/// drydock's built-in token service (`auth.tokenserver`): answers the docker token
+/// protocol at the path of `auth.token.realm`, authenticating with `auth.htpasswd` and
+/// granting what the access policy allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenServerConfig {
+    /// PKCS#8 PEM private key (EC P-256, Ed25519 or RSA) that signs tokens.
+    pub key: PathBuf,
+    /// Optional PEM certificate of that key, sent as the tokens' `x5c`.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// Lifetime of an access token (Go duration, at least 60s).
+    #[serde(default = "default_token_expiration")]
+    pub expiration: String,
+    /// Lifetime of a refresh token (`offline_token=true`, OAuth2 `refresh_token`).
+    #[serde(default = "default_refreshexpiration")]
+    pub refreshexpiration: String,
+}
+
+fn default_token_expiration() -> String {
+    "5m".into()
+}
+
+fn default_refreshexpiration() -> String {
+    "720h".into()
+}
+
+/// TLS on the listener (`http.tls`), Distribution's keys where rustls can honour them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates are verified against.
+    #[serde(default)]
+    pub clientcas: Vec<PathBuf>,
+    /// `require-and-verify-client-cert` (the default with `clientcas`) or
+    /// `verify-client-cert-if-given`.
+    #[serde(default)]
+    pub clientauth: Option<String>,
+    /// `tls1.2` (default) or `tls1.3`.
+    #[serde(default)]
+    pub minimumtls: Option<String>,
 }
 
 /// Scheduled maintenance (`maintenance:`): which tasks run, when, and how hard.
@@ -418,6 +528,11 @@ pub struct HttpConfig {
     pub prefix: String,
     /// Distribution's debug listener: metrics (and health) on a separate address.
     pub debug: DebugConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` is logged as the client
+    /// address. Never used for any access decision.
+    pub trustedproxies: Vec<std::net::IpAddr>,
 }
 
 /// `http.debug`: a second listener for operators (never exposed with the API).
@@ -458,6 +573,8 @@ impl Default for HttpConfig {
             host: String::new(),
             prefix: String::new(),
             debug: DebugConfig::default(),
+            tls: None,
+            trustedproxies: Vec::new(),
         }
     }
 }
@@ -627,17 +744,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
         Refuse("drydock has no such storage driver; it serves storage.filesystem");
     &[
         (
-            "auth",
-            Refuse(
-                "drydock does not authenticate yet, so every client would have every right \
-                 (authenticate in a reverse proxy)",
-            ),
-        ),
-        (
-            "http.tls",
-            Refuse("drydock does not terminate TLS yet; it would serve plain HTTP"),
-        ),
-        (
             "proxy",
             Refuse("drydock is not a pull-through cache; it would serve only what was pushed"),
         ),
@@ -737,8 +843,9 @@ impl Config {
         source: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Loaded, ConfigError> {
-        let file: Value =
+        let mut file: Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(source.to_owned(), e))?;
+        normalize_auth(&mut file);
         let mut tree =
             serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
                 path: String::new(),
@@ -746,6 +853,13 @@ impl Config {
             })?;
         merge(&mut tree, file);
         let mut from_env: Vec<String> = Vec::new();
+        // Shorter names first, so `REGISTRY_AUTH=htpasswd` selects the section before
+        // `REGISTRY_AUTH_HTPASSWD_PATH` fills it in, whatever the environment's order.
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("REGISTRY_"))
+            .collect();
+        env.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
         for (k, v) in env {
             if let Some(rest) = k.strip_prefix("REGISTRY_") {
                 let parts: Vec<String> = rest.split('_').map(|s| s.to_ascii_lowercase()).collect();
@@ -754,6 +868,7 @@ impl Config {
                 from_env.push(path.join("."));
             }
         }
+        normalize_auth(&mut tree);
         let mut unknown: Vec<String> = Vec::new();
         let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string().replace("?.", ""));
         let read = tree.clone();
@@ -763,6 +878,9 @@ impl Config {
                 path: e.path().to_string(),
                 message: e.inner().to_string(),
             })?;
+        crate::access::Policy::from_config(&config.access)
+            .map_err(|(path, message)| ConfigError::Key { path, message })?;
+        check_security(&config)?;
         if config.http.net != "tcp" {
             return Err(ConfigError::Key {
                 path: "http.net".into(),
@@ -988,6 +1106,119 @@ fn expand(tree: &Value, key: String, out: &mut Vec<String>) {
     }
 }
 
+/// `auth: htpasswd` (Distribution's `REGISTRY_AUTH=htpasswd`) means `auth: {htpasswd: {}}`,
+/// and an auth section given with no keys is an empty section, never "absent": an
+/// incomplete section must fail on its missing keys rather than switch auth off.
+fn normalize_auth(tree: &mut Value) {
+    let Some(map) = tree.as_mapping_mut() else {
+        return;
+    };
+    let Some(auth) = map.get_mut("auth") else {
+        return;
+    };
+    if let Value::String(kind) = auth {
+        let mut m = Mapping::new();
+        m.insert(Value::String(kind.clone()), Value::Null);
+        *auth = Value::Mapping(m);
+    }
+    if let Value::Mapping(m) = auth {
+        for (k, v) in m.iter_mut() {
+            if v.is_null() && k.as_str() != Some("mtls") {
+                *v = Value::Mapping(Mapping::new());
+            }
+        }
+    }
+}
+
+/// Checks of `auth`, `access` and `http.tls` that need more than one key.
+fn check_security(c: &Config) -> Result<(), ConfigError> {
+    let key = |path: &str, message: String| ConfigError::Key {
+        path: path.into(),
+        message,
+    };
+    if let Some(t) = &c.auth.token {
+        for (name, v) in [
+            ("realm", &t.realm),
+            ("service", &t.service),
+            ("issuer", &t.issuer),
+        ] {
+            if v.is_empty() {
+                return Err(key(
+                    &format!("auth.token.{name}"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        if t.rootcertbundle.is_none() && t.jwks.is_none() && c.auth.tokenserver.is_none() {
+            return Err(key(
+                "auth.token",
+                "needs rootcertbundle or jwks (or auth.tokenserver) to verify tokens with".into(),
+            ));
+        }
+    }
+    if let Some(ts) = &c.auth.tokenserver {
+        if c.auth.token.is_none() {
+            return Err(key(
+                "auth.tokenserver",
+                "needs auth.token (its realm, service and issuer)".into(),
+            ));
+        }
+        if c.auth.htpasswd.is_none() {
+            return Err(key(
+                "auth.tokenserver",
+                "needs auth.htpasswd to authenticate users with".into(),
+            ));
+        }
+        let exp =
+            parse_duration(&ts.expiration).map_err(|m| key("auth.tokenserver.expiration", m))?;
+        if exp < Duration::from_secs(60) {
+            return Err(key(
+                "auth.tokenserver.expiration",
+                "must be at least 60s (clients expect that much)".into(),
+            ));
+        }
+        parse_duration(&ts.refreshexpiration)
+            .map_err(|m| key("auth.tokenserver.refreshexpiration", m))?;
+    }
+    if c.auth.mtls && c.http.tls.as_ref().is_none_or(|t| t.clientcas.is_empty()) {
+        return Err(key(
+            "auth.mtls",
+            "needs http.tls.clientcas to verify client certificates against".into(),
+        ));
+    }
+    if let Some(t) = &c.http.tls {
+        match t.minimumtls.as_deref() {
+            None | Some("tls1.2") | Some("tls1.3") => {}
+            Some(v) => {
+                return Err(key(
+                    "http.tls.minimumtls",
+                    format!("{v:?} is not supported; give tls1.2 or tls1.3"),
+                ));
+            }
+        }
+        match t.clientauth.as_deref() {
+            None | Some("require-and-verify-client-cert") | Some("verify-client-cert-if-given") => {
+            }
+            Some(v) => {
+                return Err(key(
+                    "http.tls.clientauth",
+                    format!(
+                        "{v:?} is not supported (a certificate is always verified); give \
+                         require-and-verify-client-cert or verify-client-cert-if-given"
+                    ),
+                ));
+            }
+        }
+        if t.clientauth.is_some() && t.clientcas.is_empty() {
+            return Err(key(
+                "http.tls.clientauth",
+                "needs http.tls.clientcas".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Mapping(b), Value::Mapping(o)) => {
@@ -1021,7 +1252,12 @@ fn set_env(tree: &mut Value, parts: &[String], raw: &str, path: &mut Vec<String>
         return;
     }
     if !matches!(tree, Value::Mapping(_)) {
-        *tree = Value::Mapping(Mapping::new());
+        // `REGISTRY_AUTH=htpasswd` then `REGISTRY_AUTH_HTPASSWD_PATH`: keep the type.
+        let mut m = Mapping::new();
+        if let Value::String(s) = tree {
+            m.insert(Value::String(s.clone()), Value::Null);
+        }
+        *tree = Value::Mapping(m);
     }
     let Value::Mapping(map) = tree else { return };
     for n in (1..=parts.len()).rev() {
@@ -1245,15 +1481,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.delete.enabled"), "{e}");
+        // Security sections fail closed: an incomplete or unknown one stops start-up.
         for (refused, key) in [
-            ("auth:\n  htpasswd:\n    realm: r\n", "auth"),
+            ("auth:\n  htpasswd:\n    realm: r\n", "auth.htpasswd"),
+            ("auth:\n  htpasswd:\n", "auth.htpasswd"),
+            ("auth:\n  silly:\n    realm: r\n", "auth"),
+            (
+                "auth:\n  htpasswd:\n    path: p\n    bogus: 1\n",
+                "auth.htpasswd",
+            ),
             ("http:\n  tls:\n    certificate: c\n", "http.tls"),
+            (
+                "http:\n  tls:\n    certificate: c\n    key: k\n    minimumtls: tls1.0\n",
+                "http.tls.minimumtls",
+            ),
+            (
+                "http:\n  tls:\n    certificate: c\n    key: k\n    letsencrypt: {}\n",
+                "http.tls",
+            ),
+            (
+                "auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n",
+                "auth.token",
+            ),
+            ("auth:\n  mtls: true\n", "auth.mtls"),
+            (
+                "access:\n  rules:\n  - repositories: a\n    users: {x: [write]}\n",
+                "access.rules",
+            ),
         ] {
             let e = Config::from_yaml(refused, "t", env(&[]))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(&format!("key {key}:")), "{e}");
-            assert!(e.contains("refusing to start"), "{e}");
+            assert!(e.contains(&format!("key {key}")), "{refused}: {e}");
         }
         let l = Config::from_yaml(
             "log:\n  level: warning\n",
@@ -1311,7 +1570,6 @@ mod tests {
             ("storage:\n  s3:\n    bucket: b\n", &[], "storage.s3"),
             ("", &[("REGISTRY_PROXY_REMOTEURL", "https://x")], "proxy"),
             ("", &[("REGISTRY_STORAGE_S3_BUCKET", "b")], "storage.s3"),
-            ("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/x")], "auth"),
             // A typo in the file is refused too.
             (
                 "storage:\n  delete:\n    enbled: true\n",
@@ -1438,6 +1696,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("artifacts.post_process.timeout"), "{e}");
+    }
+
+    #[test]
+    fn security_sections_from_the_environment() {
+        // Distribution's names, in either order.
+        for vars in [
+            [
+                ("REGISTRY_AUTH", "htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/h"),
+            ],
+            [
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/h"),
+                ("REGISTRY_AUTH", "htpasswd"),
+            ],
+        ] {
+            let mut v = vars.to_vec();
+            v.push(("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"));
+            let c = Config::from_yaml("", "t", env(&v)).unwrap().config;
+            assert!(c.auth.enabled());
+            let h = c.auth.htpasswd.expect("htpasswd from the environment");
+            assert_eq!(h.path, PathBuf::from("/h"));
+            assert_eq!(h.realm, "Registry Realm");
+        }
+        // Selected but incomplete: refused, never ignored.
+        let e = Config::from_yaml("", "t", env(&[("REGISTRY_AUTH", "htpasswd")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.htpasswd"), "{e}");
+        let e = Config::from_yaml("", "t", env(&[("REGISTRY_AUTH", "silly")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key auth"), "{e}");
+        let c = Config::from_yaml(
+            "",
+            "t",
+            env(&[
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem"),
+                ("REGISTRY_HTTP_TLS_KEY", "/k.pem"),
+                ("REGISTRY_AUTH_TOKEN_REALM", "/token"),
+                ("REGISTRY_AUTH_TOKEN_SERVICE", "reg"),
+                ("REGISTRY_AUTH_TOKEN_ISSUER", "iss"),
+                ("REGISTRY_AUTH_TOKEN_JWKS", "/jwks.json"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.http.tls.unwrap().certificate, PathBuf::from("/c.pem"));
+        assert_eq!(
+            c.auth.token.unwrap().jwks,
+            Some(PathBuf::from("/jwks.json"))
+        );
+        let e = Config::from_yaml("", "t", env(&[("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.tls"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! wiring (`server`). It knows nothing of garbage collection; deletions are announced
 //! through [`api::DeleteListener`].
 
+pub mod access;
 pub mod api;
 pub mod artifacts;
+pub mod auth;
 pub mod blobs;
 pub mod cache;
 pub mod config;

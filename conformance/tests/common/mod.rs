@@ -275,6 +275,10 @@ pub async fn raw_request(
     let mut sock = tokio::net::TcpStream::connect(s.addr)
         .await
         .expect("connect");
+    let mut head = head.to_owned();
+    if let Some(a) = conformance::test_authorization() {
+        head.push_str(&format!("\nAuthorization: {a}"));
+    }
     let mut req = head.replace('\n', "\r\n").into_bytes();
     req.extend_from_slice(b"\r\n\r\n");
     req.extend_from_slice(body);

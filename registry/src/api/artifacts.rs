@@ -90,6 +90,32 @@ impl Target {
     }
 }
 
+/// The branch a request under `/artifacts/` acts on and the action the policy must
+/// allow: reads need pull, uploads and finalising push, and everything that removes
+/// or protects content (deletes, lock/unlock, release, retention policy) needs delete.
+/// `None` for a path that names no branch or does not parse.
+pub(crate) fn branch_action(rest: &str, m: &Method) -> Option<(String, crate::access::Action)> {
+    use crate::access::Action;
+    let target = Target::parse(rest).ok()?;
+    let read = m == Method::GET || m == Method::HEAD;
+    let (branch, protective) = match &target {
+        Target::Root => return None,
+        Target::Branch(b) | Target::Usage(b) | Target::Tag(b, _) | Target::Job(b, _, _) => {
+            (b, false)
+        }
+        Target::Policy(b) | Target::Flag(b, _, _) => (b, true),
+        Target::Format(f) | Target::Path(f, _) => (&f.branch, false),
+    };
+    let action = if read {
+        Action::Pull
+    } else if protective || m == Method::DELETE {
+        Action::Delete
+    } else {
+        Action::Push
+    };
+    Some((branch.as_str().to_owned(), action))
+}
+
 /// Every request under `/artifacts`.
 pub(super) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
@@ -109,7 +135,19 @@ async fn handle(state: &AppState, target: Target, req: Request) -> ApiResult {
     let m = req.method().clone();
     let read = m == Method::GET || m == Method::HEAD;
     match target {
-        Target::Root if read => json(StatusCode::OK, &s.list_artifact_root().await?),
+        Target::Root if read => {
+            let mut listing = s.list_artifact_root().await?;
+            // Only the branches the caller may read (the auth layer's verdict).
+            if let Some(caller) = req.extensions().get::<crate::auth::Caller>() {
+                listing.children.retain(|e| {
+                    caller.may(
+                        crate::access::Action::Pull,
+                        crate::access::Resource::Branch(&e.name),
+                    )
+                });
+            }
+            json(StatusCode::OK, &listing)
+        }
         Target::Branch(b) if read => json(StatusCode::OK, &s.list_artifact_branch(&b).await?),
         Target::Branch(b) if m == Method::DELETE => delete(state, Scope::Branch(&b), force).await,
         Target::Policy(b) if read => json(StatusCode::OK, &s.artifact_policy(&b).await?),

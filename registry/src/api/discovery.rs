@@ -83,11 +83,33 @@ pub(super) async fn tags(state: &AppState, name: RepoName, uri: &Uri) -> ApiResu
     ))
 }
 
-pub(super) async fn catalog(State(state): State<AppState>, uri: Uri) -> Response {
+pub(super) async fn catalog(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    uri: Uri,
+) -> Response {
     let run = async {
         let page = Page::from_uri(&uri)?;
         let all = state.store.catalog().await?;
-        let (repos, link) = page.apply(&all, "/v2/_catalog");
+        // Only the repositories the caller may pull (the auth layer's verdict).
+        let visible: Vec<String>;
+        let all: &[String] = match caller {
+            Some(axum::Extension(c)) if !c.sees_whole_catalog() => {
+                visible = all
+                    .iter()
+                    .filter(|r| {
+                        c.may(
+                            crate::access::Action::Pull,
+                            crate::access::Resource::Repository(r),
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                &visible
+            }
+            _ => &all,
+        };
+        let (repos, link) = page.apply(all, "/v2/_catalog");
         let extra = link.map(|l| vec![("link", l)]).unwrap_or_default();
         Ok::<_, Error>(json_response(
             serde_json::json!({ "repositories": repos }),

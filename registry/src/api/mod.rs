@@ -28,6 +28,8 @@ use crate::names::{Reference, RepoName, Tag};
 use crate::store::Store;
 pub use error::Error;
 
+pub(crate) use artifacts::branch_action as artifacts_branch;
+
 pub type ApiResult = Result<Response, Error>;
 
 /// Something that wants to know when content was deleted (the online collector).
@@ -99,6 +101,18 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The repository the endpoint is in.
+    pub fn repo(&self) -> &RepoName {
+        match self {
+            Endpoint::Manifest(n, _)
+            | Endpoint::Blob(n, _)
+            | Endpoint::UploadStart(n)
+            | Endpoint::Upload(n, _)
+            | Endpoint::Tags(n)
+            | Endpoint::Referrers(n, _) => n,
+        }
+    }
+
     /// Parses the part of the path after `/v2/`.
     pub fn parse(rest: &str) -> Result<Endpoint, Error> {
         let seg: Vec<&str> = rest.split('/').collect();
