@@ -69,6 +69,21 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
         .map(|v| v.trim().parse().expect("a number"))
 }
 
+/// A client that sends the test policy's admin credentials on every request.
+fn as_admin() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        conformance::auth::basic(conformance::auth::ADMIN)
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 async fn scrape(c: &reqwest::Client, url: String) -> String {
     let r = c.get(url).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -92,7 +107,11 @@ fn hdr(r: &reqwest::Response, name: &str) -> String {
 /// labelled with a repository name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_server_did() {
+    // /admin/metrics on the main listener is for an admin: htpasswd on, every request
+    // of this test made as the admin.
+    let auth_dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(|c| {
+        conformance::auth::enable_htpasswd(c, auth_dir.path());
         c.admin.metrics = true;
         // Only the cycle the test runs: no cycle scheduled by the delete.
         c.gc.enabled = false;
@@ -100,7 +119,7 @@ async fn metrics_count_what_the_server_did() {
         c.maintenance.enabled = false;
     })
     .await;
-    let c = client();
+    let c = as_admin();
     let (digest, manifest) = push_image(&c, &s, "team/secret-name", "v1", 1, 2).await;
     for _ in 0..3 {
         let r = c
@@ -293,9 +312,16 @@ async fn debug_listener_serves_metrics_and_requests_carry_an_id() {
         Some(1.0),
         "{text}"
     );
-    // Not on the main listener unless admin.metrics asks for it.
+    // Not on the main listener unless admin.metrics asks for it (and then only for an
+    // admin: without auth there is none, so the admin API is the socket's alone).
     let r = c.get(server.url("/admin/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    assert_ne!(r.status(), 200);
+    assert!(
+        !r.text()
+            .await
+            .unwrap()
+            .contains("registry_http_requests_total")
+    );
 }
 
 /// Polls `url` until it answers `status` (bounded); returns the body.

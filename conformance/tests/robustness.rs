@@ -21,21 +21,16 @@ async fn extreme_gc_grace_is_refused_not_a_crash() {
         "10000000000000000000s10000000000000000000s",
         "18446744073709551615s",
     ] {
-        let r = raw_request(
-            &s,
-            &format!(
-                "POST /admin/gc?wait=true&dry_run=true&grace={grace} HTTP/1.1\nHost: {}\nContent-Length: 0\nConnection: close",
-                s.host()
-            ),
-            b"",
-            false,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|| panic!("no answer for grace={grace}"));
-        assert_eq!(r.status, 400, "grace={grace}: {:?}", r.body);
-        let body = String::from_utf8_lossy(&r.body);
-        assert!(body.contains("too large"), "{body}");
+        // The admin API over TCP needs an admin; the socket (the CLI's channel) reaches
+        // the same handler. A panic would close the connection unanswered.
+        let (status, body) = s
+            .admin(
+                "POST",
+                &format!("/admin/gc?wait=true&dry_run=true&grace={grace}"),
+            )
+            .await;
+        assert_eq!(status, 400, "grace={grace}: {body}");
+        assert!(body.to_string().contains("too large"), "{body}");
     }
     let r = raw_get(&s, "GET", "/v2/").await;
     assert_eq!(r.status, 200);
