@@ -273,3 +273,74 @@ async fn a_stalled_upload_reserves_no_disk_ahead_of_its_data() {
         m.len()
     );
 }
+
+/// RFC 9112: an HTTP/1.1 request without `Host`, or with two, is 400 (§3.2); a body in
+/// a transfer coding the server does not decode is 501 (§6.1), not stored still coded.
+/// Each refusal closes the connection. (Both were answered as if well-formed.)
+#[tokio::test]
+async fn host_and_transfer_coding_rules() {
+    let s = TestServer::start().await;
+    let c = client();
+    for (head, want) in [
+        ("GET /v2/ HTTP/1.1\nContent-Length: 0", 400),
+        (
+            "GET /v2/ HTTP/1.1\nHost: a\nHost: b\nContent-Length: 0",
+            400,
+        ),
+        ("GET /v2/ HTTP/1.1\nHost: a b\nContent-Length: 0", 400),
+        ("GET /v2/ HTTP/1.0\nContent-Length: 0", 200),
+        ("GET /v2/ HTTP/1.1\nHost: \nConnection: close", 200),
+    ] {
+        let r = raw_request(&s, head, b"", false, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("no answer to {head:?}"));
+        assert_eq!(
+            r.status,
+            want,
+            "{head:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if want == 400 {
+            assert_eq!(r.header("connection"), Some("close"), "{head:?}");
+        }
+    }
+    let data = b"gzip-coded bytes are not the blob";
+    let digest = digest_of(data);
+    let mut body = format!("{:x}\r\n", data.len()).into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    // Plain chunked, last, still works.
+    for (te, want) in [
+        ("gzip, chunked", 501),
+        ("gzip\nTransfer-Encoding: chunked", 501),
+        ("chunked", 201),
+    ] {
+        let url = start_session(&c, &s, "r/te").await;
+        let path = path_of(&s, &with_query(&url, &format!("digest={digest}")));
+        let r = raw_request(
+            &s,
+            &format!(
+                "PUT {path} HTTP/1.1\nHost: {}\nContent-Type: application/octet-stream\nTransfer-Encoding: {te}\nConnection: close",
+                s.host()
+            ),
+            &body,
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no answer with Transfer-Encoding {te:?}"));
+        assert_eq!(
+            r.status,
+            want,
+            "{te:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = c
+            .head(s.url(&format!("/v2/r/te/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        let stored = if want == 201 { 200 } else { 404 };
+        assert_eq!(r.status(), stored, "{te:?}");
+    }
+}

@@ -96,8 +96,10 @@ pub fn app(mut state: AppState, config: &Config) -> Result<Online, String> {
         router = router.merge(metrics_router("/admin/metrics", m.clone()));
     }
     let router = telemetry::layer(
-        auth.wrap(router)
-            .merge(registry::health::router(health.clone())),
+        registry::api::framing::layer(
+            auth.wrap(router)
+                .merge(registry::health::router(health.clone())),
+        ),
         Telemetry {
             metrics,
             access_log: !config.log.accesslog.disabled,

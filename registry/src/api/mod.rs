@@ -5,6 +5,7 @@
 //! path is parsed: `%2e%2e` is just an invalid name.
 
 pub mod error;
+pub mod framing;
 pub mod telemetry;
 
 mod artifacts;
