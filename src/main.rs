@@ -274,6 +274,7 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
         }
     };
     let local = listener.local_addr()?;
+    raise_open_files_limit(config.http.max_connections);
 
     let state = registry::server::state_from_config(&config);
     let metrics = state.metrics.clone();
@@ -311,10 +312,13 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
                 m.clone(),
             ));
         }
+        let router = registry::api::framing::layer(router);
         let bound = listener.local_addr()?;
         tracing::info!(debug_addr = %bound, "debug listener bound");
+        let options = registry::server::ServeOptions::from_config(&config, None);
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            let never = std::future::pending::<()>();
+            if let Err(e) = registry::server::serve(listener, router, options, never).await {
                 tracing::error!(error = %e, "debug listener stopped");
             }
         });
@@ -347,7 +351,7 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     registry::server::serve(
         listener,
         app,
-        config.drain_timeout(),
+        registry::server::ServeOptions::from_config(&config, metrics),
         drain_on_signal(health, delay, shutdown),
     )
     .await?;
@@ -625,6 +629,44 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as Go does at start-up, so
+/// Distribution too): each connection takes a descriptor, and each upload or blob read
+/// one more. Says so when even the hard limit is below `http.max_connections` plus
+/// room for files: the limit, not the cap, is then what turns connections away.
+fn raise_open_files_limit(max_connections: usize) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = raised;
+            }
+        }
+    }
+    let wanted = (max_connections as libc::rlim_t)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if r.rlim_cur < wanted {
+        tracing::warn!(
+            open_files_limit = r.rlim_cur,
+            max_connections,
+            "the open-file limit is below what http.max_connections connections may need \
+             ({wanted}: one descriptor each, one more per upload or blob read, room for the \
+             rest); raise LimitNOFILE (or ulimit -n), or lower http.max_connections"
+        );
     }
 }
 

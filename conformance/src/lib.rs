@@ -26,6 +26,8 @@ pub struct TestServer {
     pub maintenance: gc::maintenance::Maintenance,
     /// The server's store (for tests that arm `registry::hooks` or run a task directly).
     pub store: registry::Store,
+    /// The server's metrics, when its configuration keeps them (`admin.metrics`).
+    pub metrics: Option<std::sync::Arc<registry::metrics::Metrics>>,
     root: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -94,6 +96,11 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let state = registry::server::state_from_config(&config);
         let store = state.store.clone();
+        let metrics = state.metrics.clone();
+        let options = registry::server::ServeOptions {
+            drain: Duration::from_secs(5),
+            ..registry::server::ServeOptions::from_config(&config, state.metrics.clone())
+        };
         let gc::online::Online {
             router: app,
             cleaner,
@@ -111,7 +118,7 @@ impl TestServer {
         let handle = tokio::spawn(registry::server::serve(
             listener,
             app,
-            Duration::from_secs(5),
+            options,
             async move {
                 let _ = rx.await;
             },
@@ -122,6 +129,7 @@ impl TestServer {
             cleaner,
             maintenance,
             store,
+            metrics,
             config,
             root,
             shutdown: Some(tx),

@@ -117,12 +117,8 @@ async fn gc_disabled_starts_no_cycle_by_itself() {
     assert_eq!(report.blobs_removed, 0);
 }
 
-/// With `gc.enabled: false`, SIGUSR1 (`systemctl reload`) must not kill the server: it
-/// is handled and logged. The SIGTERM sent after it then ends the server gracefully;
-/// had SIGUSR1 no handler, the process would have died of it (signal 10).
-#[test]
-fn sigusr1_with_gc_disabled_does_not_kill_the_server() {
-    use std::os::unix::process::ExitStatusExt;
+/// A configuration file for the binary: a fresh root, a loopback port, and `extra`.
+fn config_file(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
@@ -130,11 +126,21 @@ fn sigusr1_with_gc_disabled_does_not_kill_the_server() {
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\ngc:\n  enabled: false\n",
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n{extra}",
             root.display()
         ),
     )
     .unwrap();
+    (dir, cfg)
+}
+
+/// With `gc.enabled: false`, SIGUSR1 (`systemctl reload`) must not kill the server: it
+/// is handled and logged. The SIGTERM sent after it then ends the server gracefully;
+/// had SIGUSR1 no handler, the process would have died of it (signal 10).
+#[test]
+fn sigusr1_with_gc_disabled_does_not_kill_the_server() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_dir, cfg) = config_file("gc:\n  enabled: false\n");
     let mut server = ServerProcess::spawn(&cfg);
     let pid = server.child.id() as i32;
     // SAFETY: signals to our own child process.
@@ -343,4 +349,242 @@ async fn host_and_transfer_coding_rules() {
         let stored = if want == 201 { 200 } else { 404 };
         assert_eq!(r.status(), stored, "{te:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections (item 4): each wait on the client is bounded, connections are capped, and
+// at the open-file limit the server says so and recovers. The timeouts are made tiny
+// and each test waits for the server to close the connection: no clock is read.
+
+/// Reads until the server closes the connection; returns what arrived. Panics if it
+/// never closes (the bound is far above any timeout these tests configure).
+async fn until_closed(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the server never closed the connection");
+    got
+}
+
+/// Waits (up to a minute) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// How many connections the server closed for running out of `wait`.
+fn timed_out(s: &TestServer, wait: &'static str) -> u64 {
+    let m = s.metrics.as_ref().expect("admin.metrics is on");
+    m.http
+        .timed_out
+        .get_or_create(&registry::metrics::WaitLabels { wait })
+        .get()
+}
+
+fn status_of(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+async fn connect(s: &TestServer) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(s.addr).await.unwrap()
+}
+
+/// Connects and sends `bytes` (in one write).
+async fn send(s: &TestServer, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = connect(s).await;
+    sock.write_all(bytes).await.unwrap();
+    sock
+}
+
+/// A server with metrics whose `http.timeouts` `tighten` changed.
+async fn tight(tighten: impl FnOnce(&mut registry::config::TimeoutsConfig)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.admin.metrics = true;
+        tighten(&mut c.http.timeouts);
+    })
+    .await
+}
+
+/// A connection that says nothing, and one that stops mid-head, are closed after
+/// `http.timeouts.header`, without an answer.
+#[tokio::test]
+async fn a_silent_or_stalled_request_head_is_cut_off() {
+    let s = tight(|t| t.header = Duration::from_millis(50)).await;
+    let mut silent = connect(&s).await;
+    assert_eq!(until_closed(&mut silent).await, b"");
+    let mut stalled = send(&s, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Stall: ").await;
+    let got = until_closed(&mut stalled).await;
+    assert!(!got.starts_with(b"HTTP/1.1 200"), "answered: {got:?}");
+    assert_eq!(timed_out(&s, "header"), 2);
+}
+
+/// A kept-alive connection with no next request is closed after `http.timeouts.idle`;
+/// its request was answered in full first.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let s = tight(|t| t.idle = Duration::from_millis(50)).await;
+    let mut sock = send(&s, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let got = until_closed(&mut sock).await;
+    assert_eq!(status_of(&got), 200);
+    assert!(
+        got.ends_with(b"\r\n\r\n{}"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(timed_out(&s, "idle"), 1);
+    assert_eq!(timed_out(&s, "header"), 0);
+}
+
+/// A body that stops arriving fails after `http.timeouts.body`: the upload answers 400
+/// and keeps what arrived, and the connection closes.
+#[tokio::test]
+async fn a_stalled_body_is_cut_off_and_its_upload_keeps_what_arrived() {
+    let s = tight(|t| t.body = Duration::from_millis(50)).await;
+    let c = client();
+    let url = start_session(&c, &s, "r/slow").await;
+    // Head and the first 100 bytes in one write: all of it is there before any wait.
+    let mut req = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n",
+        path_of(&s, &url)
+    )
+    .into_bytes();
+    req.extend_from_slice(&[b'x'; 100]);
+    let mut sock = send(&s, &req).await;
+    let got = until_closed(&mut sock).await;
+    assert_eq!(status_of(&got), 400, "{}", String::from_utf8_lossy(&got));
+    assert!(
+        String::from_utf8_lossy(&got).contains("BLOB_UPLOAD_INVALID"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(timed_out(&s, "body"), 1);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(hdr(&r, "range"), "0-99");
+}
+
+/// A client that stops reading a response is cut off after `http.timeouts.send`: the
+/// response stops short and the connection closes.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let s = tight(|t| t.send = Duration::from_millis(50)).await;
+    let c = client();
+    const SIZE: usize = 32 << 20;
+    let d = push_blob(&c, &s, "r/big", &random_bytes(SIZE, 7)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut sock = sock.connect(s.addr).await.unwrap();
+    sock.write_all(format!("GET /v2/r/big/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Read nothing until the server has given up on us.
+    until("the send timeout", || timed_out(&s, "send") == 1).await;
+    let got = until_closed(&mut sock).await;
+    assert_eq!(status_of(&got), 200);
+    assert!(got.len() < SIZE, "the whole body arrived");
+}
+
+/// Past `http.max_connections` the server stops accepting (and counts it); a waiting
+/// connection is served once another closes.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    let s = TestServer::start_with(|c| {
+        c.admin.metrics = true;
+        c.http.max_connections = 2;
+    })
+    .await;
+    let m = s.metrics.clone().unwrap();
+    let a = connect(&s).await;
+    let _b = connect(&s).await;
+    until("two connections open and the cap reached", || {
+        m.http.connections.get() == 2 && m.http.at_cap.get() >= 1
+    })
+    .await;
+    let mut waiting = send(
+        &s,
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(m.http.connections.get(), 2);
+    drop(a);
+    let got = until_closed(&mut waiting).await;
+    assert_eq!(status_of(&got), 200);
+    assert!(m.http.connections.get() <= 2);
+}
+
+/// At the open-file limit the server logs the failed accept (Distribution logs
+/// `accept4: too many open files`; drydock logged nothing) and serves again once
+/// descriptors are free.
+#[test]
+fn at_the_open_file_limit_the_server_logs_and_recovers() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let (_dir, cfg) = config_file("");
+    let mut cmd = std::process::Command::new(registry_binary());
+    cmd.arg("serve").arg(&cfg);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = ServerProcess::spawn_command(cmd);
+    let held: Vec<_> = (0..100)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    let logged = |needle: &str| {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    };
+    let mut seen = false;
+    for _ in 0..6000 {
+        if logged("accept: Too many open files") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(seen, "no log line: {:?}", server.log.lock().unwrap());
+    drop(held);
+    let mut sock = std::net::TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    sock.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    sock.read_to_end(&mut got).unwrap();
+    assert_eq!(status_of(&got), 200);
+    assert!(logged("accepting connections again"));
 }

@@ -533,6 +533,45 @@ pub struct HttpConfig {
     /// Addresses of reverse proxies whose `X-Forwarded-For` is logged as the client
     /// address. Never used for any access decision.
     pub trustedproxies: Vec<std::net::IpAddr>,
+    /// drydock's: how long a connection may wait on its client.
+    pub timeouts: TimeoutsConfig,
+    /// drydock's: connections served at once; past it new ones wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
+/// `http.timeouts`: each bounds a wait on the client, never the server's own work (a
+/// long GC behind `?wait=true`, a post-process command). `0s` turns one off.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeoutsConfig {
+    /// From accepting a connection, or from the first byte of a later request, until
+    /// the request's head is complete.
+    #[serde(with = "go_duration")]
+    pub header: Duration,
+    /// A kept-alive connection with no request (longer than clients keep idle
+    /// connections, 90 s in Go's and so Docker's, so a client never reuses a connection
+    /// the server is closing).
+    #[serde(with = "go_duration")]
+    pub idle: Duration,
+    /// While the server reads a request body: the longest it waits for the next bytes.
+    #[serde(with = "go_duration")]
+    pub body: Duration,
+    /// While the server writes a response: the longest it waits for the client to take
+    /// more bytes.
+    #[serde(with = "go_duration")]
+    pub send: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            header: Duration::from_secs(60),
+            idle: Duration::from_secs(120),
+            body: Duration::from_secs(120),
+            send: Duration::from_secs(120),
+        }
+    }
 }
 
 /// `http.debug`: a second listener for operators (never exposed with the API).
@@ -575,6 +614,8 @@ impl Default for HttpConfig {
             debug: DebugConfig::default(),
             tls: None,
             trustedproxies: Vec::new(),
+            timeouts: TimeoutsConfig::default(),
+            max_connections: 4096,
         }
     }
 }
@@ -901,6 +942,12 @@ impl Config {
             return Err(ConfigError::Key {
                 path: "http.debug.prometheus.path".into(),
                 message: format!("{:?} must start with /", prometheus.path),
+            });
+        }
+        if config.http.max_connections == 0 {
+            return Err(ConfigError::Key {
+                path: "http.max_connections".into(),
+                message: "must be at least 1".into(),
             });
         }
         if config.oci.max_uploads == 0 {
@@ -1801,6 +1848,10 @@ mod tests {
         }
         for key in [
             "http:\n  draintimeout: {v}\n",
+            "http:\n  timeouts:\n    header: {v}\n",
+            "http:\n  timeouts:\n    idle: {v}\n",
+            "http:\n  timeouts:\n    body: {v}\n",
+            "http:\n  timeouts:\n    send: {v}\n",
             "gc:\n  grace: {v}\n",
             "gc:\n  interval: {v}\n",
             "gc:\n  pending_ttl: {v}\n",

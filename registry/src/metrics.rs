@@ -94,6 +94,21 @@ pub struct HttpMetrics {
     pub received: Family<HandlerLabels, Counter>,
     pub sent: Family<HandlerLabels, Counter>,
     pub uploads_in_progress: Gauge,
+    /// Connections open (the server's own, `server::serve`).
+    pub connections: Gauge,
+    /// Connections closed because the client kept the server waiting, by which wait
+    /// (`header`, `idle`, `body`, `send`: `http.timeouts`).
+    pub timed_out: Family<WaitLabels, Counter>,
+    /// Times the server stopped accepting at `http.max_connections`.
+    pub at_cap: Counter,
+    /// Failed `accept` calls other than a client's aborted connection (the open-file
+    /// limit, mostly).
+    pub accept_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabels {
+    pub wait: &'static str,
 }
 
 /// The collector's metrics, recorded after each cycle of a server's collector.
@@ -154,6 +169,10 @@ impl Metrics {
             received: Family::default(),
             sent: Family::default(),
             uploads_in_progress: Gauge::default(),
+            connections: Gauge::default(),
+            timed_out: Family::default(),
+            accept_errors: Counter::default(),
+            at_cap: Counter::default(),
         };
         r.register(
             "registry_http_requests",
@@ -184,6 +203,26 @@ impl Metrics {
             "drydock_blob_uploads_in_progress",
             "Blob upload requests (POST, PATCH, PUT) whose body is being received",
             http.uploads_in_progress.clone(),
+        );
+        r.register(
+            "drydock_http_connections",
+            "Connections open",
+            http.connections.clone(),
+        );
+        r.register(
+            "drydock_http_connections_timed_out",
+            "Connections closed because the client kept the server waiting longer than http.timeouts allow, by wait (header, idle, body, send)",
+            http.timed_out.clone(),
+        );
+        r.register(
+            "drydock_http_connection_cap_reached",
+            "Times the server stopped accepting because http.max_connections connections were open",
+            http.at_cap.clone(),
+        );
+        r.register(
+            "drydock_http_accept_errors",
+            "Connections the server could not accept (the open-file limit, mostly)",
+            http.accept_errors.clone(),
         );
         let storage = StorageOps {
             seconds: Family::new_with_constructor(latency_histogram),
