@@ -588,3 +588,78 @@ fn at_the_open_file_limit_the_server_logs_and_recovers() {
     assert_eq!(status_of(&got), 200);
     assert!(logged("accepting connections again"));
 }
+
+/// A client that goes away while its last batch is being written (item 9): the request
+/// is dropped, but the writer keeps the session's lock until it has let go of the file,
+/// so a retry waits for it and nothing the retry writes is cut afterwards. (With the
+/// lock borrowed by the request, dropping the request freed the session while the old
+/// writer still appended, and its drop-time truncation could cut the retry's bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_for_the_writer_of_a_request_that_went_away() {
+    use registry::hooks::Point;
+    let s = TestServer::start_with(|c| c.admin.metrics = true).await;
+    let m = s.metrics.clone().unwrap();
+    let c = client();
+    let url = start_session(&c, &s, "r/retry").await;
+    let hooks = s.store.liveness().hooks();
+    let appending = hooks.arm(Point::Appending, None);
+    let first = random_bytes(1 << 20, 3);
+    let mut req = format!(
+        "PATCH {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        path_of(&s, &url),
+        first.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&first);
+    let sock = send(&s, &req).await;
+    appending.arrived().await;
+    // The client goes; the server drops the request (the connection is counted
+    // closed only once everything it owned is gone).
+    let open = m.http.connections.get();
+    drop(sock);
+    until("the request dropped", || {
+        m.http.connections.get() == open - 1
+    })
+    .await;
+    // A retry asks where the session stands: it must wait for the old writer.
+    let waits = hooks.arm(Point::SessionWaits, None);
+    let mut status = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.unwrap() }
+    });
+    tokio::select! {
+        _ = waits.arrived() => {}
+        r = &mut status => panic!(
+            "answered ({:?}) while the old writer still held the session",
+            r.map(|r| r.headers().get("range").cloned())
+        ),
+    }
+    waits.release();
+    appending.release();
+    let r = status.await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(hdr(&r, "range"), "0-1048575");
+    let second = b"what the retry sent";
+    let r = patch_chunk(&c, &url, first.len(), second).await;
+    assert_eq!(r.status(), 202);
+    let whole = [&first[..], &second[..]].concat();
+    let digest = digest_of(&whole);
+    let r = c
+        .put(with_query(&url, &format!("digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let got = c
+        .get(s.url(&format!("/v2/r/retry/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        got[..] == whole[..],
+        "the blob is not what was acknowledged"
+    );
+}

@@ -21,6 +21,11 @@ pub enum Point {
     /// A write found a digest it pins claimed by a remover and is about to wait for the
     /// claim to end.
     PinWaits,
+    /// An upload batch is about to be written on the writer pool, by a writer that
+    /// holds its session's lock.
+    Appending,
+    /// A request found an upload session locked and is about to wait for its lock.
+    SessionWaits,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -207,26 +207,9 @@ pub async fn serve(
             if let Some(m) = &metrics {
                 m.http.connections.inc();
             }
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            // The head's deadline is the connection's own (`conn`).
-            builder.header_read_timeout(None);
-            let mut connection = pin!(builder.serve_connection(io, service));
-            let mut signal = pin!(signal_tx.closed());
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    r = connection.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                        break;
-                    }
-                    _ = &mut signal, if !draining => {
-                        connection.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                }
-            }
+            // Everything the connection owns (its request in flight too) is gone when
+            // this returns, before the connection counts as closed.
+            serve_connection(io, service, signal_tx, peer).await;
             if let Some(m) = &metrics {
                 m.http.connections.dec();
             }
@@ -245,6 +228,39 @@ pub async fn serve(
         tracing::warn!(drain = ?options.drain, "drain timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// Serves one connection until it ends; from `signal` on, gracefully (the request in
+/// flight is finished, then the connection closes).
+async fn serve_connection<S>(
+    io: TokioIo<conn::TimedIo<tokio::net::TcpStream>>,
+    service: S,
+    signal: watch::Sender<()>,
+    peer: std::net::SocketAddr,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The head's deadline is the connection's own (`conn`).
+    builder.header_read_timeout(None);
+    let mut connection = pin!(builder.serve_connection(io, service));
+    let mut signal = pin!(signal.closed());
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = &mut signal, if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
 }
 
 /// An accept error that concerns only the connection being accepted.

@@ -158,6 +158,17 @@ fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Hasher)> {
 }
 
 impl Store {
+    /// Takes an upload session's lock, owned (it may travel with a batch being written).
+    async fn lock_session(&self, session: Arc<Mutex<SessionState>>) -> SessionGuard {
+        match session.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) => {
+                self.liveness.hooks().reach(Point::SessionWaits, None).await;
+                session.lock_owned().await
+            }
+        }
+    }
+
     /// Starts a session in `name`; returns its id.
     pub async fn start_upload(&self, name: &RepoName) -> Result<String> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
@@ -198,7 +209,7 @@ impl Store {
     pub async fn upload_status(&self, name: &RepoName, id: &str) -> Result<(String, u64)> {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let _guard = session.lock().await;
+        let _guard = self.lock_session(session).await;
         let size = self.upload_size(name, &id).await;
         if size.is_err() {
             self.sessions.forget(name, &id);
@@ -222,7 +233,7 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let state = session.lock_owned().await;
+        let state = self.lock_session(session).await;
         let size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
@@ -338,8 +349,10 @@ impl Store {
                 };
                 let frames = Arc::new(std::mem::take(&mut batch).frames);
                 let for_hash = frames.clone();
+                let live = self.liveness.clone();
                 inflight = Some(Inflight {
                     write: Box::pin(self.writers.submit(move || {
+                        live.hooks().reach_blocking(Point::Appending, None);
                         let r = w.appender.write_batch(&frames);
                         (w, r)
                     })),
@@ -457,7 +470,7 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let mut state = session.lock_owned().await;
+        let mut state = self.lock_session(session).await;
         let mut size = match self.upload_size(name, &id).await {
             Ok(s) => s,
             Err(e) => {
@@ -494,7 +507,7 @@ impl Store {
     pub async fn cancel_upload(&self, name: &RepoName, id: &str) -> Result<()> {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let _guard = session.lock().await;
+        let _guard = self.lock_session(session).await;
         if !self.remove(PathSpec::UploadDir(name, &id)).await? {
             self.sessions.forget(name, &id);
             return Err(Error::BlobUploadUnknown);
@@ -520,7 +533,7 @@ impl Store {
             return Ok(false);
         };
         let session = self.sessions.get(name, &id);
-        let _guard = session.lock().await;
+        let _guard = self.lock_session(session).await;
         let removed = f(id.clone()).await?;
         if removed {
             self.sessions.forget(name, &id);
