@@ -532,6 +532,89 @@ async fn post_process_past_its_timeout_is_killed_with_what_it_started() {
     );
 }
 
+/// On success too, what the command started and left running is killed with its
+/// process group (issue 16, item 10: a lingering child could rewrite an output after
+/// it was hashed). The child holds the write end of a FIFO and nothing else; reading
+/// the FIFO ends when the child dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_process_children_are_killed_when_it_succeeds() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("alive");
+    let name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path we pass.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    // Signs, opens the FIFO, leaves a child holding it (not the output pipes), exits 0.
+    let command = format!(
+        r#"for f in "$@"; do printf ' signed' >> "$f"; done; exec 3>'{}'; sleep 120 >&3 2>/dev/null & exec 3>&-; exit 0"#,
+        fifo.display()
+    );
+    let s = TestServer::start_with(|c| {
+        c.gc.on_startup = false;
+        c.artifacts.post_process.command = Some(command);
+    })
+    .await;
+    let rpm = random_bytes(10_000, 11);
+    put_ok(&s, "main/10/job/rpm/foo.rpm", &rpm).await;
+    let held = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        std::fs::File::open(&fifo)?.read_to_end(&mut held)?;
+        std::io::Result::Ok(held)
+    });
+    let r = send(&s, reqwest::Method::PATCH, "main/10/job/rpm").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the command's background child outlived it")
+        .unwrap()
+        .unwrap();
+    let mut signed = rpm.clone();
+    signed.extend_from_slice(b" signed");
+    assert_eq!(get_file(&s, "main/10/job/rpm/foo.rpm").await.0, signed);
+}
+
+/// An output changed after it was hashed (by a process that left the command's group,
+/// say) never becomes a pool blob: the pool gets the server's own copy, hashed as it
+/// was copied. (The work file itself was moved into the pool: its content no longer
+/// matched its digest.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_process_output_changed_after_hashing_never_reaches_the_pool() {
+    use std::io::Write;
+    let s = server().await;
+    let rpm = random_bytes(20_000, 5);
+    put_ok(&s, "main/9/job/rpm/foo.rpm", &rpm).await;
+    let gate = s
+        .store
+        .liveness()
+        .hooks()
+        .arm(registry::hooks::Point::PostProcessed, None);
+    let patch = tokio::spawn({
+        let url = s.url("/artifacts/main/9/job/rpm");
+        async move { client().patch(url).send().await.unwrap() }
+    });
+    gate.arrived().await;
+    let outputs: Vec<_> = files_below(&artifacts_root(&s).join(".work"))
+        .into_iter()
+        .filter(|p| p.ends_with("foo.rpm"))
+        .collect();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&outputs[0])
+        .unwrap()
+        .write_all(b" rewritten later")
+        .unwrap();
+    gate.release();
+    let r = patch.await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_pool_intact(s.root());
+    let (body, d) = get_file(&s, "main/9/job/rpm/foo.rpm").await;
+    let mut signed = rpm.clone();
+    signed.extend_from_slice(b" signed");
+    assert_eq!(body, signed);
+    assert_eq!(d, digest_of(&signed));
+}
+
 async fn set_flag(s: &TestServer, tag: &str, flag: &str, on: bool) {
     let m = if on {
         reqwest::Method::PUT

@@ -201,6 +201,26 @@ impl Hasher {
         }
     }
 
+    /// Hashes `r` to its end in 1 MiB reads, handing each read to `also` (a copy, say);
+    /// returns how many bytes it read.
+    pub(crate) fn read_all(
+        &mut self,
+        mut r: impl std::io::Read,
+        mut also: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            self.update(&buf[..n]);
+            also(&buf[..n])?;
+            total += n as u64;
+        }
+    }
+
     pub fn finish(self) -> Digest {
         match self {
             Hasher::Sha256(h) => Digest {

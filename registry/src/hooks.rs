@@ -26,6 +26,9 @@ pub enum Point {
     Appending,
     /// A request found an upload session locked and is about to wait for its lock.
     SessionWaits,
+    /// A post-process command has exited and its outputs are hashed; nothing is in the
+    /// pool yet.
+    PostProcessed,
 }
 
 #[cfg(feature = "test-hooks")]

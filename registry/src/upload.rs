@@ -15,7 +15,7 @@
 //! ([`Store::ingest_stream`], [`Store::commit_file_pinned`]), which link the blob into
 //! their own tree instead of a repository.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -141,19 +141,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Hashes a whole file with `algorithm`, in 1 MiB reads.
-fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Hasher)> {
-    let mut f = std::fs::File::open(path)?;
+pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Hasher)> {
     let mut h = Hasher::new(algorithm);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let r = f.read(&mut buf)?;
-        if r == 0 {
-            break;
-        }
-        h.update(&buf[..r]);
-        n += r as u64;
-    }
+    let n = h.read_all(std::fs::File::open(path)?, |_| Ok(()))?;
     Ok((n, h))
 }
 
@@ -655,12 +645,6 @@ impl Store {
             pin,
         })
     }
-}
-
-/// The size and sha256 digest of a local file (read once, on a blocking thread).
-pub(crate) async fn hash_local_file(path: PathBuf) -> Result<(u64, Digest)> {
-    let (n, h) = blocking(move || hash_file(&path, Algorithm::Sha256)).await?;
-    Ok((n, h.finish()))
 }
 
 /// fsync the data once, then rename it into the pool. If the pool has the blob already,

@@ -6,6 +6,12 @@
 //! file is hashed again, and changed or new files are moved into the pool as new entries
 //! and their links repointed. A failing command changes nothing.
 //!
+//! The command runs in a process group of its own, killed when the command exits (on
+//! success too) or runs out of time, so nothing it started outlives it in the group.
+//! A process that left the group could still hold an output file, so an output is never
+//! moved into the pool itself: it is copied into a file of the server's own, hashed as it
+//! is copied, and the copy becomes the pool blob.
+//!
 //! The work folder is a local folder handed to a shell command, so this module reads and
 //! writes inside it directly; everything else goes through the storage driver.
 
@@ -24,10 +30,10 @@ use super::tree::{LinkEntry, Scope};
 use super::{FilePath, FormatId, FormatMeta, ScratchDir, rfc3339};
 use crate::config::PostProcessConfig;
 use crate::digest::Digest;
+use crate::hooks::Point;
 use crate::storage::paths::Scratch;
 use crate::storage::{PathSpec, path_for};
 use crate::store::Store;
-use crate::upload::hash_local_file;
 use crate::{Error, Result};
 
 /// How much of the command's stderr an error reports (its end).
@@ -100,6 +106,7 @@ async fn blocking<T: Send + 'static>(
 /// A file the command changed or created, waiting in the work folder.
 struct Change {
     path: FilePath,
+    /// The server's own copy of the output.
     file: PathBuf,
     digest: Digest,
     added: bool,
@@ -189,10 +196,15 @@ impl Store {
             Scratch::Work,
             &id,
         ))));
+        let outputs = ScratchDir::new(self.driver.full(&path_for(PathSpec::ArtifactScratchEntry(
+            Scratch::Work,
+            &format!("{id}.out"),
+        ))));
         let r = self
-            .process_in(pp, f, &files, work.path().to_owned(), out)
+            .process_in(pp, f, &files, (work.path(), outputs.path()), out)
             .await;
         work.remove().await;
+        outputs.remove().await;
         r
     }
 
@@ -201,7 +213,7 @@ impl Store {
         pp: &PostProcess,
         f: &FormatId,
         files: &[LinkEntry],
-        work: PathBuf,
+        (work, outputs): (&Path, &Path),
         out: &mut Finalized,
     ) -> Result<()> {
         // Private copies: a real copy of each pool blob, never a hard link.
@@ -214,7 +226,7 @@ impl Store {
                 )
             })
             .collect();
-        let w = work.clone();
+        let w = work.to_owned();
         blocking(move || {
             std::fs::create_dir_all(&w)?;
             for (src, dst) in copies {
@@ -229,9 +241,9 @@ impl Store {
         .await?;
 
         out.post_processed = true;
-        run_command(pp, f, files, &work).await?;
+        run_command(pp, f, files, work).await?;
 
-        let w = work.clone();
+        let w = work.to_owned();
         let found = blocking(move || {
             let mut v = Vec::new();
             scan(&w, "", &mut v)?;
@@ -242,7 +254,7 @@ impl Store {
             files.iter().map(|e| (&e.path, &e.digest)).collect();
         let mut seen: HashSet<FilePath> = HashSet::new();
         let mut changes = Vec::new();
-        for (rel, file) in found {
+        for (i, (rel, file)) in found.into_iter().enumerate() {
             let path = match FilePath::parse(&rel) {
                 Ok(p) => p,
                 Err(e) => {
@@ -250,7 +262,11 @@ impl Store {
                     continue;
                 }
             };
-            let (_, digest) = hash_local_file(file.clone()).await?;
+            // What may go into the pool is a copy only the server has held, hashed as
+            // it is copied.
+            let copy = outputs.join(i.to_string());
+            let dst = copy.clone();
+            let digest = blocking(move || copy_hashed(&file, &dst)).await?;
             seen.insert(path.clone());
             let added = match before.get(&path) {
                 Some(d) if **d == digest => continue,
@@ -262,11 +278,15 @@ impl Store {
             }
             changes.push(Change {
                 path,
-                file,
+                file: copy,
                 digest,
                 added,
             });
         }
+        self.liveness
+            .hooks()
+            .reach(Point::PostProcessed, None)
+            .await;
         let removed: Vec<FilePath> = files
             .iter()
             .filter(|e| !seen.contains(&e.path))
@@ -284,11 +304,6 @@ impl Store {
         }
         self.check_tag_writable(&f.branch, &f.tag).await?;
         for c in changes {
-            let file = c.file.clone();
-            blocking(move || {
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
-            })
-            .await?;
             let (pin, _) = self.commit_file_pinned(c.file, &c.digest).await?;
             self.write_link(PathSpec::ArtifactLink(f, &c.path), &c.digest)
                 .await?;
@@ -340,7 +355,19 @@ async fn run_command(
     })?;
     let group = child.id().and_then(|p| i32::try_from(p).ok());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let run = async { tokio::join!(tail(stdout), tail(stderr), child.wait()) };
+    let run = async {
+        let exited = async {
+            let status = child.wait().await;
+            // Whatever it started and left running goes with it (and lets go of the
+            // pipes). The group outlives its leader only while a member is left, so its
+            // id cannot have been given to anyone else.
+            kill_group(group);
+            status
+        };
+        let ((out, err), status) =
+            tokio::join!(async { tokio::join!(tail(stdout), tail(stderr)) }, exited);
+        (out, err, status)
+    };
     let ran = match pp.timeout {
         Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| limit),
         None => Ok(run.await),
@@ -348,10 +375,7 @@ async fn run_command(
     let (out_tail, err_tail, status) = match ran {
         Ok(done) => done,
         Err(limit) => {
-            if let Some(g) = group {
-                // SAFETY: a plain syscall; `-g` names the group the command leads.
-                unsafe { libc::kill(-g, libc::SIGKILL) };
-            }
+            kill_group(group);
             let _ = child.wait().await;
             let status = format!("timed out after {limit:?}; killed with everything it started");
             tracing::warn!(format = %f, %status, "post-process command failed");
@@ -376,6 +400,32 @@ async fn run_command(
     }
     tracing::debug!(format = %f, stdout = %out_tail, stderr = %err_tail, "post-process command done");
     Ok(())
+}
+
+/// SIGKILL to the process group the command leads.
+fn kill_group(group: Option<i32>) {
+    if let Some(g) = group {
+        // SAFETY: a plain syscall; `-g` names the group the command leads.
+        unsafe { libc::kill(-g, libc::SIGKILL) };
+    }
+}
+
+/// Copies `src` into a new file `dst`, hashing what it copies: the digest is the copy's
+/// whatever happens to `src` meanwhile.
+fn copy_hashed(src: &Path, dst: &Path) -> io::Result<Digest> {
+    use std::io::Write;
+    if let Some(dir) = dst.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    to.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    let mut h = crate::digest::Hasher::new(crate::digest::Algorithm::Sha256);
+    h.read_all(&mut from, |b| to.write_all(b))?;
+    Ok(h.finish())
 }
 
 /// Reads a pipe to its end, keeping only the last [`STDERR_TAIL`] bytes.

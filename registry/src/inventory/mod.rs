@@ -221,19 +221,8 @@ impl Store {
     pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
         let path = self.driver.full(&path_for(PathSpec::BlobData(digest)));
         let algorithm = digest.algorithm();
-        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&path)?;
-            let mut h = crate::digest::Hasher::new(algorithm);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            Ok(h.finish())
+        let hashed = tokio::task::spawn_blocking(move || {
+            crate::upload::hash_file(&path, algorithm).map(|(_, h)| h.finish())
         })
         .await
         .map_err(Error::internal)?;
