@@ -1593,17 +1593,20 @@ impl Client {
         } else {
             m.digest.clone()
         };
-        // The subject must be guaranteed for the refusal check: it is a child-like
-        // reference, checked by the server only for existence of the referrer's blobs.
+        // The server does not check that a subject exists (the spec lets a referrer come
+        // first), so the referrer's 201 promises its subject only while the subject was
+        // live or its HEAD's pending protection still ran when the PUT was answered.
+        let mut m = m;
         if !matches!(self.put_manifest(&m, &reference).await, Put::Created) {
             return;
         }
+        m.subject_kept = self.guaranteed(repo, &subject.digest, Instant::now(), &HashSet::new());
         inc(&self.sh.stats.referrers);
         if on_untagged {
             inc(&self.sh.stats.referrers_on_untagged);
         }
         let k = (repo, m.digest.clone());
-        if tagged && on_untagged {
+        if tagged && on_untagged && m.subject_kept {
             self.revive(&[(repo, subject.digest.clone())]);
         }
         self.archive.insert(k.clone(), m.clone());
