@@ -383,21 +383,24 @@ pub struct StorageOps {
 }
 
 impl StorageOps {
-    /// Times `action` until the returned guard is dropped.
+    /// Times `action` of the filesystem driver until the returned guard is dropped.
     pub fn start(&self, action: &'static str) -> OpTimer {
+        self.start_for("filesystem", action)
+    }
+
+    /// Times `action` of `driver` until the returned guard is dropped.
+    pub fn start_for(&self, driver: &'static str, action: &'static str) -> OpTimer {
         OpTimer {
             ops: self.clone(),
+            driver,
             action,
             start: Instant::now(),
         }
     }
 
-    pub fn observe(&self, action: &'static str, took: Duration) {
+    pub fn observe(&self, driver: &'static str, action: &'static str, took: Duration) {
         self.seconds
-            .get_or_create(&ActionLabels {
-                driver: "filesystem",
-                action,
-            })
+            .get_or_create(&ActionLabels { driver, action })
             .observe(took.as_secs_f64());
     }
 }
@@ -405,13 +408,15 @@ impl StorageOps {
 /// Records one storage operation's latency when dropped.
 pub struct OpTimer {
     ops: StorageOps,
+    driver: &'static str,
     action: &'static str,
     start: Instant,
 }
 
 impl Drop for OpTimer {
     fn drop(&mut self) {
-        self.ops.observe(self.action, self.start.elapsed());
+        self.ops
+            .observe(self.driver, self.action, self.start.elapsed());
     }
 }
 

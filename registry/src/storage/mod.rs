@@ -10,6 +10,7 @@ pub(crate) mod append;
 pub mod driver;
 mod fs;
 mod hashstate;
+pub mod metered;
 pub mod paths;
 pub mod s3;
 

@@ -1,0 +1,144 @@
+//! [`Metered`]: any [`Driver`] with each operation's latency recorded in
+//! `registry_storage_action_seconds{driver, action}`. The server wraps its driver in it
+//! when it keeps metrics, so every backend is measured the same way and no driver
+//! carries metrics code of its own.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::driver::{
+    Capabilities, Driver, DriverResult, Entry, PutMode, Reader, Stat, Version, WalkEntry, Writer,
+    WriterStart,
+};
+use crate::metrics::StorageOps;
+
+/// `inner`, timed.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    inner: Arc<dyn Driver>,
+    ops: StorageOps,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn Driver>, ops: StorageOps) -> Metered {
+        Metered { inner, ops }
+    }
+
+    fn timer(&self, action: &'static str) -> crate::metrics::OpTimer {
+        self.ops.start_for(self.inner.name(), action)
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Metered {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn get(&self, path: &str) -> DriverResult<(Bytes, Version)> {
+        let _t = self.timer("get_content");
+        self.inner.get(path).await
+    }
+
+    async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> DriverResult<Version> {
+        let _t = self.timer("put_content");
+        self.inner.put(path, data, mode).await
+    }
+
+    async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> DriverResult<Reader> {
+        let _t = self.timer("reader");
+        self.inner.reader(path, offset, len).await
+    }
+
+    async fn writer(&self, path: &str, start: WriterStart) -> DriverResult<Box<dyn Writer>> {
+        let _t = self.timer("writer");
+        self.inner.writer(path, start).await
+    }
+
+    async fn writer_size(&self, path: &str) -> DriverResult<u64> {
+        let _t = self.timer("writer_size");
+        self.inner.writer_size(path).await
+    }
+
+    async fn stat(&self, path: &str) -> DriverResult<Stat> {
+        let _t = self.timer("stat");
+        self.inner.stat(path).await
+    }
+
+    async fn list(&self, path: &str) -> DriverResult<Vec<Entry>> {
+        let _t = self.timer("list");
+        self.inner.list(path).await
+    }
+
+    /// The walk is a stream: only its start is timed.
+    fn walk(&self, prefix: &str) -> Pin<Box<dyn Stream<Item = DriverResult<WalkEntry>> + Send>> {
+        let _t = self.timer("walk");
+        self.inner.walk(prefix)
+    }
+
+    async fn delete(&self, path: &str) -> DriverResult<()> {
+        let _t = self.timer("delete");
+        self.inner.delete(path).await
+    }
+
+    async fn delete_many(&self, paths: &[String]) -> DriverResult<Vec<DriverResult<()>>> {
+        let _t = self.timer("delete_many");
+        self.inner.delete_many(paths).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> DriverResult<()> {
+        let _t = self.timer("rename");
+        self.inner.rename(from, to).await
+    }
+
+    async fn touch(&self, path: &str) -> DriverResult<()> {
+        let _t = self.timer("touch");
+        self.inner.touch(path).await
+    }
+
+    async fn redirect_url(&self, path: &str, expires: Duration) -> DriverResult<Option<String>> {
+        let _t = self.timer("redirect_url");
+        self.inner.redirect_url(path, expires).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::storage::FsDriver;
+
+    #[tokio::test]
+    async fn every_operation_is_timed_under_the_inner_drivers_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let d = Metered::new(Arc::new(FsDriver::new(dir.path())), m.storage.clone());
+        d.put("a/b", Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        d.get("a/b").await.unwrap();
+        d.stat("a/b").await.unwrap();
+        assert!(d.get("a/missing").await.is_err());
+        d.delete("a/b").await.unwrap();
+        let text = m.render();
+        for (action, n) in [
+            ("put_content", 1),
+            ("get_content", 2),
+            ("stat", 1),
+            ("delete", 1),
+        ] {
+            let series = format!(
+                "registry_storage_action_seconds_count{{driver=\"filesystem\",action=\"{action}\"}} {n}"
+            );
+            assert!(text.contains(&series), "{series} not in\n{text}");
+        }
+    }
+}
