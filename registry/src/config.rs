@@ -631,6 +631,10 @@ pub struct OciConfig {
     /// Upload bodies (blob `PATCH`/`PUT`/`POST ?digest=`, artifact `PUT`) received at
     /// once; past it a request is answered `429 TOOMANYREQUESTS` with `Retry-After`.
     pub max_uploads: usize,
+    /// Bytes of manifest bodies held in memory at once, all requests together; a body
+    /// that would go past it is answered `429 TOOMANYREQUESTS`. At least
+    /// `manifest_max_bytes`.
+    pub manifest_memory: u64,
 }
 
 impl Default for OciConfig {
@@ -639,6 +643,7 @@ impl Default for OciConfig {
             mount_without_from: false,
             manifest_max_bytes: 4 * 1024 * 1024,
             max_uploads: 256,
+            manifest_memory: 64 * 1024 * 1024,
         }
     }
 }
@@ -948,6 +953,16 @@ impl Config {
             return Err(ConfigError::Key {
                 path: "http.max_connections".into(),
                 message: "must be at least 1".into(),
+            });
+        }
+        if config.oci.manifest_memory < config.oci.manifest_max_bytes {
+            return Err(ConfigError::Key {
+                path: "oci.manifest_memory".into(),
+                message: format!(
+                    "{} is below oci.manifest_max_bytes ({}): a manifest of the largest \
+                     size accepted could never be received",
+                    config.oci.manifest_memory, config.oci.manifest_max_bytes
+                ),
             });
         }
         if config.oci.max_uploads == 0 {
@@ -1673,6 +1688,17 @@ mod tests {
         )
         .unwrap();
         assert!(e.starts_with("configuration key redis:"), "{e}");
+    }
+
+    #[test]
+    fn manifest_memory_holds_at_least_the_largest_manifest() {
+        let e = refusal("oci:\n  manifest_memory: 1000\n", &[]).unwrap();
+        assert!(
+            e.starts_with("configuration key oci.manifest_memory:"),
+            "{e}"
+        );
+        let yaml = "oci:\n  manifest_max_bytes: 1000\n  manifest_memory: 1000\n";
+        assert!(refusal(yaml, &[]).is_none());
     }
 
     #[test]

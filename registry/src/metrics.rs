@@ -94,6 +94,8 @@ pub struct HttpMetrics {
     pub received: Family<HandlerLabels, Counter>,
     pub sent: Family<HandlerLabels, Counter>,
     pub uploads_in_progress: Gauge,
+    /// Bytes of manifest bodies held by requests (`oci.manifest_memory`).
+    pub manifest_body_bytes: Gauge,
     /// Connections open (the server's own, `server::serve`).
     pub connections: Gauge,
     /// Connections closed because the client kept the server waiting, by which wait
@@ -169,6 +171,7 @@ impl Metrics {
             received: Family::default(),
             sent: Family::default(),
             uploads_in_progress: Gauge::default(),
+            manifest_body_bytes: Gauge::default(),
             connections: Gauge::default(),
             timed_out: Family::default(),
             accept_errors: Counter::default(),
@@ -203,6 +206,11 @@ impl Metrics {
             "drydock_blob_uploads_in_progress",
             "Blob upload requests (POST, PATCH, PUT) whose body is being received",
             http.uploads_in_progress.clone(),
+        );
+        r.register(
+            "drydock_manifest_body_bytes",
+            "Bytes of manifest bodies being received or handled (bounded by oci.manifest_memory)",
+            http.manifest_body_bytes.clone(),
         );
         r.register(
             "drydock_http_connections",

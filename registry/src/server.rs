@@ -75,6 +75,7 @@ pub fn state_from_config(config: &Config) -> AppState {
         access_log: !config.log.accesslog.disabled,
         extra_headers: Arc::new(extra),
         on_delete: None,
+        manifest_memory: crate::api::manifest_memory(config.oci.manifest_memory),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub on_delete: Option<Arc<dyn DeleteListener>>,
     /// The server's metrics, when it keeps them (see `telemetry`).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// One permit per byte of manifest body held (`oci.manifest_memory`).
+    pub manifest_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             extra_headers: Arc::new(Vec::new()),
             on_delete: None,
             metrics: None,
+            manifest_memory: manifest_memory(64 * 1024 * 1024),
         }
     }
 
@@ -88,6 +91,14 @@ impl AppState {
             l.deleted();
         }
     }
+}
+
+/// The budget of manifest body bytes held at once.
+pub fn manifest_memory(bytes: u64) -> Arc<tokio::sync::Semaphore> {
+    let permits = usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new(tokio::sync::Semaphore::new(permits))
 }
 
 /// A parsed `/v2/<name>/...` path.
