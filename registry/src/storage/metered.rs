@@ -1,7 +1,9 @@
 //! [`Metered`]: any [`Driver`] with each operation's latency recorded in
-//! `registry_storage_action_seconds{driver, action}`. The server wraps its driver in it
-//! when it keeps metrics, so every backend is measured the same way and no driver
-//! carries metrics code of its own.
+//! `registry_storage_action_seconds{driver, action}`. Code that holds its driver through
+//! the trait wraps it in this when the server keeps metrics, so every backend is measured
+//! the same way and no driver carries metrics code of its own. (The server's `Store` still
+//! calls [`super::FsDriver`]'s own methods, which time themselves; see the migration in
+//! [`super::driver`]. Wrap a bare driver, not one built `with_metrics`.)
 
 use std::pin::Pin;
 use std::sync::Arc;
