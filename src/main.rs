@@ -244,11 +244,12 @@ async fn drain_on_signal(
 }
 
 async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyhow::Result<()> {
-    if config.http.tls.is_some() {
-        bail!(
-            "configuration key http.tls: TLS is not served by this build yet; terminate TLS in a proxy"
-        );
-    }
+    // Certificates load before anything else starts: a file that does not stops start-up
+    // with the key that names it.
+    let tls = match &config.http.tls {
+        Some(t) => Some(registry::tls::Tls::from_config(t).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
     let root = config.storage.filesystem.rootdirectory.clone();
     std::fs::create_dir_all(&root)
@@ -288,13 +289,25 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     warn_if_exposed(&config, local);
     {
         let auth = auth.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             match signal(SignalKind::hangup()) {
                 Ok(mut s) => {
                     while s.recv().await.is_some() {
-                        tracing::info!("SIGHUP: reloading credentials and keys");
+                        tracing::info!("SIGHUP: reloading credentials, keys and certificates");
                         auth.reload();
+                        if let Some(t) = &tls {
+                            match t.reload() {
+                                Ok(()) => tracing::info!(
+                                    "TLS certificates reloaded; new connections use them"
+                                ),
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "TLS certificates not reloaded; keeping the old ones"
+                                ),
+                            }
+                        }
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
@@ -351,7 +364,10 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     registry::server::serve(
         listener,
         app,
-        registry::server::ServeOptions::from_config(&config, metrics),
+        registry::server::ServeOptions {
+            tls,
+            ..registry::server::ServeOptions::from_config(&config, metrics)
+        },
         drain_on_signal(health, delay, shutdown),
     )
     .await?;

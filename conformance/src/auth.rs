@@ -253,3 +253,52 @@ impl<'a> TokenSpec<'a> {
         jsonwebtoken::encode(&h, &claims, &key).expect("sign token")
     }
 }
+
+/// Serves TLS with a certificate for `127.0.0.1`/`localhost` from `ca`, files under
+/// `dir` (`server.crt`, `server.key`).
+pub fn enable_tls(config: &mut Config, dir: &Path, ca: &Ca) {
+    let (certificate, key) = ca.server().write(dir, "server");
+    config.http.tls = Some(registry::config::TlsConfig {
+        certificate,
+        key,
+        clientcas: Vec::new(),
+        clientauth: None,
+        minimumtls: None,
+    });
+}
+
+/// A client that trusts only `ca` (no system roots), presenting `identity` (a client
+/// certificate) when given; HTTP/2 when the server offers it.
+pub fn tls_client(ca: &Ca, identity: Option<&Issued>) -> reqwest::Client {
+    tls_client_builder(ca, identity)
+        .build()
+        .expect("TLS client")
+}
+
+/// [`tls_client`]'s builder, for tests that adjust it (versions, HTTP/1.1 only).
+pub fn tls_client_builder(ca: &Ca, identity: Option<&Issued>) -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("CA certificate"),
+        )
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(id) = identity {
+        let pem = format!("{}{}", id.cert_pem, id.key_pem);
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("client identity"));
+    }
+    b
+}
+
+/// A `--cert-dir` for containers/image clients (skopeo, podman): the CA as `ca.crt`, and
+/// with `client`, its certificate and key as `client.cert` / `client.key`.
+pub fn cert_dir(dir: &Path, ca: &Ca, client: Option<&Issued>) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca.crt");
+    if let Some(c) = client {
+        std::fs::write(dir.join("client.cert"), &c.cert_pem).expect("write client.cert");
+        std::fs::write(dir.join("client.key"), &c.key_pem).expect("write client.key");
+    }
+    dir.to_owned()
+}

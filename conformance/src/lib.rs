@@ -17,8 +17,10 @@ use sha2::{Digest as _, Sha256};
 /// binary serves (registry API, admin API, online collector).
 pub struct TestServer {
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when the configuration has `http.tls`)
     pub base: String,
+    /// The listener's TLS (reload it as SIGHUP does), when `http.tls` is set.
+    pub tls: Option<std::sync::Arc<registry::tls::Tls>>,
     pub config: Config,
     /// The server's online garbage collector.
     pub cleaner: gc::cleaner::Cleaner,
@@ -94,11 +96,17 @@ impl TestServer {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
+        let tls = config
+            .http
+            .tls
+            .as_ref()
+            .map(|t| registry::tls::Tls::from_config(t).expect("the test certificates load"));
         let state = registry::server::state_from_config(&config);
         let store = state.store.clone();
         let metrics = state.metrics.clone();
         let options = registry::server::ServeOptions {
             drain: Duration::from_secs(5),
+            tls: tls.clone(),
             ..registry::server::ServeOptions::from_config(&config, state.metrics.clone())
         };
         let gc::online::Online {
@@ -125,7 +133,8 @@ impl TestServer {
         ));
         TestServer {
             addr,
-            base: format!("http://{addr}"),
+            base: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+            tls,
             cleaner,
             maintenance,
             store,
@@ -192,6 +201,36 @@ pub async fn admin(root: &Path, method: &str, path: &str) -> (u16, serde_json::V
         )
     });
     (status.as_u16(), v)
+}
+
+/// Every file under a storage root (relative paths, sorted) but the server's own state
+/// (`drydock/`: lock, socket, maintenance records) and an `htpasswd` a test put there:
+/// compare two to show a refused request changed nothing.
+pub fn store_files(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(rel) = p.strip_prefix(base) else {
+                continue;
+            };
+            let rel = rel.display().to_string();
+            if rel.starts_with("drydock") || rel == "htpasswd" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, root, &mut v);
+    v.sort();
+    v
 }
 
 /// A plain HTTP client (no redirects followed, so `Location` headers can be checked).
@@ -321,8 +360,10 @@ pub struct ServerProcess {
     pub base: String,
     /// The debug listener (`http.debug.addr`), when the config has one.
     pub debug_addr: Option<SocketAddr>,
-    /// Every stderr line after the listening line, as it arrives.
+    /// Every stderr line, as it arrives (start-up lines included).
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Notified when a line arrives (see [`ServerProcess::wait_for_log`]).
+    log_grew: std::sync::Arc<std::sync::Condvar>,
 }
 
 impl ServerProcess {
@@ -352,29 +393,40 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = std::io::BufReader::new(stderr).lines();
         let mut debug_addr = None;
+        let mut early = Vec::new();
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("registry exited before listening")
-                .expect("read stderr");
+            let Some(line) = lines.next() else {
+                panic!("registry exited before listening:\n{}", early.join("\n"));
+            };
+            let line = line.expect("read stderr");
+            early.push(line.clone());
             if let Some(i) = line.find("debug_addr=") {
                 let a = line[i + 11..].split_whitespace().next().unwrap_or("");
                 debug_addr = a.parse::<SocketAddr>().ok();
                 continue;
             }
+            // The line `serve` logs once bound (a start-up warning may also say
+            // "listening" and name the address).
             if let Some(i) = line.find("addr=")
-                && line.contains("listening")
+                && line.contains("drydock registry listening")
             {
                 let a = line[i + 5..].split_whitespace().next().unwrap_or("");
                 break a.parse::<SocketAddr>().expect("listening address");
             }
         };
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(early));
+        let log_grew = std::sync::Arc::new(std::sync::Condvar::new());
+        let (sink, grew) = (log.clone(), log_grew.clone());
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                grew.notify_all();
             }
+            // The server closed stderr (it exited): waiters need not wait any longer.
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push("<stderr closed>".into());
+            grew.notify_all();
         });
         ServerProcess {
             child,
@@ -382,7 +434,38 @@ impl ServerProcess {
             base: format!("http://{addr}"),
             debug_addr,
             log,
+            log_grew,
         }
+    }
+
+    /// Blocks until `n` stderr lines contain `needle` (the server's own signal that
+    /// something happened, e.g. a reload) and returns true; false if stderr closed or
+    /// 60 s passed first. It blocks: in a test, call it inside `block_in_place`.
+    pub fn wait_for_log(&self, needle: &str, n: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut lines = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || lines.last().is_some_and(|l| l == "<stderr closed>") {
+                return false;
+            }
+            lines = self
+                .log_grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The stderr lines so far, joined (for failure messages).
+    pub fn log_text(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {

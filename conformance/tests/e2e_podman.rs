@@ -17,35 +17,7 @@ use clients::*;
 use conformance::{TestServer, client};
 use serde_json::Value;
 
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
 impl Podman {
-    fn new() -> Podman {
-        require("podman");
-        Podman { dir: tempdir() }
-    }
-
-    fn cmd(&self) -> Cmd {
-        let d = self.dir.path();
-        Cmd::new("podman")
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-    }
-
     async fn run<const N: usize>(&self, args: [&str; N]) -> Out {
         self.cmd().args(args).run().await
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use conformance::auth::*;
-use conformance::{TestServer, digest_of, random_bytes};
+use conformance::{TestServer, digest_of, random_bytes, store_files};
 use reqwest::StatusCode;
 
 fn plain() -> reqwest::Client {
@@ -18,31 +18,6 @@ fn plain() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-/// Every file under the storage root (relative paths), to show a denial changed nothing.
-fn snapshot(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(base).unwrap().display().to_string();
-            if rel.starts_with("drydock") || rel == "htpasswd" {
-                continue; // the server's own state (lock, socket, maintenance records)
-            }
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(rel);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(root, root, &mut v);
-    v.sort();
-    v
 }
 
 async fn htpasswd_server() -> (TestServer, tempfile::TempDir) {
@@ -116,7 +91,7 @@ async fn htpasswd_login_challenge_and_wrong_password() {
     assert_eq!(r.status(), 200);
 
     // A wrong password: 401 with the challenge, and nothing written.
-    let before = snapshot(s.root());
+    let before = store_files(s.root());
     let wrong = basic(("alice", "nope"));
     for (method, path) in [
         ("GET", "/v2/"),
@@ -141,7 +116,7 @@ async fn htpasswd_login_challenge_and_wrong_password() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
 }
 
 #[tokio::test]
@@ -150,7 +125,7 @@ async fn policy_decides_push_pull_delete_and_listing() {
     let c = plain();
     let (m, layer) = push_with(&s, &basic(ALICE), "team/app", "v1", 1).await;
     push_with(&s, &basic(ALICE), "public/base", "v1", 2).await;
-    let before = snapshot(s.root());
+    let before = store_files(s.root());
 
     // The reader pulls, but may not push or delete: 403 DENIED, nothing changed.
     let r = c
@@ -182,7 +157,7 @@ async fn policy_decides_push_pull_delete_and_listing() {
         .await
         .unwrap();
     expect_error(r, 403, "DENIED").await;
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
 
     // Anonymous: pull where the policy allows, a challenge elsewhere, and the same
     // answer whether or not the repository exists.
@@ -212,7 +187,7 @@ async fn policy_decides_push_pull_delete_and_listing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
 
     // The catalog lists only what the caller may pull.
     let list = |who: Option<(&'static str, &'static str)>| {
@@ -288,7 +263,7 @@ async fn mount_without_pull_on_from_is_a_plain_session() {
 async fn admin_api_needs_an_admin_over_tcp() {
     let (s, _dir) = htpasswd_server().await;
     let c = plain();
-    let before = snapshot(s.root());
+    let before = store_files(s.root());
     // No credentials (from 127.0.0.1), and forwarded-for headers as a proxy on the same
     // host would add them: refused.
     for headers in [
@@ -325,7 +300,7 @@ async fn admin_api_needs_an_admin_over_tcp() {
         .await
         .unwrap();
     expect_error(r, 403, "DENIED").await;
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
     assert_eq!(s.cleaner.status().cycles, 0);
     // An admin: it runs.
     let r = c
@@ -496,7 +471,7 @@ async fn token_service_grants_what_the_policy_allows() {
         claims(rt)["access"][0]["actions"],
         serde_json::json!(["pull"])
     );
-    let before = snapshot(s.root());
+    let before = store_files(s.root());
     let r = c
         .post(s.url("/v2/team/app/blobs/uploads/"))
         .header("authorization", format!("Bearer {rt}"))
@@ -505,7 +480,7 @@ async fn token_service_grants_what_the_policy_allows() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert!(hdr(&r, "www-authenticate").contains("error=\"insufficient_scope\""));
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
 
     // Anonymous tokens carry what anonymous clients may do.
     let t = get_token(
@@ -650,7 +625,7 @@ async fn tokens_signed_by_a_key_the_test_controls() {
 
     // Refused: expired, another service, another issuer, an unknown key (a chain to
     // another CA, an unknown kid), a scope naming another repository.
-    let before = snapshot(s.root());
+    let before = store_files(s.root());
     let other_ca = Ca::new("not trusted");
     let rogue = other_ca.signer(&rcgen::PKCS_ECDSA_P256_SHA256);
     let mut expired = TokenSpec::new(push_pull.clone());
@@ -726,7 +701,7 @@ async fn tokens_signed_by_a_key_the_test_controls() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
     }
-    assert_eq!(snapshot(s.root()), before);
+    assert_eq!(store_files(s.root()), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,5 +770,60 @@ async fn registry_auth_from_the_environment() {
             err.contains(&format!("configuration key {key}")),
             "{vars:?}: {err}"
         );
+    }
+}
+
+/// `X-Forwarded-For` names the client in the logs only when the peer is a configured
+/// proxy (`http.trustedproxies`), and never changes a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_logged_only_from_trusted_proxies_and_decides_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ht = dir.path().join("htpasswd");
+    write_htpasswd(&ht, &[ALICE]);
+    for (trusted, want) in [("[]", "127.0.0.1"), ("[127.0.0.1]", "203.0.113.9")] {
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  trustedproxies: {trusted}\nauth:\n  htpasswd:\n    path: {}\ngc:\n  on_startup: false\nmaintenance:\n  enabled: false\n",
+                root.display(),
+                ht.display()
+            ),
+        )
+        .unwrap();
+        let server = conformance::ServerProcess::spawn(&cfg);
+        let id = format!("xff-{}", trusted.len());
+        let r = plain()
+            .get(server.url("/v2/"))
+            .header("authorization", basic(ALICE))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+            .header("x-request-id", &id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The admin API is refused alike: the forwarded address decides nothing.
+        let r = plain()
+            .post(server.url("/admin/gc"))
+            .header("x-forwarded-for", "127.0.0.1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(
+            tokio::task::block_in_place(|| server.wait_for_log(&id, 1)),
+            "no access log line: {}",
+            server.log_text()
+        );
+        let text = server.log_text();
+        let line = text.lines().find(|l| l.contains(&id)).unwrap();
+        assert!(
+            line.contains(&format!("client={want}")) && line.contains("user=alice"),
+            "trustedproxies {trusted}: {line}"
+        );
+        if want == "127.0.0.1" {
+            assert!(!line.contains("203.0.113.9"), "{line}");
+        }
     }
 }

@@ -104,6 +104,7 @@ pub fn app(mut state: AppState, config: &Config) -> Result<Online, String> {
             metrics,
             access_log: !config.log.accesslog.disabled,
             sink: notifier.map(|n| n as Arc<dyn telemetry::RequestSink>),
+            trusted_proxies: config.http.trustedproxies.clone().into(),
         },
     );
     Ok(Online {

@@ -1251,10 +1251,19 @@ fn check_security(c: &Config) -> Result<(), ConfigError> {
     if let Some(t) = &c.http.tls {
         match t.minimumtls.as_deref() {
             None | Some("tls1.2") | Some("tls1.3") => {}
+            Some(v @ ("tls1.0" | "tls1.1")) => {
+                return Err(key(
+                    "http.tls.minimumtls",
+                    format!(
+                        "{v:?} cannot be honoured: rustls (drydock's TLS) implements TLS 1.2 \
+                         and 1.3 only; give tls1.2 or tls1.3"
+                    ),
+                ));
+            }
             Some(v) => {
                 return Err(key(
                     "http.tls.minimumtls",
-                    format!("{v:?} is not supported; give tls1.2 or tls1.3"),
+                    format!("{v:?} is not a TLS version; give tls1.2 or tls1.3"),
                 ));
             }
         }

@@ -23,6 +23,7 @@ pub mod repository;
 pub mod server;
 pub mod storage;
 pub mod store;
+pub mod tls;
 pub mod upload;
 
 pub use api::error::Error;

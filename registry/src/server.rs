@@ -1,7 +1,9 @@
 //! Wiring a configuration into a running server: `serve(listener, app, options,
 //! shutdown)` takes a listener the caller already bound (tests bind `127.0.0.1:0`) and
-//! serves HTTP/1.1 connections on it with hyper: at most `http.max_connections` at once
-//! (the rest wait in the listen backlog), each under the `http.timeouts` of [`conn`]. A
+//! serves HTTP/1.1 connections on it with hyper, or with `options.tls` TLS connections
+//! speaking HTTP/2 or HTTP/1.1 as ALPN chose: at most `http.max_connections` at once
+//! (the rest wait in the listen backlog), each under the `http.timeouts` of [`conn`]
+//! (a TLS handshake counts as the wait for the first request head). A
 //! failed `accept` (the open-file limit) is logged, and accepting resumes when a
 //! connection closes. A graceful shutdown stops accepting, closes idle connections and
 //! waits for requests in flight up to the drain timeout.
@@ -88,6 +90,9 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Where connection counts and timeouts are recorded.
     pub metrics: Option<Arc<Metrics>>,
+    /// Serve TLS (`http.tls`, loaded by the caller: a file that does not load is a
+    /// start-up error).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl ServeOptions {
@@ -98,12 +103,14 @@ impl ServeOptions {
             timeouts: config.http.timeouts,
             max_connections: config.http.max_connections,
             metrics,
+            tls: None,
         }
     }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains for at most
-/// `options.drain` before returning. Handlers can see the peer address (`ConnectInfo`).
+/// `options.drain` before returning. Handlers can see the peer (`ConnectInfo` of its
+/// `SocketAddr`, and of an [`auth::Peer`](crate::auth::Peer) with what TLS settled).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -184,22 +191,10 @@ pub async fn serve(
         }
         let _ = tcp.set_nodelay(true);
         let state = conn::ConnState::new(options.timeouts, options.metrics.clone());
-        let io = TokioIo::new(conn::TimedIo::new(tcp, state.clone()));
+        let io = conn::TimedIo::new(tcp, state.clone());
+        // The TLS configuration of this moment: a reload does not touch this connection.
+        let acceptor = options.tls.as_ref().map(|t| t.acceptor());
         let router = app.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let n = state.request_started();
-            let mut req = req.map(|b| Body::new(conn::TimedBody::new(b, state.clone())));
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let state = state.clone();
-            let answer = router.clone().oneshot(req);
-            async move {
-                let resp = match answer.await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                Ok::<_, Infallible>(resp.map(|b| Body::new(conn::Ending::new(b, state, n))))
-            }
-        });
         let signal_tx = signal_tx.clone();
         let done_rx = done_rx.clone();
         let ended = ended.clone();
@@ -210,7 +205,30 @@ pub async fn serve(
             }
             // Everything the connection owns (its request in flight too) is gone when
             // this returns, before the connection counts as closed.
-            serve_connection(io, service, signal_tx, peer).await;
+            match acceptor {
+                None => {
+                    let who = crate::auth::Peer {
+                        addr: peer,
+                        cert_user: None,
+                        tls: false,
+                    };
+                    let service = connection_service(router, state, who);
+                    serve_connection(TokioIo::new(io), false, service, signal_tx, peer).await;
+                }
+                Some(acceptor) => match acceptor.accept(io).await {
+                    Ok(tls) => {
+                        let (h2, cert_user) = crate::tls::negotiated(tls.get_ref().1);
+                        let who = crate::auth::Peer {
+                            addr: peer,
+                            cert_user,
+                            tls: true,
+                        };
+                        let service = connection_service(router, state, who);
+                        serve_connection(TokioIo::new(tls), h2, service, signal_tx, peer).await;
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
+            }
             if let Some(m) = &metrics {
                 m.http.connections.dec();
             }
@@ -231,23 +249,78 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends; from `signal` on, gracefully (the request in
-/// flight is finished, then the connection closes).
-async fn serve_connection<S>(
-    io: TokioIo<conn::TimedIo<tokio::net::TcpStream>>,
+/// The service of one connection: each request gets the connection's body wait, its
+/// peer (`ConnectInfo`), and a response that tells the connection when it has ended.
+fn connection_service(
+    router: Router,
+    state: Arc<conn::ConnState>,
+    who: crate::auth::Peer,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = axum::http::Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<axum::http::Response<Body>, Infallible>> + Send + 'static,
+> {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        state.request_started();
+        let mut req = req.map(|b| Body::new(conn::TimedBody::new(b, state.clone())));
+        req.extensions_mut().insert(ConnectInfo(who.addr));
+        req.extensions_mut().insert(ConnectInfo(who.clone()));
+        let state = state.clone();
+        let answer = router.clone().oneshot(req);
+        async move {
+            let resp = match answer.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok::<_, Infallible>(resp.map(|b| Body::new(conn::Ending::new(b, state))))
+        }
+    })
+}
+
+/// Serves one connection (HTTP/2 when `h2`, else HTTP/1.1) until it ends; from
+/// `signal` on, gracefully (the requests in flight are finished, then the connection
+/// closes).
+async fn serve_connection<I, S>(
+    io: I,
+    h2: bool,
     service: S,
     signal: watch::Sender<()>,
     peer: std::net::SocketAddr,
 ) where
-    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // The head's deadline is the connection's own (`conn`).
-    builder.header_read_timeout(None);
-    let mut connection = pin!(builder.serve_connection(io, service));
+    if h2 {
+        let builder =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let connection = builder.serve_connection(io, service);
+        drive(connection, |c| c.graceful_shutdown(), signal, peer).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // The head's deadline is the connection's own (`conn`).
+        builder.header_read_timeout(None);
+        let connection = builder.serve_connection(io, service);
+        drive(connection, |c| c.graceful_shutdown(), signal, peer).await;
+    }
+}
+
+/// Runs `connection` to its end, asking it to shut down gracefully once `signal` is
+/// closed.
+async fn drive<C, E>(
+    connection: C,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    signal: watch::Sender<()>,
+    peer: std::net::SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connection = pin!(connection);
     let mut signal = pin!(signal.closed());
-    let mut draining = false;
+    let mut graceful = Some(graceful);
     loop {
         tokio::select! {
             r = connection.as_mut() => {
@@ -256,9 +329,10 @@ async fn serve_connection<S>(
                 }
                 return;
             }
-            _ = &mut signal, if !draining => {
-                connection.as_mut().graceful_shutdown();
-                draining = true;
+            _ = &mut signal, if graceful.is_some() => {
+                if let Some(g) = graceful.take() {
+                    g(connection.as_mut());
+                }
             }
         }
     }

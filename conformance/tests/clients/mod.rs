@@ -939,6 +939,43 @@ where
     Cmd::new("skopeo").arg("--insecure-policy").args(args)
 }
 
+/// podman with its own storage, credentials and temporary files in a temporary
+/// directory (`--root`, `--runroot`, `--tmpdir`, `REGISTRY_AUTH_FILE`), the `vfs` driver
+/// (no overlay mounts), cgroupfs and file events (no systemd or journald).
+pub struct Podman {
+    pub dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        require("podman");
+        let dir = tempdir();
+        // Its own credentials file, so nothing of the user's is read or written.
+        std::fs::write(dir.path().join("auth.json"), "{}").expect("write auth.json");
+        Podman { dir }
+    }
+
+    pub fn cmd(&self) -> Cmd {
+        let d = self.dir.path();
+        Cmd::new("podman")
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The standard fixture
 // ---------------------------------------------------------------------------------

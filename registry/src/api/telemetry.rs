@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -151,6 +151,8 @@ pub struct Telemetry {
     pub metrics: Option<Arc<Metrics>>,
     pub access_log: bool,
     pub sink: Option<Arc<dyn RequestSink>>,
+    /// `http.trustedproxies`: whose `X-Forwarded-For` names the client in the logs.
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
 }
 
 /// Wraps `router` in the request layer.
@@ -193,9 +195,13 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
     let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
     let (route, repo, reference) = RouteKind::of(req.uri().path());
     let method = req.method().clone();
+    let peer = crate::auth::Peer::of(req.extensions());
+    let client = crate::auth::client_addr(peer.as_ref(), req.headers(), &t.trusted_proxies);
     let span = tracing::info_span!(
         "request",
         id = %id,
+        client = %client.as_deref().unwrap_or(""),
+        user = tracing::field::Empty,
         method = %method,
         route = route.name(),
         repo = repo,
@@ -215,10 +221,7 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
         query: req.uri().query().map(str::to_owned),
         request_headers: req.headers().clone(),
         response_headers: HeaderMap::new(),
-        peer: req
-            .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0),
+        peer: peer.as_ref().map(|p| p.addr),
         actor: None,
         bytes_in: 0,
     });

@@ -122,7 +122,46 @@ pub struct CertUser(pub Arc<str>);
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
+    /// The common name of the client certificate the TLS handshake verified.
     pub cert_user: Option<Arc<str>>,
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
+impl Peer {
+    /// The peer of a request: the TLS listener's (`ConnectInfo<Peer>`) or the plain
+    /// listener's address (`ConnectInfo<SocketAddr>`).
+    pub fn of(extensions: &axum::http::Extensions) -> Option<Peer> {
+        extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.clone())
+            .or_else(|| {
+                extensions.get::<ConnectInfo<SocketAddr>>().map(|c| Peer {
+                    addr: c.0,
+                    cert_user: None,
+                    tls: false,
+                })
+            })
+    }
+}
+
+/// The client address to log: the last hop of `X-Forwarded-For` when the peer is one of
+/// `trusted` proxies (`http.trustedproxies`), else the peer. Only ever logged: no
+/// decision depends on it.
+pub fn client_addr(
+    peer: Option<&Peer>,
+    headers: &axum::http::HeaderMap,
+    trusted: &[IpAddr],
+) -> Option<String> {
+    let peer = peer?;
+    if trusted.contains(&peer.addr.ip())
+        && let Some(f) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(last) = f.rsplit(',').next().map(str::trim)
+        && let Ok(ip) = last.parse::<IpAddr>()
+    {
+        return Some(ip.to_string());
+    }
+    Some(peer.addr.ip().to_string())
 }
 
 struct Cached {
@@ -150,7 +189,6 @@ pub struct Auth {
     cache: DashMap<[u8; 32], Cached>,
     failures: DashMap<IpAddr, Bucket>,
     bcrypt_slots: tokio::sync::Semaphore,
-    trusted_proxies: Vec<IpAddr>,
     admin_loopback_only: bool,
 }
 
@@ -239,7 +277,6 @@ impl Auth {
             cache: DashMap::new(),
             failures: DashMap::new(),
             bcrypt_slots: tokio::sync::Semaphore::new(cores),
-            trusted_proxies: config.http.trustedproxies.clone(),
             admin_loopback_only: config.admin.loopback_only,
         }))
     }
@@ -474,22 +511,6 @@ impl Auth {
             None => format!("Basic realm=\"{}\",charset=\"UTF-8\"", self.realm),
         }
     }
-
-    /// The client address for logs: `X-Forwarded-For`'s last hop when the peer is a
-    /// configured proxy, else the peer.
-    fn client_addr(&self, req: &Request, peer: Option<&Peer>) -> Option<String> {
-        let peer = peer?;
-        if self.trusted_proxies.contains(&peer.addr.ip())
-            && let Some(f) = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            && let Some(last) = f.rsplit(',').next()
-        {
-            return Some(last.trim().to_owned());
-        }
-        Some(peer.addr.ip().to_string())
-    }
 }
 
 /// `auth.token.realm` as clients need it: absolute. A path is made absolute with the
@@ -498,23 +519,21 @@ fn absolute_realm(realm: &str, req: &Request) -> String {
     if !realm.starts_with('/') {
         return realm.to_owned();
     }
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the request's authority.
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .filter(|h| !h.contains(['"', '\\', ' ', ',']))
         .unwrap_or("localhost");
-    let scheme = if req.extensions().get::<Tls>().is_some() {
+    let scheme = if Peer::of(req.extensions()).is_some_and(|p| p.tls) {
         "https"
     } else {
         "http"
     };
     format!("{scheme}://{host}{realm}")
 }
-
-/// Marks a request that came over TLS.
-#[derive(Debug, Clone, Copy)]
-pub struct Tls;
 
 /// `user:password` of a Basic credential.
 pub(crate) fn parse_basic(b64: &str) -> Option<(String, String)> {
@@ -633,18 +652,7 @@ fn scope_string(kind: &str, name: &str, actions: Actions) -> String {
 
 /// The layer itself (`axum::middleware::from_fn_with_state`).
 pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|c| c.0.clone())
-        .or_else(|| {
-            req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| Peer {
-                    addr: c.0,
-                    cert_user: None,
-                })
-        });
+    let peer = Peer::of(req.extensions());
     let need = classify(req.method(), req.uri().path());
     if matches!(need, Need::Nothing) {
         return next.run(req).await;
@@ -677,12 +685,8 @@ pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
         principal,
         policy: auth.policy.clone(),
     };
-    let client = auth.client_addr(&req, peer.as_ref());
-    let span = tracing::info_span!(
-        "auth",
-        user = caller.principal.name(),
-        client = client.as_deref().unwrap_or("")
-    );
+    // The request's span (the telemetry layer's) names the user in every line it logs.
+    tracing::Span::current().record("user", tracing::field::display(caller.principal.name()));
     let anonymous = matches!(caller.principal, Principal::Anonymous);
     let is_token = matches!(caller.principal, Principal::Token(_));
     let verdict: Result<(), (Refusal, Option<String>)> = match &need {
@@ -755,11 +759,11 @@ pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
     match verdict {
         Ok(()) => {
             req.extensions_mut().insert(caller);
-            tracing::Instrument::instrument(next.run(req), span).await
+            next.run(req).await
         }
         Err((r, scope)) => {
             if let Refusal::Denied(what) = &r {
-                span.in_scope(|| tracing::info!(what, path = req.uri().path(), "access denied"));
+                tracing::info!(what, path = req.uri().path(), "access denied");
             }
             refuse(&auth, &req, r, scope)
         }

@@ -17,12 +17,12 @@
 //! Handlers here return `Result<Response, Response>`: both arms are answers.
 #![allow(clippy::result_large_err)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -215,15 +215,7 @@ fn too_many() -> Response {
 }
 
 fn peer_ip(req: &Request) -> IpAddr {
-    req.extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|c| c.0.addr.ip())
-        .or_else(|| {
-            req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-        })
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    Peer::of(req.extensions()).map_or(IpAddr::from([0, 0, 0, 0]), |p| p.addr.ip())
 }
 
 /// Checks a user name and password; `Err` is the response to send.

@@ -2,9 +2,10 @@
 //! measured where the server waits on the client, so its own work (a long collection
 //! behind `?wait=true`, a post-process command, a slow disk) never counts:
 //!
-//! - a request head: from accepting the connection, or from the first byte of a later
-//!   request, until the head is complete (`header`); between requests (`idle`): the
-//!   reads of [`TimedIo`], while no request is being served;
+//! - a request head: from accepting the connection (a TLS handshake included), or from
+//!   the first byte of a later request, until the head is complete (`header`); between
+//!   requests (`idle`): the reads of [`TimedIo`], while no request is being served (with
+//!   HTTP/2, while none of the connection's streams is);
 //! - a request body a handler is reading: from each read that found nothing until
 //!   bytes arrive (`body`): [`TimedBody`];
 //! - a response the client does not take: from each write the socket refused until it
@@ -55,13 +56,15 @@ enum Phase {
     Head(Instant),
     /// Kept alive, with no request, since this instant.
     Idle(Instant),
-    /// Request number `.0` is being served.
-    Busy(u64),
+    /// Requests are being served (one at a time with HTTP/1.1, any number of streams
+    /// with HTTP/2).
+    Busy,
 }
 
 struct Inner {
     phase: Phase,
-    requests: u64,
+    /// Requests whose responses have not ended.
+    active: u64,
     /// The task of a read that found nothing while a request was served: it armed no
     /// timer, so it is woken to arm the idle one when the response ends.
     reader: Option<Waker>,
@@ -79,7 +82,7 @@ impl ConnState {
         Arc::new(ConnState {
             inner: Mutex::new(Inner {
                 phase: Phase::Head(Instant::now()),
-                requests: 0,
+                active: 0,
                 reader: None,
             }),
             timeouts,
@@ -91,18 +94,19 @@ impl ConnState {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A request's head is complete and its handler starts: returns its number.
-    pub(crate) fn request_started(&self) -> u64 {
+    /// A request's head is complete and its handler starts.
+    pub(crate) fn request_started(&self) {
         let mut i = self.lock();
-        i.requests += 1;
-        i.phase = Phase::Busy(i.requests);
-        i.requests
+        i.active += 1;
+        i.phase = Phase::Busy;
     }
 
-    /// Request `n`'s response has ended (or was dropped): the connection is idle.
-    pub(crate) fn response_ended(&self, n: u64) {
+    /// A request's response has ended (or was dropped; called once per request): when
+    /// it was the last in flight, the connection is idle.
+    pub(crate) fn response_ended(&self) {
         let mut i = self.lock();
-        if matches!(i.phase, Phase::Busy(m) if m == n) {
+        i.active = i.active.saturating_sub(1);
+        if i.active == 0 && matches!(i.phase, Phase::Busy) {
             i.phase = Phase::Idle(Instant::now());
             if let Some(w) = i.reader.take() {
                 w.wake();
@@ -125,7 +129,7 @@ impl ConnState {
         let (since, limit, wait) = match i.phase {
             Phase::Head(t) => (t, self.timeouts.header, Wait::Header),
             Phase::Idle(t) => (t, self.timeouts.idle, Wait::Idle),
-            Phase::Busy(_) => {
+            Phase::Busy => {
                 if !i.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
                     i.reader = Some(waker.clone());
                 }
@@ -352,20 +356,27 @@ where
     }
 }
 
-/// A response body that tells the connection when it has ended (or was dropped): from
-/// then on the connection is idle.
+/// A response body that tells the connection when it has ended (or was dropped), once:
+/// from then on the request no longer keeps the connection busy.
 pub(crate) struct Ending<B> {
     inner: B,
     conn: Arc<ConnState>,
-    request: u64,
+    ended: bool,
 }
 
 impl<B> Ending<B> {
-    pub(crate) fn new(inner: B, conn: Arc<ConnState>, request: u64) -> Ending<B> {
+    pub(crate) fn new(inner: B, conn: Arc<ConnState>) -> Ending<B> {
         Ending {
             inner,
             conn,
-            request,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.conn.response_ended();
         }
     }
 }
@@ -381,7 +392,7 @@ impl<B: Body + Unpin> Body for Ending<B> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            this.conn.response_ended(this.request);
+            this.end();
         }
         r
     }
@@ -397,6 +408,45 @@ impl<B: Body + Unpin> Body for Ending<B> {
 
 impl<B> Drop for Ending<B> {
     fn drop(&mut self) {
-        self.conn.response_ended(self.request);
+        self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waker() -> Waker {
+        futures::task::noop_waker()
+    }
+
+    /// HTTP/2 streams overlap: the connection is busy (no head or idle wait runs) until
+    /// the last response in flight ends, whichever order they end in.
+    #[tokio::test]
+    async fn busy_until_the_last_request_in_flight_ends() {
+        let timeouts = TimeoutsConfig {
+            header: Duration::from_secs(60),
+            idle: Duration::from_secs(120),
+            body: Duration::from_secs(120),
+            send: Duration::from_secs(120),
+        };
+        let c = ConnState::new(timeouts, None);
+        assert_eq!(c.read_deadline(&waker()).map(|d| d.1), Some(Wait::Header));
+        c.request_started(); // a long upload
+        c.request_started(); // a short GET beside it
+        c.response_ended(); // the GET ends first
+        assert!(
+            c.read_deadline(&waker()).is_none(),
+            "idle while an upload runs"
+        );
+        c.response_ended();
+        assert_eq!(c.read_deadline(&waker()).map(|d| d.1), Some(Wait::Idle));
+        // An Ending reports once, whether it ended, was dropped, or both.
+        c.request_started();
+        let mut e = Ending::new(http_body_util::Empty::<Bytes>::new(), c.clone());
+        e.end();
+        c.request_started();
+        drop(e);
+        assert!(c.read_deadline(&waker()).is_none());
     }
 }
