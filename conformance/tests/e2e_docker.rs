@@ -9,97 +9,13 @@
 
 mod clients;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use clients::*;
 use conformance::{TestServer, client};
 use serde_json::Value;
 
-struct Docker {
-    // Field order matters: the daemon stops before its directory is removed.
-    daemon: Daemon,
-    sock: PathBuf,
-    dir: tempfile::TempDir,
-}
-
 impl Docker {
-    async fn start() -> Docker {
-        require("dockerd");
-        require("docker");
-        let dir = tempdir();
-        let d = dir.path();
-        let sock = d.join("docker.sock");
-        let exec = d.join("exec");
-        let cmd = Cmd::new("dockerd")
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(&exec)
-            .arg("--pidfile")
-            .arg(d.join("pid"))
-            .args([
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                "--log-level=warn",
-            ]);
-        let mut daemon = Daemon::spawn("dockerd", &cmd, &d.join("dockerd.log"));
-        // dockerd starts its own containerd; stop it too if dockerd could not.
-        daemon.also_kill_pidfile(
-            exec.join("containerd/containerd.pid"),
-            &exec.display().to_string(),
-        );
-        let mut docker = Docker { daemon, sock, dir };
-        docker.wait_ready().await;
-        docker
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.cmd().arg("version").try_run().await;
-            if out.success() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "dockerd did not answer on {} within 60s: {}\n--- dockerd log ---\n{}",
-                    self.sock.display(),
-                    out.stderr(),
-                    self.daemon.log_tail()
-                );
-            }
-            self.daemon.assert_running();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn cmd(&self) -> Cmd {
-        Cmd::new("docker")
-            .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
-            .env("DOCKER_BUILDKIT", "0")
-            .env("DOCKER_CONFIG", self.dir.path().join("client"))
-    }
-
-    async fn run<const N: usize>(&self, args: [&str; N]) -> Out {
-        let out = self.cmd().args(args).try_run().await;
-        if !out.success() {
-            panic!(
-                "`docker {}` failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- dockerd log ---\n{}",
-                args.join(" "),
-                out.status,
-                out.stdout(),
-                out.stderr(),
-                self.daemon.log_tail()
-            );
-        }
-        out
-    }
-
     /// Reads files out of `image` via a created (never started) container.
     async fn read_files(&self, image: &str, paths: &[&str]) -> Vec<Vec<u8>> {
         let name = unique("e2e-read-");
@@ -129,24 +45,6 @@ impl Docker {
         }
         self.run(["rm", &name]).await;
         out
-    }
-
-    /// `docker push`; returns the manifest digest it reports, and its output.
-    async fn push(&self, image: &str) -> (String, String) {
-        let out = self.run(["push", image]).await.stdout();
-        let digest = out
-            .split_whitespace()
-            .skip_while(|w| *w != "digest:")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no digest in the output of docker push:\n{out}"))
-            .to_owned();
-        (digest, out)
-    }
-
-    /// Removes `image` locally and checks it is gone.
-    async fn forget(&self, image: &str) {
-        self.run(["rmi", image]).await;
-        self.cmd().args(["image", "inspect", image]).fail().await;
     }
 }
 
