@@ -408,7 +408,7 @@ fn write_config(dir: &Path, root: &Path, addr: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &p,
         format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\ngc:\n  on_startup: false\nhttp:\n  addr: {addr}\n{extra}",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\ngc:\n  on_startup: false\nhttp:\n  addr: {addr}\n{extra}",
             root.display()
         ),
     )
@@ -668,4 +668,140 @@ fn a_non_loopback_listener_without_tls_or_auth_is_warned_about() {
     let cfg = write_config(dir.path(), root.path(), "0.0.0.0:0", &extra);
     let server = ServerProcess::spawn(&cfg);
     assert_eq!(warned(&server), (false, false), "{}", server.log_text());
+}
+
+/// nginx in front, with the example of docs/security.md taken from the file itself (so
+/// the documented set-up is the tested one): nginx terminates TLS with the test CA's
+/// certificate; skopeo pushes and pulls through it with verification on and
+/// credentials; the admin API is refused through it; drydock logs nginx's last
+/// `X-Forwarded-For` hop as the client, never what the client claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_in_front_as_documented() {
+    require("nginx");
+    require("skopeo");
+    let dir = tempdir();
+    let root = tempdir();
+    let d = dir.path();
+    write_htpasswd(&d.join("htpasswd"), &[ALICE]);
+    let cfg = write_config(
+        d,
+        root.path(),
+        "127.0.0.1:0",
+        &format!(
+            "  trustedproxies: [127.0.0.1]\nauth:\n  htpasswd:\n    path: {}\n",
+            d.join("htpasswd").display()
+        ),
+    );
+    let server = ServerProcess::spawn(&cfg);
+
+    let ca = Ca::new("drydock test CA");
+    let (crt, key) = ca.server().write(d, "nginx");
+    let doc = include_str!("../../docs/security.md");
+    let example = doc
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an nginx example in docs/security.md");
+    let port = free_port();
+    let mut site = example.to_owned();
+    for (from, to) in [
+        ("listen 443 ", format!("listen 127.0.0.1:{port} ")),
+        ("/etc/nginx/tls/registry.crt", crt.display().to_string()),
+        ("/etc/nginx/tls/registry.key", key.display().to_string()),
+        ("http://127.0.0.1:5000", format!("http://{}", server.addr)),
+    ] {
+        assert!(site.contains(from), "the example no longer has {from:?}");
+        site = site.replace(from, &to);
+    }
+    let conf = d.join("nginx.conf");
+    let t = |n: &str| d.join(n).display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {};\nerror_log {} info;\nevents {{}}\n\
+             http {{\naccess_log off;\nclient_body_temp_path {};\nproxy_temp_path {};\n\
+             fastcgi_temp_path {};\nuwsgi_temp_path {};\nscgi_temp_path {};\n{site}\n}}\n",
+            t("nginx.pid"),
+            t("nginx-error.log"),
+            t("body"),
+            t("proxy"),
+            t("fastcgi"),
+            t("uwsgi"),
+            t("scgi"),
+        ),
+    )
+    .unwrap();
+    let nginx = Daemon::spawn(
+        "nginx",
+        &Cmd::new("nginx").arg("-p").arg(d).arg("-c").arg(&conf),
+        &d.join("nginx.log"),
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let c = tls_client(&ca, None);
+    // nginx says nothing when it listens: poll until it answers (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.get(format!("{base}/v2/")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not answer: {}",
+            nginx.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // skopeo through nginx, verifying nginx's certificate, with credentials.
+    let certs = cert_dir(&d.join("certs"), &ca, None);
+    let h = format!("127.0.0.1:{port}");
+    let fx = fixture(51);
+    let alice = format!("{}:{}", ALICE.0, ALICE.1);
+    skopeo(["copy", "--preserve-digests", "--dest-cert-dir"])
+        .arg(&certs)
+        .args(["--dest-creds", &alice])
+        .arg(oci(fx.dir.path(), "v1"))
+        .arg(format!("docker://{h}/proxied/app:v1"))
+        .run()
+        .await;
+    let back = tempdir();
+    skopeo(["copy", "--preserve-digests", "--src-cert-dir"])
+        .arg(&certs)
+        .args(["--src-creds", &alice])
+        .arg(format!("docker://{h}/proxied/app:v1"))
+        .arg(oci(back.path(), "v1"))
+        .run()
+        .await;
+    assert_same_content(fx.dir.path(), back.path(), "v1");
+
+    // Every request arrives from 127.0.0.1, which buys nothing: the admin API still
+    // needs an admin, whatever the client claims it is.
+    for auth in [None, Some(basic(ALICE))] {
+        let mut rq = c
+            .post(format!("{base}/admin/gc?wait=true"))
+            .header("x-forwarded-for", "127.0.0.1");
+        if let Some(a) = &auth {
+            rq = rq.header("authorization", a);
+        }
+        let status = rq.send().await.unwrap().status();
+        assert_eq!(status, if auth.is_some() { 403 } else { 401 });
+    }
+    // A client's own X-Forwarded-For is not what drydock logs: nginx's last hop is.
+    let r = c
+        .get(format!("{base}/v2/"))
+        .header("authorization", basic(ALICE))
+        .header("x-forwarded-for", "203.0.113.5")
+        .header("x-request-id", "through-nginx")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        tokio::task::block_in_place(|| server.wait_for_log("through-nginx", 1)),
+        "{}",
+        server.log_text()
+    );
+    let text = server.log_text();
+    let line = text.lines().find(|l| l.contains("through-nginx")).unwrap();
+    assert!(
+        line.contains("client=127.0.0.1") && !line.contains("203.0.113.5"),
+        "{line}"
+    );
 }
