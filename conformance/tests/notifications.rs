@@ -250,25 +250,59 @@ fn queued_ids(root: &std::path::Path) -> Vec<String> {
     ids
 }
 
+/// The value of `series` (name and labels as the server writes them) in the server's
+/// metrics, 0 when absent.
+fn metric(s: &TestServer, series: &str) -> f64 {
+    let text = s.metrics.as_ref().expect("metrics kept").render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (bounded) until `series` has the value `want`.
+async fn until_metric(s: &TestServer, series: &str, want: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want(metric(s, series)) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {}",
+            metric(s, series)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// While the receiver answers 503 events stay queued on disk; once it answers 200
-/// they arrive, and the queue empties.
+/// they arrive, and the queue empties. Distribution's delivery metrics count it all:
+/// events queued, refused (with the status as Go writes it), unanswered (an endpoint
+/// nobody listens on), taken, and the queue's depth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_in_the_queue_while_the_receiver_is_down() {
     let rx = Receiver::start().await;
     rx.status.store(503, Ordering::SeqCst);
     let u = rx.url.clone();
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/events", l.local_addr().unwrap())
+    };
     let s = TestServer::start_with(move |c| {
         c.gc.on_startup = false;
-        c.notifications.endpoints = vec![endpoint("down", &u, |e| {
-            e.ignore.actions = vec!["pull".into()];
-        })];
+        c.admin.metrics = true;
+        c.notifications.endpoints = vec![
+            endpoint("down", &u, |e| {
+                e.ignore.actions = vec!["pull".into()];
+            }),
+            endpoint("nobody", &nobody, |e| {
+                e.ignore.actions = vec!["pull".into()];
+            }),
+        ];
     })
     .await;
     let c = client();
     push_image(&c, &s, "kept/app", "v1", 6, 2).await;
-    // 3 blob pushes and a manifest push, queued.
+    // 3 blob pushes and a manifest push, queued for each endpoint.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while queued_ids(s.root()).len() < 4 {
+    while queued_ids(s.root()).len() < 8 {
         assert!(Instant::now() < deadline, "{:?}", queued_ids(s.root()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -283,11 +317,63 @@ async fn events_wait_in_the_queue_while_the_receiver_is_down() {
         })
         .await;
     assert_eq!(ev.len(), 4, "{ev:#?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !queued_ids(s.root()).is_empty() {
-        assert!(Instant::now() < deadline, "delivered events stay queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let down = r#"endpoint="down"}"#;
+    until_metric(
+        &s,
+        &format!("registry_notifications_pending_total{{{down}"),
+        |v| v == 0.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &s,
+            &format!(r#"registry_notifications_events_total{{type="Events",{down}"#)
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &s,
+            &format!(r#"registry_notifications_events_total{{type="Successes",{down}"#)
+        ),
+        4.0
+    );
+    assert!(
+        metric(
+            &s,
+            &format!(r#"registry_notifications_events_total{{type="Failures",{down}"#)
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &s,
+            &format!(
+                r#"registry_notifications_status_total{{code="503 Service Unavailable",{down}"#
+            )
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &s,
+            &format!(r#"registry_notifications_status_total{{code="200 OK",{down}"#)
+        ) >= 1.0
+    );
+    let nobody = r#"endpoint="nobody"}"#;
+    until_metric(
+        &s,
+        &format!(r#"registry_notifications_events_total{{type="Errors",{nobody}"#),
+        |v| v >= 4.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &s,
+            &format!("registry_notifications_pending_total{{{nobody}")
+        ),
+        4.0
+    );
+    // The one remaining queue is the unreachable endpoint's.
+    assert_eq!(queued_ids(s.root()).len(), 4);
 }
 
 /// kill -9 with events queued and the receiver down; a restart delivers every one of

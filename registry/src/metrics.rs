@@ -79,10 +79,21 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// `registry_notifications_events_total`'s labels, Distribution's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointEventLabels {
+    /// `Events` (queued), `Successes` (taken by the receiver), `Failures` (answered
+    /// with an error status), `Errors` (no answer): events, counted per attempt.
+    pub r#type: &'static str,
+    pub endpoint: String,
+}
+
+/// `registry_notifications_status_total`'s labels, Distribution's.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointStatusLabels {
+    /// The status as Go's `net/http` writes it: `200 OK`, `503 Service Unavailable`.
+    pub code: String,
     pub endpoint: String,
-    pub code: u16,
 }
 
 /// The HTTP metrics, recorded by the request layer.
@@ -140,10 +151,9 @@ pub struct MaintenanceMetrics {
 /// Notification delivery, per endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct NotificationMetrics {
-    pub events: Family<EndpointLabels, Counter>,
+    pub events: Family<EndpointEventLabels, Counter>,
     pub pending: Family<EndpointLabels, Gauge>,
     pub status: Family<EndpointStatusLabels, Counter>,
-    pub errors: Family<EndpointLabels, Counter>,
     pub dropped: Family<EndpointLabels, Counter>,
 }
 
@@ -320,23 +330,19 @@ impl Metrics {
         let notifications = NotificationMetrics::default();
         r.register(
             "registry_notifications_events",
-            "Events queued for delivery, by endpoint",
+            "Events by endpoint: queued (Events), and per delivery attempt taken (Successes), refused with a status (Failures) or unanswered (Errors)",
             notifications.events.clone(),
         );
+        // A gauge named `_total`: Distribution's name.
         r.register(
-            "registry_notifications_pending",
+            "registry_notifications_pending_total",
             "Events waiting in an endpoint's durable queue",
             notifications.pending.clone(),
         );
         r.register(
             "registry_notifications_status",
-            "Delivery attempts by endpoint and HTTP status code",
+            "Delivery attempts by HTTP status and endpoint",
             notifications.status.clone(),
-        );
-        r.register(
-            "registry_notifications_errors",
-            "Delivery attempts that got no HTTP answer (connection refused, timeout)",
-            notifications.errors.clone(),
         );
         r.register(
             "drydock_notifications_dropped",

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::api::telemetry::{RequestSink, RouteKind, Summary};
 use crate::config::{Config, EndpointConfig};
-use crate::metrics::{EndpointLabels, EndpointStatusLabels, Metrics};
+use crate::metrics::{EndpointEventLabels, EndpointLabels, EndpointStatusLabels, Metrics};
 use crate::storage::{PathSpec, path_for};
 use crate::store::Store;
 
@@ -545,12 +545,7 @@ impl Endpoint {
             return;
         }
         self.files().push_back((seq, keep.len()));
-        if let Some(m) = &self.metrics {
-            m.notifications
-                .events
-                .get_or_create(&self.labels())
-                .inc_by(keep.len() as u64);
-        }
+        self.count("Events", keep.len());
         self.set_pending_gauge();
         self.wake.notify_one();
     }
@@ -613,33 +608,47 @@ impl Endpoint {
     async fn send(&self, events: &[serde_json::Value]) -> bool {
         let body = serde_json::json!({ "events": events }).to_string();
         let attempt = tokio::time::timeout(self.timeout, self.post(body)).await;
-        let labels = self.labels();
         match attempt {
             Ok(Ok(status)) => {
                 if let Some(m) = &self.metrics {
                     m.notifications
                         .status
                         .get_or_create(&EndpointStatusLabels {
+                            code: format!(
+                                "{} {}",
+                                status.as_u16(),
+                                status.canonical_reason().unwrap_or("")
+                            ),
                             endpoint: self.name.clone(),
-                            code: status.as_u16(),
                         })
                         .inc();
                 }
-                status.is_success() || status.is_redirection()
+                let taken = status.is_success() || status.is_redirection();
+                self.count(if taken { "Successes" } else { "Failures" }, events.len());
+                taken
             }
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %self.name, error = %e, "notification delivery failed");
-                if let Some(m) = &self.metrics {
-                    m.notifications.errors.get_or_create(&labels).inc();
-                }
+                self.count("Errors", events.len());
                 false
             }
             Err(_) => {
-                if let Some(m) = &self.metrics {
-                    m.notifications.errors.get_or_create(&labels).inc();
-                }
+                self.count("Errors", events.len());
                 false
             }
+        }
+    }
+
+    /// Adds `n` events to `registry_notifications_events_total{type=kind}`.
+    fn count(&self, kind: &'static str, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.notifications
+                .events
+                .get_or_create(&EndpointEventLabels {
+                    r#type: kind,
+                    endpoint: self.name.clone(),
+                })
+                .inc_by(n as u64);
         }
     }
 
