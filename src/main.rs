@@ -360,6 +360,7 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     // The listener is bound (or was passed) and accepts into its backlog from here on.
     notify(&[sd_notify::NotifyState::Ready]);
     start_watchdog();
+    start_trimmer();
     let delay = config.health.shutdown_delay;
     registry::server::serve(
         listener,
@@ -725,6 +726,38 @@ fn tune_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
+
+/// Gives memory back after a burst. The tuning above lets each arena keep up to 32 MiB
+/// free for the next request, and a busy server has an arena per thread or so: after
+/// 100 manifest bodies of 4 MiB, 50 MiB stayed with the process. Every 5 s, when no
+/// request is being served (so never in the middle of a push, which is what the
+/// tuning is for), or after a minute in any case, `malloc_trim(0)` returns the free
+/// memory of every arena to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn start_trimmer() {
+    use std::time::{Duration, Instant};
+    let spawned = std::thread::Builder::new()
+        .name("drydock-trim".into())
+        .spawn(|| {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                if registry::server::requests_in_flight() == 0
+                    || last.elapsed() >= Duration::from_secs(60)
+                {
+                    // SAFETY: malloc_trim only returns free memory to the kernel.
+                    unsafe { libc::malloc_trim(0) };
+                    last = Instant::now();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread that returns freed memory");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_trimmer() {}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

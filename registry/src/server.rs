@@ -10,6 +10,8 @@
 
 mod conn;
 
+pub use conn::requests_in_flight;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;

@@ -17,6 +17,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -97,6 +98,9 @@ impl ConnState {
     /// A request's head is complete and its handler starts.
     pub(crate) fn request_started(&self) {
         let mut i = self.lock();
+        if i.active == 0 {
+            IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        }
         i.active += 1;
         i.phase = Phase::Busy;
     }
@@ -107,6 +111,7 @@ impl ConnState {
         let mut i = self.lock();
         i.active = i.active.saturating_sub(1);
         if i.active == 0 && matches!(i.phase, Phase::Busy) {
+            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             i.phase = Phase::Idle(Instant::now());
             if let Some(w) = i.reader.take() {
                 w.wake();
@@ -152,6 +157,23 @@ impl ConnState {
         );
         timed_out(wait)
     }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        // A connection that ended while serving (the client went) ends its request.
+        if let Phase::Busy = self.lock().phase {
+            IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connections serving at least one request in this process, all servers together.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections of this process are serving a request (0: the process is idle).
+pub fn requests_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
 }
 
 /// `since + limit`; none for a zero limit (turned off) or one past any clock.
