@@ -322,6 +322,120 @@ async fn debug_listener_serves_metrics_and_requests_carry_an_id() {
             .unwrap()
             .contains("registry_http_requests_total")
     );
+    let text = scrape(&c, format!("http://{debug}/prom")).await;
+    assert_eq!(
+        series(&text, r#"drydock_auth_failures_total{reason="denied"}"#),
+        Some(1.0),
+        "the admin API refused over TCP is not counted: {text}"
+    );
+}
+
+/// Every refusal of credentials is counted once under its reason, at the registry API
+/// and at the token service alike; a request that passes counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_are_counted_by_reason() {
+    use conformance::auth::{ALICE, READER, SERVICE};
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    conformance::auth::write_htpasswd(&htpasswd, &[conformance::auth::ADMIN, ALICE, READER]);
+    let key = dir.path().join("token-key.pem");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let policy: String = conformance::auth::POLICY
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\ngc:\n  on_startup: false\nauth:\n  htpasswd:\n    realm: test\n    path: {}\n  token:\n    realm: /token\n    service: {SERVICE}\n    issuer: test-issuer\n  tokenserver:\n    key: {}\naccess:\n{policy}",
+            dir.path().join("root").display(),
+            htpasswd.display(),
+            key.display(),
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::spawn(&cfg);
+    let debug = server.debug_addr.expect("debug listener");
+    let c = client();
+    let status =
+        |r: reqwest::RequestBuilder| async move { r.send().await.unwrap().status().as_u16() };
+    let wrong = conformance::auth::basic(("alice", "not-her-password"));
+
+    // Passes: counts nothing.
+    let ok = c
+        .get(server.url("/v2/"))
+        .header("authorization", conformance::auth::basic(ALICE));
+    assert_eq!(status(ok).await, 200);
+    // missing: no credentials where the login check needs some.
+    assert_eq!(status(c.get(server.url("/v2/"))).await, 401);
+    // invalid_credentials: a wrong password.
+    let r = c.get(server.url("/v2/")).header("authorization", &wrong);
+    assert_eq!(status(r).await, 401);
+    // invalid_token: a bearer token that does not verify.
+    let r = c
+        .get(server.url("/v2/"))
+        .header("authorization", "Bearer not.a.token");
+    assert_eq!(status(r).await, 401);
+    // denied: a user the policy does not let push.
+    let r = c
+        .post(server.url("/v2/team/app/blobs/uploads/"))
+        .header("authorization", conformance::auth::basic(READER));
+    assert_eq!(status(r).await, 403);
+    // insufficient_scope: the reader's token grants pull only.
+    let token: serde_json::Value = c
+        .get(server.url(&format!(
+            "/token?service={SERVICE}&scope=repository:team/app:pull,push"
+        )))
+        .header("authorization", conformance::auth::basic(READER))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().expect("a token"));
+    let r = c
+        .post(server.url("/v2/team/app/blobs/uploads/"))
+        .header("authorization", &bearer);
+    assert_eq!(status(r).await, 401);
+    // The token service: a wrong password, an invalid refresh token.
+    let r = c
+        .get(server.url(&format!("/token?service={SERVICE}")))
+        .header("authorization", &wrong);
+    assert_eq!(status(r).await, 401);
+    let r = c.post(server.url("/token")).form(&[
+        ("grant_type", "refresh_token"),
+        ("service", SERVICE),
+        ("refresh_token", "not-a-refresh-token"),
+    ]);
+    assert_eq!(status(r).await, 401);
+    // too_many_failures: wrong passwords until the source's budget is spent.
+    let mut wrong_401 = 2;
+    loop {
+        let r = c.get(server.url("/v2/")).header("authorization", &wrong);
+        match status(r).await {
+            401 => wrong_401 += 1,
+            429 => break,
+            s => panic!("a wrong password answered {s}"),
+        }
+        assert!(wrong_401 < 500, "the failure budget was never spent");
+    }
+
+    let text = scrape(&c, format!("http://{debug}/metrics")).await;
+    let count = |reason: &str| {
+        series(
+            &text,
+            &format!(r#"drydock_auth_failures_total{{reason="{reason}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("missing"), 1.0, "{text}");
+    assert_eq!(count("invalid_credentials"), wrong_401 as f64, "{text}");
+    assert_eq!(count("invalid_token"), 2.0, "{text}");
+    assert_eq!(count("denied"), 1.0, "{text}");
+    assert_eq!(count("insufficient_scope"), 1.0, "{text}");
+    assert_eq!(count("too_many_failures"), 1.0, "{text}");
 }
 
 /// Polls `url` until it answers `status` (bounded); returns the body.

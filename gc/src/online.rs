@@ -57,7 +57,7 @@ pub struct Online {
 /// `maintenance.enabled`. Must run inside a tokio runtime. An error names the
 /// configuration key whose files could not be loaded (htpasswd, token keys).
 pub fn app(mut state: AppState, config: &Config) -> Result<Online, String> {
-    let auth = registry::auth::Auth::from_config(config)?;
+    let auth = registry::auth::Auth::from_config(config, state.metrics.clone())?;
     auth.start_watching();
     let cleaner = if config.gc.enabled {
         Cleaner::start(state.store.clone(), options(config), config.gc_interval())

@@ -166,8 +166,8 @@ pub struct Metrics {
     pub gc: GcMetrics,
     pub maintenance: MaintenanceMetrics,
     pub notifications: NotificationMetrics,
-    /// Authentication failures by reason (`missing`, `invalid`, `denied`, …): the
-    /// access layer counts here.
+    /// Requests refused for their credentials, by reason (`auth::FailureReason`): the
+    /// auth layer and the token service count here.
     pub auth_failures: Family<ReasonLabels, Counter>,
 }
 

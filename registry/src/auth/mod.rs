@@ -190,6 +190,8 @@ pub struct Auth {
     failures: DashMap<IpAddr, Bucket>,
     bcrypt_slots: tokio::sync::Semaphore,
     admin_loopback_only: bool,
+    /// `drydock_auth_failures_total`, when the server keeps metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Why a request was refused.
@@ -201,6 +203,64 @@ pub(crate) enum Refusal {
     /// Authenticated, not allowed: 403.
     Denied(&'static str),
     TooManyFailures,
+}
+
+/// Why a request was refused, as `drydock_auth_failures_total` labels it (a bounded set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureReason {
+    /// No credentials where the resource needs some: the challenge every client gets
+    /// before it logs in, so a steady rate of these is normal.
+    Missing,
+    /// A wrong user name or password, or an `Authorization` header that does not parse.
+    InvalidCredentials,
+    /// A bearer token that does not verify (signature, expiry, audience, issuer), or a
+    /// bearer token where none are accepted; an invalid refresh token at the token
+    /// service.
+    InvalidToken,
+    /// A valid token without the scope the request needs.
+    InsufficientScope,
+    /// An authenticated principal the policy does not allow (403), and the admin API
+    /// over TCP without authentication.
+    Denied,
+    /// A password not even checked: the source spent its failure budget (429).
+    TooManyFailures,
+}
+
+impl FailureReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FailureReason::Missing => "missing",
+            FailureReason::InvalidCredentials => "invalid_credentials",
+            FailureReason::InvalidToken => "invalid_token",
+            FailureReason::InsufficientScope => "insufficient_scope",
+            FailureReason::Denied => "denied",
+            FailureReason::TooManyFailures => "too_many_failures",
+        }
+    }
+}
+
+impl Refusal {
+    /// The reason of a refusal made after the request's credentials were accepted
+    /// (`Unauthenticated` there means the request had none).
+    fn reason_after_login(&self) -> FailureReason {
+        match self {
+            Refusal::Unauthenticated(_) => FailureReason::Missing,
+            Refusal::InsufficientScope => FailureReason::InsufficientScope,
+            Refusal::Denied(_) => FailureReason::Denied,
+            Refusal::TooManyFailures => FailureReason::TooManyFailures,
+        }
+    }
+
+    /// The reason of a refusal of the credentials themselves.
+    fn reason_of_login(&self) -> FailureReason {
+        match self {
+            Refusal::Unauthenticated(Some(_)) => FailureReason::InvalidToken,
+            Refusal::Unauthenticated(None) => FailureReason::InvalidCredentials,
+            Refusal::InsufficientScope => FailureReason::InsufficientScope,
+            Refusal::Denied(_) => FailureReason::Denied,
+            Refusal::TooManyFailures => FailureReason::TooManyFailures,
+        }
+    }
 }
 
 /// What a request needs, read from its method and path.
@@ -224,7 +284,11 @@ enum Need {
 
 impl Auth {
     /// Builds the layer's state from `auth`, `access` and `admin`; an error names the key.
-    pub fn from_config(config: &Config) -> Result<Arc<Auth>, String> {
+    /// Refusals are counted in `metrics` when the server keeps them.
+    pub fn from_config(
+        config: &Config,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Result<Arc<Auth>, String> {
         let a = &config.auth;
         let policy = if a.enabled() {
             Policy::from_config(&config.access)
@@ -278,6 +342,7 @@ impl Auth {
             failures: DashMap::new(),
             bcrypt_slots: tokio::sync::Semaphore::new(cores),
             admin_loopback_only: config.admin.loopback_only,
+            metrics,
         }))
     }
 
@@ -336,6 +401,17 @@ impl Auth {
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+
+    /// Counts a request refused for its credentials (`drydock_auth_failures_total`).
+    pub(crate) fn count_failure(&self, reason: FailureReason) {
+        if let Some(m) = &self.metrics {
+            m.auth_failures
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: reason.label(),
+                })
+                .inc();
+        }
     }
 
     fn htpasswd_generation(&self) -> u64 {
@@ -665,6 +741,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
                 path = req.uri().path(),
                 "admin API refused over TCP without authentication"
             );
+            auth.count_failure(FailureReason::Denied);
             return Error::Denied.into_response();
         }
         return next.run(req).await;
@@ -678,6 +755,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
                 }
                 _ => None,
             };
+            auth.count_failure(r.reason_of_login());
             return refuse(&auth, &req, r, scope);
         }
     };
@@ -765,6 +843,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
             if let Refusal::Denied(what) = &r {
                 tracing::info!(what, path = req.uri().path(), "access denied");
             }
+            auth.count_failure(r.reason_after_login());
             refuse(&auth, &req, r, scope)
         }
     }

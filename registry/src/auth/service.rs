@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use super::token::{AccessEntry, Audience, Claims, SigningKey};
-use super::{Auth, Peer, Refusal};
+use super::{Auth, FailureReason, Peer, Refusal};
 use crate::access::{Action, Actions, Resource, Who};
 use crate::config::{TokenConfig, TokenServerConfig, parse_duration};
 
@@ -195,7 +195,9 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     )
 }
 
-fn unauthorized(auth: &Auth, description: &str) -> Response {
+/// A 401 for refused credentials, counted under `reason`.
+fn unauthorized(auth: &Auth, reason: FailureReason, description: &str) -> Response {
+    auth.count_failure(reason);
     let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", description);
     if let Ok(v) = HeaderValue::try_from(format!("Basic realm=\"{}\"", auth.realm)) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -230,9 +232,15 @@ async fn login(auth: &Auth, ip: IpAddr, user: &str, password: &str) -> Result<Ar
     };
     match auth.check_password(ip, key, user, password).await {
         Ok(Some(u)) => Ok(u),
-        Ok(None) => Err(unauthorized(auth, "wrong user name or password")),
-        Err(Refusal::TooManyFailures) => Err(too_many()),
-        Err(_) => Err(unauthorized(auth, "wrong user name or password")),
+        Err(Refusal::TooManyFailures) => {
+            auth.count_failure(FailureReason::TooManyFailures);
+            Err(too_many())
+        }
+        Ok(None) | Err(_) => Err(unauthorized(
+            auth,
+            FailureReason::InvalidCredentials,
+            "wrong user name or password",
+        )),
     }
 }
 
@@ -287,10 +295,19 @@ async fn get_token(
             let text = v.to_str().unwrap_or("");
             let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
             if !scheme.eq_ignore_ascii_case("basic") {
-                return Err(unauthorized(auth, "send Basic credentials"));
+                return Err(unauthorized(
+                    auth,
+                    FailureReason::InvalidCredentials,
+                    "send Basic credentials",
+                ));
             }
-            let (u, p) = super::parse_basic(rest)
-                .ok_or_else(|| unauthorized(auth, "bad Basic credentials"))?;
+            let (u, p) = super::parse_basic(rest).ok_or_else(|| {
+                unauthorized(
+                    auth,
+                    FailureReason::InvalidCredentials,
+                    "bad Basic credentials",
+                )
+            })?;
             Some(login(auth, ip, &u, &p).await?)
         }
     };
@@ -350,16 +367,20 @@ async fn post_token(
         }
         Some("refresh_token") => {
             let t = get("refresh_token").unwrap_or("");
-            let claims: RefreshClaims = ts
-                .key
-                .verify_own(t, &ts.issuer, &ts.issuer)
-                .map_err(|_| unauthorized(auth, "invalid refresh token"))?;
+            let claims: RefreshClaims =
+                ts.key.verify_own(t, &ts.issuer, &ts.issuer).map_err(|_| {
+                    unauthorized(auth, FailureReason::InvalidToken, "invalid refresh token")
+                })?;
             let still_there = auth
                 .htpasswd
                 .as_ref()
                 .is_some_and(|h| h.has_user(&claims.sub));
             if claims.typ != "refresh" || !still_there {
-                return Err(unauthorized(auth, "invalid refresh token"));
+                return Err(unauthorized(
+                    auth,
+                    FailureReason::InvalidToken,
+                    "invalid refresh token",
+                ));
             }
             (Arc::from(claims.sub.as_str()), Some(t.to_owned()))
         }
