@@ -166,37 +166,37 @@ async fn metrics_count_what_the_server_did() {
     let text = scrape(&c, s.url("/admin/metrics")).await;
     let get = |k: &str| series(&text, k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
     assert_eq!(
-        get(r#"registry_http_requests_total{handler="manifest",method="GET",code="200"}"#),
+        get(r#"registry_http_requests_total{handler="manifest",method="get",code="200"}"#),
         3.0
     );
     assert_eq!(
-        get(r#"registry_http_requests_total{handler="manifest",method="GET",code="404"}"#),
+        get(r#"registry_http_requests_total{handler="manifest",method="get",code="404"}"#),
         1.0
     );
     assert_eq!(
-        get(r#"registry_http_requests_total{handler="manifest",method="PUT",code="201"}"#),
+        get(r#"registry_http_requests_total{handler="manifest",method="put",code="201"}"#),
         1.0
     );
     assert_eq!(
-        get(r#"registry_http_requests_total{handler="blob_upload",method="POST",code="201"}"#),
+        get(r#"registry_http_requests_total{handler="blob_upload",method="post",code="201"}"#),
         4.0
     );
     assert_eq!(
         get(
-            r#"registry_http_request_duration_seconds_count{handler="manifest",method="GET",code="200"}"#
+            r#"registry_http_request_duration_seconds_count{handler="manifest",method="get",code="200"}"#
         ),
         3.0
     );
     assert_eq!(
-        get(r#"registry_http_sent_bytes_total{handler="blob"}"#),
+        get(r#"registry_http_response_size_bytes_sum{handler="blob"}"#),
         blob.len() as f64
     );
     assert_eq!(
-        get(r#"registry_http_sent_bytes_total{handler="manifest"}"#),
+        get(r#"registry_http_response_size_bytes_sum{handler="manifest"}"#),
         (3 * manifest.len() + not_found_len) as f64
     );
     assert!(
-        get(r#"registry_http_received_bytes_total{handler="blob_upload"}"#) >= blob.len() as f64
+        get(r#"registry_http_request_size_bytes_sum{handler="blob_upload"}"#) >= blob.len() as f64
     );
     assert_eq!(
         get(r#"registry_http_in_flight_requests{handler="manifest"}"#),
@@ -307,7 +307,7 @@ async fn debug_listener_serves_metrics_and_requests_carry_an_id() {
     assert_eq!(
         series(
             &text,
-            r#"registry_http_requests_total{handler="tags",method="GET",code="404"}"#
+            r#"registry_http_requests_total{handler="tags",method="get",code="404"}"#
         ),
         Some(1.0),
         "{text}"

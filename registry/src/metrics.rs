@@ -33,6 +33,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 16))
 }
 
+/// Body sizes: Distribution's buckets, 1 KiB to 2 GiB by doubling.
+fn size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1024.0, 2.0, 22))
+}
+
 /// Labels of a served request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -102,8 +107,10 @@ pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: HistogramFamily<RequestLabels>,
     pub in_flight: Family<HandlerLabels, Gauge>,
-    pub received: Family<HandlerLabels, Counter>,
-    pub sent: Family<HandlerLabels, Counter>,
+    /// Request body bytes per request.
+    pub request_size: HistogramFamily<HandlerLabels>,
+    /// Response body bytes per request.
+    pub response_size: HistogramFamily<HandlerLabels>,
     pub uploads_in_progress: Gauge,
     /// Bytes of manifest bodies held by requests (`oci.manifest_memory`).
     pub manifest_body_bytes: Gauge,
@@ -178,8 +185,8 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             in_flight: Family::default(),
-            received: Family::default(),
-            sent: Family::default(),
+            request_size: Family::new_with_constructor(size_histogram),
+            response_size: Family::new_with_constructor(size_histogram),
             uploads_in_progress: Gauge::default(),
             manifest_body_bytes: Gauge::default(),
             connections: Gauge::default(),
@@ -203,14 +210,14 @@ impl Metrics {
             http.in_flight.clone(),
         );
         r.register(
-            "registry_http_received_bytes",
-            "Request body bytes received, by route kind",
-            http.received.clone(),
+            "registry_http_request_size_bytes",
+            "Request body sizes, by route kind",
+            http.request_size.clone(),
         );
         r.register(
-            "registry_http_sent_bytes",
-            "Response body bytes sent, by route kind",
-            http.sent.clone(),
+            "registry_http_response_size_bytes",
+            "Response body sizes (bytes sent), by route kind",
+            http.response_size.clone(),
         );
         r.register(
             "drydock_blob_uploads_in_progress",

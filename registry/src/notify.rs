@@ -293,7 +293,11 @@ impl RequestSink for Notifier {
                     ..Target::default()
                 },
             ),
-            (RouteKind::BlobUpload, &Method::POST | &Method::PUT, StatusCode::CREATED) => {
+            (
+                RouteKind::BlobUpload | RouteKind::BlobUploadChunk,
+                &Method::POST | &Method::PUT,
+                StatusCode::CREATED,
+            ) => {
                 let mount = param("mount").filter(|_| s.method == Method::POST);
                 let from = param("from").filter(|_| mount.is_some());
                 (

@@ -449,20 +449,36 @@ pub async fn wait_ready(
 pub struct Distribution {
     pub daemon: Daemon,
     pub host: String,
+    /// Its debug listener (Prometheus metrics at `/metrics`), when started with one.
+    pub debug: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Distribution {
     /// Writes a config for `root` listening on `addr`; returns its folder and path.
     pub fn write_config(root: &Path, addr: &str) -> (tempfile::TempDir, PathBuf) {
+        Distribution::write_config_with(root, addr, None)
+    }
+
+    /// [`Distribution::write_config`], with metrics on a debug listener at `debug`.
+    fn write_config_with(
+        root: &Path,
+        addr: &str,
+        debug: Option<&str>,
+    ) -> (tempfile::TempDir, PathBuf) {
         let dir = tempdir();
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\n\
              log:\n  level: info\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n  secret: drydock-e2e-test-secret\n",
             root.display()
         );
+        if let Some(d) = debug {
+            config.push_str(&format!(
+                "  debug:\n    addr: {d}\n    prometheus:\n      enabled: true\n      path: /metrics\n"
+            ));
+        }
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).expect("write docker-registry config");
         (dir, cfg)
@@ -471,11 +487,18 @@ impl Distribution {
     /// Starts it on a free port (retrying with another port when the one picked was
     /// taken in the meantime) and waits until it listens.
     pub async fn start(root: &Path) -> Distribution {
+        Distribution::start_with(root, false).await
+    }
+
+    /// [`Distribution::start`], with Prometheus metrics on a debug listener of its own
+    /// (`debug`) when `metrics`.
+    pub async fn start_with(root: &Path, metrics: bool) -> Distribution {
         require("docker-registry");
         let mut attempts = Vec::new();
         for _ in 0..5 {
             let host = format!("127.0.0.1:{}", free_port());
-            let (dir, cfg) = Distribution::write_config(root, &host);
+            let debug = metrics.then(|| format!("127.0.0.1:{}", free_port()));
+            let (dir, cfg) = Distribution::write_config_with(root, &host, debug.as_deref());
             let cmd = Cmd::new("docker-registry").arg("serve").arg(&cfg);
             let mut daemon = Daemon::spawn("docker-registry", &cmd, &dir.path().join("log"));
             daemon.grace = Duration::from_secs(10);
@@ -485,6 +508,7 @@ impl Distribution {
                     return Distribution {
                         daemon,
                         host,
+                        debug,
                         _dir: dir,
                     };
                 }

@@ -10,9 +10,11 @@
 //! - **Request id.** A client's `X-Request-Id` (1–128 visible ASCII characters) is kept;
 //!   otherwise one is made. It is returned in `X-Request-Id` and put in the request's
 //!   extensions ([`RequestId`]).
-//! - **Metrics.** When the server keeps them: requests by route kind, method and code,
-//!   their duration until the last byte, in flight, bytes in and out, upload bodies in
-//!   progress. Labels never carry a repository name.
+//! - **Metrics.** When the server keeps them, under CNCF Distribution's names and label
+//!   values (its route names as `handler`, lower-case methods): requests by route kind,
+//!   method and code, their duration until the last byte, in flight, request and
+//!   response body sizes, upload bodies in progress. Labels never carry a repository
+//!   name.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,7 +74,10 @@ pub enum RouteKind {
     Catalog,
     Manifest,
     Blob,
+    /// `…/blobs/uploads/`: starting an upload (or a monolithic one, or a mount).
     BlobUpload,
+    /// `…/blobs/uploads/<id>`: an upload session (Distribution's `blob-upload-chunk`).
+    BlobUploadChunk,
     Tags,
     Referrers,
     Artifacts,
@@ -89,6 +94,7 @@ impl RouteKind {
             RouteKind::Manifest => "manifest",
             RouteKind::Blob => "blob",
             RouteKind::BlobUpload => "blob_upload",
+            RouteKind::BlobUploadChunk => "blob_upload_chunk",
             RouteKind::Tags => "tags",
             RouteKind::Referrers => "referrers",
             RouteKind::Artifacts => "artifacts",
@@ -134,7 +140,8 @@ impl RouteKind {
         let third = seg.next().unwrap_or("");
         match (third, second, last) {
             (_, "tags", "list") => (RouteKind::Tags, cut(2), None),
-            ("blobs", "uploads", _) => (RouteKind::BlobUpload, cut(3), None),
+            ("blobs", "uploads", "") => (RouteKind::BlobUpload, cut(3), None),
+            ("blobs", "uploads", _) => (RouteKind::BlobUploadChunk, cut(3), None),
             (_, "blobs", "uploads") => (RouteKind::BlobUpload, cut(2), None),
             (_, "blobs", d) => (RouteKind::Blob, cut(2), Some(d)),
             (_, "manifests", r) => (RouteKind::Manifest, cut(2), Some(r)),
@@ -177,15 +184,16 @@ fn new_request_id() -> String {
     format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The `method` label: lower case, as Distribution's metrics write it.
 fn method_name(m: &Method) -> &'static str {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::POST => "POST",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
+        Method::GET => "get",
+        Method::HEAD => "head",
+        Method::PUT => "put",
+        Method::POST => "post",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        Method::OPTIONS => "options",
         _ => "other",
     }
 }
@@ -226,7 +234,7 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
         bytes_in: 0,
     });
     let handler = route.name();
-    let uploading = route == RouteKind::BlobUpload
+    let uploading = matches!(route, RouteKind::BlobUpload | RouteKind::BlobUploadChunk)
         && matches!(method, Method::POST | Method::PATCH | Method::PUT);
     if let Some(m) = &t.metrics {
         m.http
@@ -312,12 +320,14 @@ impl Drop for Finish {
                 .observe(took.as_secs_f64());
             let h = HandlerLabels { handler };
             m.http.in_flight.get_or_create(&h).dec();
-            if bytes_in > 0 {
-                m.http.received.get_or_create(&h).inc_by(bytes_in);
-            }
-            if self.bytes_out > 0 {
-                m.http.sent.get_or_create(&h).inc_by(self.bytes_out);
-            }
+            m.http
+                .request_size
+                .get_or_create(&h)
+                .observe(bytes_in as f64);
+            m.http
+                .response_size
+                .get_or_create(&h)
+                .observe(self.bytes_out as f64);
             if self.uploading {
                 m.http.uploads_in_progress.dec();
             }
@@ -414,7 +424,7 @@ mod tests {
             ),
             (
                 "/v2/a/blobs/uploads/u1".into(),
-                RouteKind::BlobUpload,
+                RouteKind::BlobUploadChunk,
                 Some("a"),
                 None,
             ),
