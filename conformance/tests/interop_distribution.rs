@@ -308,7 +308,7 @@ fn since(after: Series, before: &Series) -> Series {
 /// The same requests to Distribution and to drydock, both with Distribution's debug
 /// listener and Prometheus on, show as the same HTTP series — names, `handler` (route
 /// names, the upload session as `blob_upload_chunk`), lower-case `method`, `code` — with
-/// the same counts.
+/// the same counts; storage operations carry Distribution's action names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_carry_distributions_names_and_labels() {
     let dist_root = tempdir();
@@ -365,5 +365,38 @@ async fn metrics_carry_distributions_names_and_labels() {
         })
         .collect();
     assert!(differ.is_empty(), "series differ:\n{}", differ.join("\n"));
+
+    // Storage operations: Distribution's action names (its driver's method names); an
+    // action Distribution did not show here must be one it has elsewhere or drydock's own.
+    let actions = |s: &Series| -> std::collections::BTreeSet<String> {
+        s.keys()
+            .filter(|(n, l)| {
+                n == "registry_storage_action_seconds_count"
+                    && l.get("driver").map(String::as_str) == Some("filesystem")
+            })
+            .filter_map(|(_, l)| l.get("action").cloned())
+            .collect()
+    };
+    let theirs = actions(&scrape_series(&dist_metrics).await);
+    let ours = actions(&scrape_series(&our_metrics).await);
+    assert!(theirs.contains("PutContent"), "{theirs:?}");
+    let elsewhere = ["Reader", "Writer", "Walk", "URLFor"];
+    let drydocks_own = ["Touch", "WriterSize", "DeleteMany"];
+    let strange: Vec<&String> = ours
+        .iter()
+        .filter(|a| {
+            !theirs.contains(*a)
+                && !elsewhere.contains(&a.as_str())
+                && !drydocks_own.contains(&a.as_str())
+        })
+        .collect();
+    assert!(
+        strange.is_empty(),
+        "storage actions Distribution does not name: {strange:?} (Distribution: {theirs:?})"
+    );
+    assert!(
+        ours.intersection(&theirs).count() >= 3,
+        "ours {ours:?}, Distribution's {theirs:?}"
+    );
     dist.stop();
 }

@@ -204,7 +204,7 @@ async fn metrics_count_what_the_server_did() {
     );
     assert_eq!(get("drydock_blob_uploads_in_progress"), 0.0);
     assert!(
-        get(r#"registry_storage_action_seconds_count{driver="filesystem",action="put_content"}"#)
+        get(r#"registry_storage_action_seconds_count{driver="filesystem",action="PutContent"}"#)
             >= 1.0
     );
     assert!(get(r#"registry_storage_cache_total{type="Hit"}"#) >= 2.0);

@@ -46,68 +46,68 @@ impl Driver for Metered {
     }
 
     async fn get(&self, path: &str) -> DriverResult<(Bytes, Version)> {
-        let _t = self.timer("get_content");
+        let _t = self.timer("GetContent");
         self.inner.get(path).await
     }
 
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> DriverResult<Version> {
-        let _t = self.timer("put_content");
+        let _t = self.timer("PutContent");
         self.inner.put(path, data, mode).await
     }
 
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> DriverResult<Reader> {
-        let _t = self.timer("reader");
+        let _t = self.timer("Reader");
         self.inner.reader(path, offset, len).await
     }
 
     async fn writer(&self, path: &str, start: WriterStart) -> DriverResult<Box<dyn Writer>> {
-        let _t = self.timer("writer");
+        let _t = self.timer("Writer");
         self.inner.writer(path, start).await
     }
 
     async fn writer_size(&self, path: &str) -> DriverResult<u64> {
-        let _t = self.timer("writer_size");
+        let _t = self.timer("WriterSize");
         self.inner.writer_size(path).await
     }
 
     async fn stat(&self, path: &str) -> DriverResult<Stat> {
-        let _t = self.timer("stat");
+        let _t = self.timer("Stat");
         self.inner.stat(path).await
     }
 
     async fn list(&self, path: &str) -> DriverResult<Vec<Entry>> {
-        let _t = self.timer("list");
+        let _t = self.timer("List");
         self.inner.list(path).await
     }
 
     /// The walk is a stream: only its start is timed.
     fn walk(&self, prefix: &str) -> Pin<Box<dyn Stream<Item = DriverResult<WalkEntry>> + Send>> {
-        let _t = self.timer("walk");
+        let _t = self.timer("Walk");
         self.inner.walk(prefix)
     }
 
     async fn delete(&self, path: &str) -> DriverResult<()> {
-        let _t = self.timer("delete");
+        let _t = self.timer("Delete");
         self.inner.delete(path).await
     }
 
     async fn delete_many(&self, paths: &[String]) -> DriverResult<Vec<DriverResult<()>>> {
-        let _t = self.timer("delete_many");
+        let _t = self.timer("DeleteMany");
         self.inner.delete_many(paths).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> DriverResult<()> {
-        let _t = self.timer("rename");
+        let _t = self.timer("Move");
         self.inner.rename(from, to).await
     }
 
     async fn touch(&self, path: &str) -> DriverResult<()> {
-        let _t = self.timer("touch");
+        let _t = self.timer("Touch");
         self.inner.touch(path).await
     }
 
     async fn redirect_url(&self, path: &str, expires: Duration) -> DriverResult<Option<String>> {
-        let _t = self.timer("redirect_url");
+        let _t = self.timer("URLFor");
         self.inner.redirect_url(path, expires).await
     }
 }
@@ -132,10 +132,10 @@ mod tests {
         d.delete("a/b").await.unwrap();
         let text = m.render();
         for (action, n) in [
-            ("put_content", 1),
-            ("get_content", 2),
-            ("stat", 1),
-            ("delete", 1),
+            ("PutContent", 1),
+            ("GetContent", 2),
+            ("Stat", 1),
+            ("Delete", 1),
         ] {
             let series = format!(
                 "registry_storage_action_seconds_count{{driver=\"filesystem\",action=\"{action}\"}} {n}"

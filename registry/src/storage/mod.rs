@@ -121,7 +121,7 @@ impl FsDriver {
 
     /// Reads a small file whole (links, manifests, records).
     pub async fn get_content(&self, path: &str) -> Result<Vec<u8>> {
-        let _t = self.timed("get_content");
+        let _t = self.timed("GetContent");
         let p = self.full(path);
         tokio::fs::read(&p)
             .await
@@ -130,7 +130,7 @@ impl FsDriver {
 
     /// Writes a small file atomically: temp name, fsync, rename, fsync the folder.
     pub async fn put_content(&self, path: &str, data: Vec<u8>) -> Result<()> {
-        let _t = self.timed("put_content");
+        let _t = self.timed("PutContent");
         let p = self.full(path);
         blocking(move || put_atomic(&p, &data)).await
     }
@@ -138,7 +138,7 @@ impl FsDriver {
     /// Writes a new file without fsync (upload session files: losing one in a crash
     /// only makes the client start its upload again).
     pub async fn put_content_unsynced(&self, path: &str, data: Vec<u8>) -> Result<()> {
-        let _t = self.timed("put_content_unsynced");
+        let _t = self.timed("PutContent");
         let p = self.full(path);
         blocking(move || {
             let dir = p.parent().unwrap_or(Path::new("."));
@@ -149,7 +149,7 @@ impl FsDriver {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
-        let _t = self.timed("stat");
+        let _t = self.timed("Stat");
         let p = self.full(path);
         let m = tokio::fs::metadata(&p)
             .await
@@ -172,21 +172,21 @@ impl FsDriver {
 
     /// The names of a folder's children, sorted; temporary files are left out.
     pub async fn list(&self, path: &str) -> Result<Vec<String>> {
-        let _t = self.timed("list");
+        let _t = self.timed("List");
         let p = self.full(path);
         blocking(move || list_sync(&p)).await
     }
 
     /// Moves a file into place, creating the target's folders; fsyncs the target folder.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let _t = self.timed("rename");
+        let _t = self.timed("Move");
         let (f, t) = (self.full(from), self.full(to));
         blocking(move || rename_sync(&f, &t)).await
     }
 
     /// Removes a file or a whole folder.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let _t = self.timed("delete");
+        let _t = self.timed("Delete");
         let p = self.full(path);
         blocking(move || delete_sync(&p)).await
     }
@@ -194,7 +194,7 @@ impl FsDriver {
     /// Sets a file's modification time to now: content that is reused (deduplicated or
     /// mounted) counts as new for the collector's grace period.
     pub async fn touch(&self, path: &str) -> Result<()> {
-        let _t = self.timed("touch");
+        let _t = self.timed("Touch");
         let p = self.full(path);
         blocking(move || touch_sync(&p)).await
     }
@@ -207,7 +207,7 @@ impl FsDriver {
         path: &str,
         file_name: &'static str,
     ) -> Result<Vec<(String, FileInfo)>> {
-        let _t = self.timed("walk");
+        let _t = self.timed("Walk");
         let p = self.full(path);
         blocking(move || {
             let mut out = Vec::new();
@@ -219,7 +219,7 @@ impl FsDriver {
 
     /// Opens an immutable file (a pool blob) for streaming by memory-mapped chunks.
     pub async fn open_mapped(&self, path: &str) -> Result<MappedFile> {
-        let _t = self.timed("open");
+        let _t = self.timed("Reader");
         let p = self.full(path);
         blocking(move || {
             let file = std::fs::File::open(&p).map_err(|e| StorageError::io(&p, e))?;
