@@ -155,7 +155,30 @@ async fn metrics_count_what_the_server_did() {
     assert_eq!(r.status(), 202);
     let mut opts = s.cleaner.options().clone();
     opts.grace = std::time::Duration::ZERO;
-    let report = s.cleaner.run_now(&opts).await.unwrap();
+    // Held between its phases, the cycle shows as in progress.
+    let gate = s
+        .store
+        .liveness()
+        .hooks()
+        .arm(registry::hooks::Point::Marked, None);
+    let cleaner = s.cleaner.clone();
+    let cycle = tokio::spawn(async move { cleaner.run_now(&opts).await });
+    gate.arrived().await;
+    let during = c.get(s.url("/admin/metrics")).send().await;
+    // Released before any assertion, so a failing one cannot leave the cycle stuck.
+    gate.release();
+    let report = cycle.await.unwrap().unwrap();
+    let during = during.unwrap().text().await.unwrap();
+    assert_eq!(
+        series(&during, "drydock_gc_in_progress"),
+        Some(1.0),
+        "{during}"
+    );
+    assert_eq!(
+        series(&during, "drydock_gc_cycles_total"),
+        Some(0.0),
+        "{during}"
+    );
     assert!(report.blobs_removed >= 1, "{report:?}");
     let run = s
         .maintenance
@@ -222,6 +245,7 @@ async fn metrics_count_what_the_server_did() {
     );
     assert!(get("drydock_gc_last_success_timestamp_seconds") > 1.7e9);
     assert!(get(r#"drydock_gc_phase_seconds_total{phase="mark"}"#) > 0.0);
+    assert!(get(r#"drydock_gc_last_phase_seconds{phase="sweep"}"#) > 0.0);
     assert_eq!(
         get(r#"drydock_maintenance_runs_total{task="uploads",outcome="ok"}"#),
         1.0
