@@ -101,8 +101,11 @@ async fn overlapping_requests_never_run_a_task_twice_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_over_its_time_limit_is_cancelled_and_recorded_killed() {
-    let s =
-        quiet_server(|c| c.maintenance.tasks.scrub.time_limit = Duration::from_millis(20)).await;
+    let s = quiet_server(|c| {
+        c.maintenance.tasks.scrub.time_limit = Duration::from_millis(20);
+        c.admin.metrics = true;
+    })
+    .await;
     let c = client();
     for i in 0..8 {
         push_blob(&c, &s, "slow", &random_bytes(16 << 20, 100 + i)).await;
@@ -117,6 +120,18 @@ async fn a_task_over_its_time_limit_is_cancelled_and_recorded_killed() {
         Outcome::Killed
     );
     assert_eq!(queue(&s).status().counters.killed, 1);
+    let text = s.metrics.as_ref().unwrap().render();
+    for want in [
+        r#"drydock_maintenance_runs_total{task="scrub",outcome="killed"} 1"#,
+        r#"drydock_maintenance_duration_seconds_count{task="scrub"} 1"#,
+        r#"drydock_maintenance_running{task="scrub"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == want), "no {want} in\n{text}");
+    }
+    assert!(
+        !text.contains(r#"drydock_maintenance_last_success_timestamp_seconds{task="scrub"}"#),
+        "a killed run counted as a success"
+    );
     // A killed run does not wedge the task.
     let s2 = quiet_server(|_| {}).await;
     assert_eq!(

@@ -254,6 +254,8 @@ async fn metrics_count_what_the_server_did() {
         get(r#"drydock_maintenance_duration_seconds_count{task="uploads"}"#),
         1.0
     );
+    assert_eq!(get(r#"drydock_maintenance_running{task="uploads"}"#), 0.0);
+    assert!(get(r#"drydock_maintenance_last_success_timestamp_seconds{task="uploads"}"#) > 1.7e9);
     assert!(
         !text.contains("secret-name"),
         "a repository name became a label"
