@@ -605,6 +605,23 @@ fn deploy_units_pass_systemd_analyze_verify() {
         .unwrap();
     }
     let service = std::fs::read_to_string(deploy.join("registry.service")).unwrap();
+    // The shipped config's root is where the hardened unit may write.
+    let config = registry::Config::load(
+        Some(&deploy.join("config.yml")),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap()
+    .config;
+    let root = config
+        .storage
+        .filesystem
+        .rootdirectory
+        .display()
+        .to_string();
+    assert!(
+        service.contains(&format!("ReadWritePaths={root}\n")),
+        "deploy/config.yml stores under {root}, which registry.service cannot write"
+    );
     for hardening in [
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/drydock",
