@@ -17,8 +17,8 @@
 //!   name.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -30,6 +30,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use tracing::Instrument;
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::metrics::{HandlerLabels, Metrics, RequestLabels};
 
@@ -87,6 +90,9 @@ pub enum RouteKind {
 }
 
 impl RouteKind {
+    /// How many kinds there are (`Other` is the last).
+    const COUNT: usize = RouteKind::Other as usize + 1;
+
     pub fn name(self) -> &'static str {
         match self {
             RouteKind::Base => "base",
@@ -164,7 +170,42 @@ pub struct Telemetry {
 
 /// Wraps `router` in the request layer.
 pub fn layer<S: Clone + Send + Sync + 'static>(router: Router<S>, t: Telemetry) -> Router<S> {
-    router.layer(middleware::from_fn_with_state(Arc::new(t), observe))
+    let state = Layer {
+        t,
+        handlers: std::array::from_fn(|_| OnceLock::new()),
+    };
+    router.layer(middleware::from_fn_with_state(Arc::new(state), observe))
+}
+
+/// The layer's state: the configuration, and each route kind's own series resolved on
+/// first use, so a request looks up only the two labelled by its method and status.
+struct Layer {
+    t: Telemetry,
+    handlers: [OnceLock<HandlerMetrics>; RouteKind::COUNT],
+}
+
+/// One route kind's series (metric handles share their value with the registry's).
+struct HandlerMetrics {
+    in_flight: Gauge,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+impl Layer {
+    /// `route`'s series, when the server keeps metrics.
+    fn handler(&self, route: RouteKind) -> Option<&HandlerMetrics> {
+        let m = self.t.metrics.as_ref()?;
+        Some(self.handlers[route as usize].get_or_init(|| {
+            let l = HandlerLabels {
+                handler: route.name(),
+            };
+            HandlerMetrics {
+                in_flight: m.http.in_flight.get_or_create(&l).clone(),
+                request_size: m.http.request_size.get_or_create(&l).clone(),
+                response_size: m.http.response_size.get_or_create(&l).clone(),
+            }
+        }))
+    }
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -198,7 +239,8 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
-async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) -> Response {
+async fn observe(State(layer): State<Arc<Layer>>, mut req: Request, next: Next) -> Response {
+    let t = &layer.t;
     let start = Instant::now();
     let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
     let (route, repo, reference) = RouteKind::of(req.uri().path());
@@ -233,17 +275,13 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
         actor: None,
         bytes_in: 0,
     });
-    let handler = route.name();
     let uploading = matches!(route, RouteKind::BlobUpload | RouteKind::BlobUploadChunk)
         && matches!(method, Method::POST | Method::PATCH | Method::PUT);
-    if let Some(m) = &t.metrics {
-        m.http
-            .in_flight
-            .get_or_create(&HandlerLabels { handler })
-            .inc();
-        if uploading {
-            m.http.uploads_in_progress.inc();
-        }
+    if let Some(h) = layer.handler(route) {
+        h.in_flight.inc();
+    }
+    if let (Some(m), true) = (&t.metrics, uploading) {
+        m.http.uploads_in_progress.inc();
     }
     let bytes_in = Arc::new(AtomicU64::new(0));
     let counter = bytes_in.clone();
@@ -270,10 +308,10 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
         sink.finished(s);
     }
     let finish = Finish {
-        telemetry: t,
+        layer: layer.clone(),
         span,
         start,
-        handler,
+        route,
         method: method_name(&method),
         status,
         uploading,
@@ -291,10 +329,10 @@ async fn observe(State(t): State<Arc<Telemetry>>, mut req: Request, next: Next) 
 /// Records the request when its response body ends or is dropped (a client that
 /// went away): duration, bytes, status, the access log line.
 struct Finish {
-    telemetry: Arc<Telemetry>,
+    layer: Arc<Layer>,
     span: tracing::Span,
     start: Instant,
-    handler: &'static str,
+    route: RouteKind,
     method: &'static str,
     status: StatusCode,
     uploading: bool,
@@ -306,10 +344,9 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let took = self.start.elapsed();
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        if let Some(m) = &self.telemetry.metrics {
-            let handler = self.handler;
+        if let (Some(m), Some(h)) = (&self.layer.t.metrics, self.layer.handler(self.route)) {
             let labels = RequestLabels {
-                handler,
+                handler: self.route.name(),
                 method: self.method,
                 code: self.status.as_u16(),
             };
@@ -318,16 +355,9 @@ impl Drop for Finish {
                 .duration
                 .get_or_create(&labels)
                 .observe(took.as_secs_f64());
-            let h = HandlerLabels { handler };
-            m.http.in_flight.get_or_create(&h).dec();
-            m.http
-                .request_size
-                .get_or_create(&h)
-                .observe(bytes_in as f64);
-            m.http
-                .response_size
-                .get_or_create(&h)
-                .observe(self.bytes_out as f64);
+            h.in_flight.dec();
+            h.request_size.observe(bytes_in as f64);
+            h.response_size.observe(self.bytes_out as f64);
             if self.uploading {
                 m.http.uploads_in_progress.dec();
             }
@@ -336,7 +366,7 @@ impl Drop for Finish {
         self.span.record("bytes_in", bytes_in);
         self.span.record("bytes_out", self.bytes_out);
         self.span.record("duration_ms", ms);
-        if self.telemetry.access_log {
+        if self.layer.t.access_log {
             let _in = self.span.enter();
             // The span carries every field (status, bytes, duration recorded above).
             tracing::info!(target: "drydock::access", "request");
