@@ -12,29 +12,10 @@
 # failed. Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-ROUNDS=${ROUNDS:-6}
-DURATION=${DURATION:-10s}
-CONNS=${CONNS:-32}
-OUT=""
-[ "${1:-}" = "--out" ] && OUT=${2:?--out FILE}
-log() { echo "== $*" >&2; }
-die() { echo "FATAL: $*" >&2; exit 1; }
-
-log "building (cargo build --release --workspace --bins)"
-cargo build --release --workspace --bins >&2
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/drydock-metrics.XXXXXX")
-cp "$TARGET/registry" "$TARGET/drydock-bench" "$WORK/"
-PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-CLEAN_ENV=(-u RUST_LOG)
-while read -r var; do CLEAN_ENV+=(-u "$var"); done < <(compgen -e | grep '^REGISTRY_' || true)
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+bench_args "$@"
+bench_setup metrics
 
 # run MODE ROUND: one server, one load run; appends "MODE req/s p99" to $WORK/rows.
 run() {
@@ -43,10 +24,7 @@ run() {
   root="$WORK/root-$mode-$round"
   cfg="$WORK/config-$mode.yml"
   {
-    echo "log: {level: warn, accesslog: {disabled: true}}"
-    echo "storage: {filesystem: {rootdirectory: $root}, delete: {enabled: true}}"
-    echo "gc: {on_startup: false}"
-    echo "maintenance: {enabled: false}"
+    bench_config "$root"
     if [ "$mode" = on ]; then
       echo "http: {addr: 127.0.0.1:$port, debug: {addr: 127.0.0.1:$dport, prometheus: {enabled: true}}}"
     else
@@ -64,40 +42,16 @@ run() {
       || die "metrics were on but the scrape shows no manifest requests"
   fi
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-  python3 - "$mode" "$WORK/r-$mode-$round.json" >>"$WORK/rows" <<'PY'
-import json, sys
-row = json.load(open(sys.argv[2]))["rows"][0]
-if row["errors"]:
-    sys.exit(f"{sys.argv[1]}: {row['errors']} failed requests")
-print(sys.argv[1], row["ops_per_s"], row["latency"]["p99_ms"])
-PY
+  bench_row "$mode" "$WORK/r-$mode-$round.json"
 }
 
 log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq 1 "$ROUNDS"); do
-  if [ $((round % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
-  for mode in $order; do
+  for mode in $(bench_order "$round" off on); do
     log "round $round: metrics $mode"
     run "$mode" "$round"
   done
 done
 log "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$WORK/rows" "$ROUNDS" "$DURATION" "$CONNS" "$(git rev-parse --short HEAD)" <<'PY' | tee ${OUT:+"$OUT"}
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-by = {"off": [], "on": []}
-for mode, rps, p99 in rows:
-    by[mode].append((float(rps), float(p99)))
-print(f"manifest GET by tag, {sys.argv[4]} connections, {sys.argv[3]} per run, "
-      f"{sys.argv[2]} rounds alternating (commit {sys.argv[5]}):\n")
-print("| metrics | req/s per round | median req/s | median p99 ms |")
-print("| --- | --- | ---: | ---: |")
-med = {}
-for mode in ("off", "on"):
-    v = by[mode]
-    med[mode] = statistics.median(r for r, _ in v)
-    p99 = statistics.median(p for _, p in v)
-    print(f"| {mode} | {', '.join(f'{r:,.0f}' for r, _ in v)} | {med[mode]:,.0f} | {p99:.2f} |")
-print(f"\non/off: {med['on'] / med['off']:.3f} (target: at least 0.95)")
-PY
+bench_summary metrics 0.95 off off on

@@ -27,11 +27,25 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body sent through hyper: empty or in memory (files go as [`Payload::File`]).
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The `Authorization` header every request carries (`--authorization`), if any.
+static AUTHORIZATION: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+
+/// Sets the `Authorization` value of every request from now on (once per process).
+pub fn set_authorization(value: &str) -> anyhow::Result<()> {
+    let mut v = HeaderValue::from_str(value).context("--authorization is not a header value")?;
+    v.set_sensitive(true);
+    AUTHORIZATION
+        .set(v)
+        .map_err(|_| anyhow!("--authorization set twice"))
+}
+
 /// Where requests go: `http://host:port[/prefix]`.
 #[derive(Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: HeaderValue,
+    /// Sent as `Authorization` on every request.
+    pub authorization: Option<HeaderValue>,
     /// The URL's path without a trailing slash (usually empty).
     pub prefix: String,
 }
@@ -61,6 +75,7 @@ impl Target {
         Ok(Arc::new(Target {
             addr,
             host: HeaderValue::from_str(authority).context("host header")?,
+            authorization: AUTHORIZATION.get().cloned(),
             prefix: path.trim_end_matches('/').to_owned(),
         }))
     }
@@ -326,6 +341,9 @@ impl Conn {
             .with_context(|| format!("bad request {method} {path}"))?;
         let h = req.headers_mut();
         h.insert(header::HOST, self.target.host.clone());
+        if let Some(a) = &self.target.authorization {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
         for (k, v) in headers {
             h.insert(k.clone(), v.clone());
         }
@@ -356,6 +374,11 @@ impl Conn {
         head.extend_from_slice(b"host: ");
         head.extend_from_slice(self.target.host.as_bytes());
         head.extend_from_slice(b"\r\nconnection: close\r\n");
+        if let Some(a) = &self.target.authorization {
+            head.extend_from_slice(b"authorization: ");
+            head.extend_from_slice(a.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
         for (k, v) in headers {
             head.extend_from_slice(k.as_str().as_bytes());
             head.extend_from_slice(b": ");

@@ -28,6 +28,15 @@ use crate::scenarios::{By, ReadMethod};
     about = "Load scenarios for OCI distribution registries, and a GC store generator"
 )]
 struct Cli {
+    /// An `Authorization` value sent on every request (e.g. `Basic …` or `Bearer …`),
+    /// for registries that require authentication.
+    #[arg(
+        long,
+        global = true,
+        env = "DRYDOCK_BENCH_AUTHORIZATION",
+        hide_env_values = true
+    )]
+    authorization: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -288,6 +297,9 @@ fn main() {
 
 /// Exit code: 0, or 2 when a scenario ran but some of its requests failed.
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(a) = &cli.authorization {
+        client::set_authorization(a)?;
+    }
     let (report, json) = match cli.command {
         Command::PushBlob {
             common,

@@ -60,8 +60,9 @@ pub enum Audience {
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub subject: String,
-    /// (type, name) → actions.
-    entries: HashMap<(String, String), Actions>,
+    /// (type, name, actions), one entry per (type, name): a token names a few, and a
+    /// scan of them allocates nothing on the hot path (a map keyed by owned strings did).
+    entries: Vec<(String, String, Actions)>,
     pub exp: u64,
 }
 
@@ -78,7 +79,7 @@ impl Grant {
         }
         Grant {
             subject: c.sub.clone(),
-            entries,
+            entries: entries.into_iter().map(|((k, n), a)| (k, n, a)).collect(),
             exp: c.exp,
         }
     }
@@ -86,16 +87,17 @@ impl Grant {
     /// The actions granted on `kind:name`.
     pub fn actions(&self, kind: &str, name: &str) -> Actions {
         self.entries
-            .get(&(kind.to_owned(), name.to_owned()))
-            .copied()
-            .unwrap_or_default()
+            .iter()
+            .find(|(k, n, _)| k == kind && n == name)
+            .map_or(Actions::NONE, |(_, _, a)| *a)
     }
 
     /// Whether the token holds `registry:<name>:*` (Distribution's `catalog`, drydock's
     /// `admin`).
     pub fn has_registry(&self, name: &str) -> bool {
         self.entries
-            .contains_key(&("registry".to_owned(), name.to_owned()))
+            .iter()
+            .any(|(k, n, _)| k == "registry" && n == name)
     }
 }
 
