@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of drydock: installs what the tests drive when it is missing (skopeo,
-# podman, docker, CNCF Distribution's docker-registry, systemd-analyze, nginx, python3-venv),
+# podman, docker, CNCF Distribution's docker-registry, systemd-analyze, nginx, mkfs.ext4,
+# python3-venv),
 # puts oras-py in a virtual environment under target/ (never a global pip install),
 # starts a Ceph RGW on loopback for the S3 tests (scripts/rgw.sh; stopped on exit),
 # builds the binaries the process tests spawn, then runs the whole workspace's tests
@@ -13,7 +14,8 @@ TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 
 missing=()
 for pair in skopeo:skopeo podman:podman docker:docker.io dockerd:docker.io \
-            docker-registry:docker-registry systemd-analyze:systemd nginx:nginx-light; do
+            docker-registry:docker-registry systemd-analyze:systemd nginx:nginx-light \
+            mkfs.ext4:e2fsprogs; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done

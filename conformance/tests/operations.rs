@@ -512,8 +512,15 @@ async fn readyz_follows_storage_writes_and_the_file_check() {
     until_status(&c, &s.url("/readyz"), 200).await;
 
     // The probe's file cannot be written: a non-empty folder stands where it goes.
+    // The probe's own file may stand there for a moment (it writes, reads back and
+    // removes it): try again until the folder is made.
     let blocker = s.root().join("drydock/health-probe");
-    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let mut tries = 0;
+    while let Err(e) = std::fs::create_dir_all(blocker.join("x")) {
+        tries += 1;
+        assert!(tries < 10_000, "cannot make {}: {e}", blocker.display());
+        std::thread::yield_now();
+    }
     let body = until_status(&c, &s.url("/readyz"), 503).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v["storage"].as_str().unwrap().contains("write"), "{body}");

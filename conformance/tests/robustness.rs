@@ -707,3 +707,114 @@ async fn manifest_bodies_share_a_bounded_budget() {
     .await;
     push_image(&c, &s, "r/m", "v1", 7, 2).await;
 }
+
+/// A full disk (a real ext4, filled up), items 3 and 7: a chunk that does not fit is
+/// answered 507 with a message; the session keeps what it had and holds no block past it
+/// (the reservation that failed part-way is given back); a manifest that cannot be
+/// written leaves its tag where it was and every stored byte readable. Once space
+/// returns, the same session resumes and completes, and the pool blob holds no more
+/// blocks than its bytes need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_507_damages_nothing_and_the_upload_resumes() {
+    const MIB: usize = 1 << 20;
+    let images = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mount = Mount::ext4(images.path(), root.path(), 48);
+    let config = test_config(root.path());
+    let s = TestServer::start_on(root, config).await;
+    let c = client();
+    let repo = "full/disk";
+
+    // Before: an image under `t`, the blobs of a second one, 2 MiB of an upload.
+    let a = image_with(&c, &s, repo, OCI_CONFIG, 1, "").await;
+    let r = put_manifest(&c, &s, repo, "t", OCI_MANIFEST, &a).await;
+    assert_eq!(r.status(), 201);
+    let b = image_with(&c, &s, repo, OCI_CONFIG, 2, "").await;
+    let data = random_bytes(6 * MIB, 3);
+    let loc = start_session(&c, &s, repo).await;
+    let r = patch_chunk(&c, &loc, 0, &data[..2 * MIB]).await;
+    assert_eq!(r.status(), 202);
+    let loc = abs(&s, &hdr(&r, "location"));
+    let id = loc
+        .split("/blobs/uploads/")
+        .nth(1)
+        .and_then(|rest| rest.split('?').next())
+        .expect("an upload id in the location")
+        .to_owned();
+    let session_data = repo_dir(s.root(), repo)
+        .join("_uploads")
+        .join(&id)
+        .join("data");
+
+    // Half a batch of room: the next chunk's reservation and write fail part-way.
+    let filler = s.root().join("filler");
+    fill_disk(&filler, 512 << 10);
+    let r = patch_chunk(&c, &loc, 2 * MIB, &data[2 * MIB..3 * MIB]).await;
+    assert_eq!(r.status(), 507, "a chunk that does not fit");
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no space left"), "{body}");
+    let r = c.get(&loc).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(hdr(&r, "range"), format!("0-{}", 2 * MIB - 1));
+    assert_eq!(
+        std::fs::metadata(&session_data).unwrap().len(),
+        2 * MIB as u64
+    );
+    let held = allocated(&session_data);
+    assert!(
+        held <= (2 * MIB + 64 * 1024) as u64,
+        "the session's file holds {held} bytes of disk for {} of data",
+        2 * MIB
+    );
+
+    // No room at all: moving the tag fails and leaves it where it was.
+    fill_disk(&s.root().join("filler-2"), 0);
+    let r = put_manifest(&c, &s, repo, "t", OCI_MANIFEST, &b).await;
+    assert_eq!(r.status(), 507, "a manifest that cannot be written");
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/manifests/t")))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        a,
+        "the tag still names the first image"
+    );
+
+    // Space returns: the same session goes on from where it was and completes.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(s.root().join("filler-2")).unwrap();
+    let r = patch_chunk(&c, &loc, 2 * MIB, &data[2 * MIB..]).await;
+    assert_eq!(r.status(), 202);
+    let loc = abs(&s, &hdr(&r, "location"));
+    let digest = digest_of(&data);
+    let r = c
+        .put(with_query(&loc, &format!("digest={digest}")))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap()[..] == data[..], "the blob's bytes");
+    let held = allocated(&pool_data(s.root(), &digest));
+    assert!(
+        held <= (6 * MIB + 64 * 1024) as u64,
+        "the pool blob holds {held} bytes of disk for {} of data",
+        6 * MIB
+    );
+    let r = put_manifest(&c, &s, repo, "t", OCI_MANIFEST, &b).await;
+    assert_eq!(r.status(), 201, "with room, the tag moves");
+
+    let root = s.stop().await;
+    drop(mount);
+    drop(root);
+}

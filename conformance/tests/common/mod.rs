@@ -384,3 +384,73 @@ pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A filesystem mounted over a folder for one test (the tests run as root), unmounted
+/// when dropped, even when the test fails.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// A fresh ext4 of `mib` MiB (no blocks reserved for root) from an image file in
+    /// `images`, mounted over `at`: a real block filesystem, so `fallocate` and ENOSPC
+    /// behave as on a server's disk.
+    pub fn ext4(images: &Path, at: &Path, mib: u64) -> Mount {
+        let image = images.join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image file");
+        run_root_tool("mkfs.ext4", &["-q", "-F", "-m", "0"], &image, None);
+        run_root_tool("mount", &["-o", "loop"], &image, Some(at));
+        Mount(at.to_owned())
+    }
+}
+
+/// Runs `tool args… path [at]`, failing the test loudly when it cannot.
+fn run_root_tool(tool: &str, args: &[&str], path: &Path, at: Option<&Path>) {
+    let mut cmd = std::process::Command::new(tool);
+    cmd.args(args).arg(path);
+    if let Some(at) = at {
+        cmd.arg(at);
+    }
+    let st = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (the tests need root and e2fsprogs)"));
+    assert!(
+        st.success(),
+        "{tool} {args:?} {} failed: the tests need root and loop devices",
+        path.display()
+    );
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `filler` with that one file until it refuses a write;
+/// then gives back `leave` bytes (whole 4 KiB blocks) from its end.
+pub fn fill_disk(filler: &Path, leave: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(filler).expect("filler");
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 4096];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    let len = f.metadata().expect("filler size").len();
+    f.set_len(len.saturating_sub(leave))
+        .expect("give space back");
+    f.sync_all().expect("filler sync");
+}
+
+/// Bytes allocated on disk to `path` (not its size).
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .blocks()
+        * 512
+}
