@@ -11,6 +11,8 @@ pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod digest;
+#[cfg(test)]
+mod fuzz;
 pub mod health;
 pub mod hooks;
 pub mod inventory;

@@ -62,7 +62,7 @@ impl Sessions {
 }
 
 /// Upload ids are UUIDs; anything else is unknown (and can never name a path).
-fn parse_id(id: &str) -> Result<String> {
+pub(crate) fn parse_id(id: &str) -> Result<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.hyphenated().to_string())
         .map_err(|_| Error::BlobUploadUnknown)

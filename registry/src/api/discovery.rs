@@ -16,13 +16,13 @@ use crate::names::RepoName;
 use crate::repository::lexical;
 
 /// `n` and `last` of a paginated listing.
-struct Page {
+pub(crate) struct Page {
     n: Option<usize>,
     last: Option<String>,
 }
 
 impl Page {
-    fn from_uri(uri: &Uri) -> Result<Page, Error> {
+    pub(crate) fn from_uri(uri: &Uri) -> Result<Page, Error> {
         let q = query_pairs(uri);
         let n = match query_get(&q, "n") {
             Some(v) => Some(v.parse::<usize>().map_err(|_| {
@@ -38,7 +38,7 @@ impl Page {
 
     /// Applies the page to a list sorted by [`lexical`]; returns the slice and the `Link`
     /// for the next.
-    fn apply(&self, items: &[String], path: &str) -> (Vec<String>, Option<String>) {
+    pub(crate) fn apply(&self, items: &[String], path: &str) -> (Vec<String>, Option<String>) {
         let start = match &self.last {
             Some(l) => items.partition_point(|x| lexical(x, l) != Ordering::Greater),
             None => 0,

@@ -8,11 +8,11 @@ pub mod error;
 pub mod framing;
 pub mod telemetry;
 
-mod artifacts;
-mod blobs;
-mod discovery;
+pub(crate) mod artifacts;
+pub(crate) mod blobs;
+pub(crate) mod discovery;
 mod manifests;
-mod uploads;
+pub(crate) mod uploads;
 
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@
 //! exclusively, link writes take it shared, so a delete never interleaves with a link
 //! being written into the subtree it removes.
 
-mod names;
+pub(crate) mod names;
 mod postprocess;
 mod retention;
 mod tree;

@@ -122,11 +122,15 @@ impl TokenServer {
     }
 }
 
-/// One requested scope, `type:name:actions`.
-fn parse_scope(s: &str) -> Option<(String, String, Vec<String>)> {
+/// One requested scope, `type:name:actions`; `None` when the type or the name is empty
+/// (nothing is granted on a resource without a name).
+pub(crate) fn parse_scope(s: &str) -> Option<(String, String, Vec<String>)> {
     let (kind, rest) = s.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
     let kind = kind.split('(').next().unwrap_or(kind);
+    if kind.is_empty() || name.is_empty() {
+        return None;
+    }
     Some((
         kind.to_owned(),
         name.to_owned(),
