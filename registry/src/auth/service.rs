@@ -453,5 +453,8 @@ mod tests {
             Some("catalog".into())
         );
         assert_eq!(parse_scope("nonsense"), None);
+        // Found by fuzz::scope: nothing is granted on a resource without a name.
+        assert_eq!(parse_scope("repository::pull"), None);
+        assert_eq!(parse_scope(":a/b:pull"), None);
     }
 }
