@@ -44,7 +44,11 @@ run() {
     || die "drydock-bench failed ($mode, round $round)"
   cpu1=$(server_cpu "$PID")
   if [ "$mode" = on ]; then
-    curl -sf "http://127.0.0.1:$dport/metrics" | grep -q 'registry_http_requests_total{handler="manifest"' \
+    # The whole scrape first: `curl | grep -q` fails under pipefail when grep stops
+    # reading at its match and curl gets SIGPIPE.
+    local scrape
+    scrape=$(curl -sf "http://127.0.0.1:$dport/metrics") || die "no scrape from the debug listener"
+    grep -q 'registry_http_requests_total{handler="manifest"' <<<"$scrape" \
       || die "metrics were on but the scrape shows no manifest requests"
   fi
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
