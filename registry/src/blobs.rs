@@ -2,10 +2,12 @@
 //! links. A repository sees a pool blob only through its own link: the link check is the
 //! access check. Pool blobs are never modified once in place.
 
+use bytes::Bytes;
+
 use crate::digest::Digest;
 use crate::hooks::Point;
 use crate::names::RepoName;
-use crate::storage::{MappedFile, PathSpec, path_for};
+use crate::storage::{PathSpec, PutMode, Reader, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -67,19 +69,33 @@ impl Store {
             .is_some_and(|d| &d == digest))
     }
 
-    /// Opens a blob of `name` for streaming (see [`MappedFile::stream`]).
-    pub async fn open_blob(&self, name: &RepoName, digest: &Digest) -> Result<MappedFile> {
+    /// Opens a blob of `name` for streaming `len` bytes (to the end when `None`) from
+    /// `offset`; the reader also tells the blob's whole size.
+    pub async fn open_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Reader> {
         if !self.layer_linked(name, digest).await? {
             return Err(Error::BlobUnknown(Some(digest.clone())));
         }
-        self.open_pool_blob(digest).await
+        self.open_pool_blob(digest, offset, len).await
     }
 
-    /// Opens a pool blob for streaming, whoever links it.
-    pub async fn open_pool_blob(&self, digest: &Digest) -> Result<MappedFile> {
+    /// Opens a pool blob for streaming (as [`Store::open_blob`]), whoever links it. The
+    /// driver's reader is its fast path: mapped windows of the file on disk, a ranged
+    /// GET on S3.
+    pub async fn open_pool_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Reader> {
         match self
             .driver
-            .open_mapped(&path_for(PathSpec::BlobData(digest)))
+            .reader(&path_for(PathSpec::BlobData(digest)), offset, len)
             .await
         {
             Ok(r) => Ok(r),
@@ -128,7 +144,7 @@ impl Store {
     }
 
     /// Puts small content (a manifest) into the pool under its digest, atomically.
-    pub(crate) async fn put_pool_content(&self, digest: &Digest, data: Vec<u8>) -> Result<()> {
+    pub(crate) async fn put_pool_content(&self, digest: &Digest, data: Bytes) -> Result<()> {
         if self.pool_blob_size(digest).await?.is_some() {
             self.driver
                 .touch(&path_for(PathSpec::BlobData(digest)))
@@ -136,19 +152,19 @@ impl Store {
             return Ok(());
         }
         self.driver
-            .put_content(&path_for(PathSpec::BlobData(digest)), data)
+            .put(
+                &path_for(PathSpec::BlobData(digest)),
+                data,
+                PutMode::Overwrite,
+            )
             .await?;
         Ok(())
     }
 
     /// Reads small content (a manifest) from the pool.
-    pub(crate) async fn get_pool_content(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
-        match self
-            .driver
-            .get_content(&path_for(PathSpec::BlobData(digest)))
-            .await
-        {
-            Ok(b) => Ok(Some(b)),
+    pub(crate) async fn get_pool_content(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        match self.driver.get(&path_for(PathSpec::BlobData(digest))).await {
+            Ok((b, _)) => Ok(Some(b)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -34,14 +34,8 @@ impl Store {
     /// Whether `name` exists (has been pushed to): it has layer links or manifests. A
     /// folder that only holds deeper repositories (`a` of `a/b`) is not a repository.
     pub async fn repository_exists(&self, name: &RepoName) -> Result<bool> {
-        Ok(self
-            .driver
-            .exists(&path_for(PathSpec::LayersDir(name)))
-            .await?
-            || self
-                .driver
-                .exists(&path_for(PathSpec::ManifestRevisionsDir(name)))
-                .await?)
+        Ok(self.exists(PathSpec::LayersDir(name)).await?
+            || self.exists(PathSpec::ManifestRevisionsDir(name)).await?)
     }
 
     /// The digest a tag points at.
@@ -79,7 +73,7 @@ impl Store {
             });
         }
         let generation = self.cache.generation();
-        let body = Bytes::from(self.get_pool_content(&digest).await?.ok_or_else(unknown)?);
+        let body = self.get_pool_content(&digest).await?.ok_or_else(unknown)?;
         let media_type = manifest::stored_media_type(&body);
         self.cache.fill_manifest(
             &digest,
@@ -158,7 +152,7 @@ impl Store {
             .hooks()
             .reach(Point::Checked, Some(&digest))
             .await;
-        self.put_pool_content(&digest, body.to_vec()).await?;
+        self.put_pool_content(&digest, body.clone()).await?;
         self.write_link(PathSpec::ManifestRevisionLink(name, &digest), &digest)
             .await?;
         if let Some(subject) = &m.subject {
@@ -208,13 +202,8 @@ impl Store {
                     && let Ok(m) = manifest::parse(&body, None)
                     && let Some(subject) = &m.subject
                 {
-                    let link = path_for(PathSpec::ReferrerLink(name, subject, digest));
-                    let dir = link.trim_end_matches("/link");
-                    if let Err(e) = self.driver.delete(dir).await
-                        && !e.is_not_found()
-                    {
-                        return Err(e.into());
-                    }
+                    self.remove(PathSpec::ReferrerDir(name, subject, digest))
+                        .await?;
                 }
                 self.remove(PathSpec::ManifestRevisionDir(name, digest))
                     .await?;
@@ -291,10 +280,13 @@ impl Store {
         for alg in self.driver.list(&dir).await.unwrap_or_default() {
             for hex in self
                 .driver
-                .list(&format!("{dir}/{alg}"))
+                .list(&path_for(PathSpec::ReferrersAlgDir(
+                    name, subject, &alg.name,
+                )))
                 .await
                 .unwrap_or_default()
             {
+                let (alg, hex) = (&alg.name, hex.name);
                 let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                     continue;
                 };
@@ -330,7 +322,7 @@ impl Store {
             return Ok(l);
         }
         let generation = self.cache.generation();
-        let root = self.driver.full(&path_for(PathSpec::RepositoriesRoot));
+        let root = self.fs.full(&path_for(PathSpec::RepositoriesRoot));
         let all: std::sync::Arc<[String]> = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             walk_repositories(&root, "", &mut out);

@@ -1,13 +1,18 @@
-//! The `Store`: one registry root on disk, seen through the storage driver. The domain
-//! modules (`blobs`, `upload`, `repository`, `manifest`) each add their part of its API
-//! in their own `impl Store` block. The HTTP layer talks to nothing else.
+//! The `Store`: one registry root, seen through the storage driver ([`Driver`]). The
+//! domain modules (`blobs`, `upload`, `repository`, `manifest`) each add their part of
+//! its API in their own `impl Store` block. The HTTP layer talks to nothing else.
+//!
+//! Blobs, manifests, tag and layer links are read and written through the trait only.
+//! The modules not yet moved onto it (issue 18: `upload`, `inventory`, `artifacts`,
+//! notifications, maintenance records, the health probe) still call the filesystem
+//! driver's own methods through [`Store::fs`].
 
 use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::liveness::Liveness;
-use crate::storage::{FsDriver, PathSpec, path_for};
+use crate::storage::{Driver, FsDriver, PathSpec, PutMode, path_for};
 use crate::upload::Sessions;
 use crate::{Error, Result};
 
@@ -44,7 +49,12 @@ impl Default for StoreOptions {
 
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) driver: FsDriver,
+    /// The backend, as the trait (timed by `storage::Metered` when the server keeps
+    /// metrics).
+    pub(crate) driver: Arc<dyn Driver>,
+    /// The same filesystem root through its own methods, for the modules not yet on the
+    /// trait (see the module docs).
+    pub(crate) fs: FsDriver,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
     pub(crate) liveness: Arc<Liveness>,
@@ -84,9 +94,10 @@ impl TagLocks {
 }
 
 impl Store {
-    pub fn new(driver: FsDriver, options: StoreOptions) -> Store {
+    pub fn new(fs: FsDriver, options: StoreOptions) -> Store {
         Store {
-            driver,
+            driver: fs.as_driver(),
+            fs,
             sessions: Arc::new(Sessions::default()),
             liveness: Arc::new(Liveness::new(options.pending_ttl)),
             cache: Arc::new(Cache::default()),
@@ -108,8 +119,14 @@ impl Store {
         self
     }
 
-    pub fn driver(&self) -> &FsDriver {
+    /// The storage driver.
+    pub fn driver(&self) -> &Arc<dyn Driver> {
         &self.driver
+    }
+
+    /// The filesystem driver's own methods, for the modules not yet on [`Store::driver`].
+    pub fn fs(&self) -> &FsDriver {
+        &self.fs
     }
 
     /// The cache in front of the small reads (its lookup counts feed the metrics).
@@ -141,8 +158,8 @@ impl Store {
             return Ok(Some(d));
         }
         let generation = self.cache.generation();
-        match self.driver.get_content(&path).await {
-            Ok(bytes) => {
+        match self.driver.get(&path).await {
+            Ok((bytes, _)) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let d = text
                     .trim()
@@ -163,7 +180,7 @@ impl Store {
         let path = path_for(spec);
         let r = self
             .driver
-            .put_content(&path, digest.to_string().into_bytes())
+            .put(&path, digest.to_string().into(), PutMode::Overwrite)
             .await;
         self.cache.invalidate_link(&path);
         match spec {
@@ -181,7 +198,9 @@ impl Store {
     }
 
     /// Removes a file or folder; `false` when it was not there. Whatever the cache held
-    /// for it is invalidated.
+    /// for it is invalidated. The driver removes the folders this empties (folders are
+    /// implicit, as in a bucket), so the last link's removal can take its repository out
+    /// of the catalog: the cached catalog is dropped on every removal of a link.
     pub(crate) async fn remove(&self, spec: PathSpec<'_>) -> Result<bool> {
         let r = self.driver.delete(&path_for(spec)).await;
         match spec {
@@ -204,8 +223,26 @@ impl Store {
             PathSpec::BlobDir(d) => self.cache.invalidate_blob(d),
             _ => {}
         }
+        if matches!(
+            spec,
+            PathSpec::TagDir(..)
+                | PathSpec::TagsDir(_)
+                | PathSpec::ManifestRevisionDir(..)
+                | PathSpec::LayerDir(..)
+        ) {
+            self.cache.invalidate_catalog();
+        }
         match r {
             Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a file or folder exists.
+    pub(crate) async fn exists(&self, spec: PathSpec<'_>) -> Result<bool> {
+        match self.driver.stat(&path_for(spec)).await {
+            Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -214,7 +251,7 @@ impl Store {
     /// Lists a folder's children; empty when it does not exist.
     pub(crate) async fn list(&self, spec: PathSpec<'_>) -> Result<Vec<String>> {
         match self.driver.list(&path_for(spec)).await {
-            Ok(v) => Ok(v),
+            Ok(v) => Ok(v.into_iter().map(|e| e.name).collect()),
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }

@@ -167,25 +167,25 @@ impl Store {
             .map_err(Error::internal)?;
         // Session files need no fsync: a session lost in a crash is restarted by its
         // client; what is durable is the blob at completion.
-        self.driver
+        self.fs
             .put_content_unsynced(
                 &path_for(PathSpec::UploadStartedAt(name, &id)),
                 now.into_bytes(),
             )
             .await?;
-        self.driver
+        self.fs
             .put_content_unsynced(&path_for(PathSpec::UploadData(name, &id)), Vec::new())
             .await?;
         Ok(id)
     }
 
     fn upload_data_path(&self, name: &RepoName, id: &str) -> PathBuf {
-        self.driver.full(&path_for(PathSpec::UploadData(name, id)))
+        self.fs.full(&path_for(PathSpec::UploadData(name, id)))
     }
 
     async fn upload_size(&self, name: &RepoName, id: &str) -> Result<u64> {
         match self
-            .driver
+            .fs
             .stat(&path_for(PathSpec::UploadData(name, id)))
             .await
         {
@@ -598,7 +598,7 @@ impl Store {
         digest: &Digest,
     ) -> Result<(PinGuard, bool)> {
         let pin = self.liveness.pin(vec![digest.clone()]).await;
-        let pool = self.driver.full(&path_for(PathSpec::BlobData(digest)));
+        let pool = self.fs.full(&path_for(PathSpec::BlobData(digest)));
         let reused = blocking(move || commit_to_pool(&data, &pool)).await?;
         Ok((pin, reused))
     }

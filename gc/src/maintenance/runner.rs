@@ -401,7 +401,7 @@ impl Maintenance {
             if let Err(e) = self
                 .inner
                 .store
-                .driver()
+                .fs()
                 .put_content(&path, format!("{now}\n").into_bytes())
                 .await
             {
@@ -416,7 +416,7 @@ impl Maintenance {
         let path = path_for(PathSpec::MaintenanceRecord(record.task.name()));
         match serde_json::to_vec_pretty(record) {
             Ok(bytes) => {
-                if let Err(e) = self.inner.store.driver().put_content(&path, bytes).await {
+                if let Err(e) = self.inner.store.fs().put_content(&path, bytes).await {
                     tracing::error!(error = %e, "cannot write the maintenance record");
                 }
             }

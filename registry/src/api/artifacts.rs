@@ -302,8 +302,12 @@ async fn get_file(
     let body = if head {
         Body::empty()
     } else {
-        let file = state.store.open_pool_blob(&stat.digest).await?;
-        Body::from_stream(file.stream(range.map_or(0, |(a, _)| a), len))
+        let offset = range.map_or(0, |(a, _)| a);
+        let r = state
+            .store
+            .open_pool_blob(&stat.digest, offset, Some(len))
+            .await?;
+        Body::from_stream(r.body)
     };
     Ok(response(status, &hdrs, body))
 }

@@ -66,7 +66,7 @@ pub(super) async fn get(
         }
         None => None,
     };
-    let (file, size) = if head {
+    let (body, size) = if head {
         let size = state
             .store
             .blob_size_for_push(&name, &digest)
@@ -74,9 +74,12 @@ pub(super) async fn get(
             .ok_or_else(|| Error::BlobUnknown(Some(digest.clone())))?;
         (None, size)
     } else {
-        let f = state.store.open_blob(&name, &digest).await?;
-        let size = f.size();
-        (Some(f), size)
+        let (offset, len) = match range {
+            Some((a, b)) => (a, Some(b - a + 1)),
+            None => (0, None),
+        };
+        let r = state.store.open_blob(&name, &digest, offset, len).await?;
+        (Some(r.body), r.size)
     };
     let (status, len, mut hdrs) = match range {
         Some((a, b)) => (
@@ -94,8 +97,8 @@ pub(super) async fn get(
         ("accept-ranges", "bytes".to_owned()),
         ("cache-control", "max-age=31536000".to_owned()),
     ]);
-    let body = match file {
-        Some(f) => Body::from_stream(f.stream(range.map_or(0, |(a, _)| a), len)),
+    let body = match body {
+        Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };
     Ok(response(status, &hdrs, body))

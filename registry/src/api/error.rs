@@ -176,6 +176,20 @@ impl From<StorageError> for Error {
     }
 }
 
+impl From<crate::storage::DriverError> for Error {
+    fn from(e: crate::storage::DriverError) -> Error {
+        use crate::storage::DriverError;
+        match &e {
+            DriverError::Io { source, .. } if is_out_of_space(source) => {
+                tracing::error!(error = %e, "out of storage space");
+                Error::StorageFull("no space left on the device".into())
+            }
+            DriverError::DigestMismatch { .. } => Error::DigestInvalid(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<DigestError> for Error {
     fn from(e: DigestError) -> Error {
         Error::DigestInvalid(e.0)

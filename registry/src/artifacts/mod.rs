@@ -177,7 +177,7 @@ impl Store {
         spec: PathSpec<'_>,
     ) -> Result<Option<T>> {
         let path = path_for(spec);
-        match self.driver.get_content(&path).await {
+        match self.fs.get_content(&path).await {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| Error::Internal(format!("corrupt record {path}: {e}"))),
@@ -189,7 +189,7 @@ impl Store {
     /// Writes a small JSON record atomically.
     pub(crate) async fn write_json<T: Serialize>(&self, spec: PathSpec<'_>, v: &T) -> Result<()> {
         let data = serde_json::to_vec_pretty(v).map_err(Error::internal)?;
-        self.driver.put_content(&path_for(spec), data).await?;
+        self.fs.put_content(&path_for(spec), data).await?;
         Ok(())
     }
 }

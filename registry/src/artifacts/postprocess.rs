@@ -128,7 +128,7 @@ impl Store {
     async fn finalize_detached(&self, f: &FormatId) -> Result<Finalized> {
         let _format = self.lock_format(f).await;
         if !self
-            .driver
+            .fs
             .stat(&path_for(PathSpec::ArtifactFormat(f)))
             .await
             .is_ok_and(|i| i.is_dir)
@@ -158,7 +158,7 @@ impl Store {
         };
         let _tree = self.artifacts.tree.read().await;
         if self
-            .driver
+            .fs
             .exists(&path_for(PathSpec::ArtifactFormat(f)))
             .await?
         {
@@ -192,11 +192,11 @@ impl Store {
             return Ok(());
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let work = ScratchDir::new(self.driver.full(&path_for(PathSpec::ArtifactScratchEntry(
+        let work = ScratchDir::new(self.fs.full(&path_for(PathSpec::ArtifactScratchEntry(
             Scratch::Work,
             &id,
         ))));
-        let outputs = ScratchDir::new(self.driver.full(&path_for(PathSpec::ArtifactScratchEntry(
+        let outputs = ScratchDir::new(self.fs.full(&path_for(PathSpec::ArtifactScratchEntry(
             Scratch::Work,
             &format!("{id}.out"),
         ))));
@@ -221,7 +221,7 @@ impl Store {
             .iter()
             .map(|e| {
                 (
-                    self.driver.full(&path_for(PathSpec::BlobData(&e.digest))),
+                    self.fs.full(&path_for(PathSpec::BlobData(&e.digest))),
                     work.join(e.path.as_str()),
                 )
             })
@@ -296,7 +296,7 @@ impl Store {
         // Commit: move each new content into the pool, then repoint its link.
         let _tree = self.artifacts.tree.read().await;
         if !self
-            .driver
+            .fs
             .exists(&path_for(PathSpec::ArtifactFormat(f)))
             .await?
         {

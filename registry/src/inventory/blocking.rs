@@ -44,7 +44,7 @@ impl Store {
     /// A handle for the blocking walk of a collection (cheap to clone and send).
     pub fn inventory(&self) -> Inventory {
         Inventory {
-            root: self.driver.root().to_path_buf(),
+            root: self.fs.root().to_path_buf(),
             cache: self.cache.clone(),
         }
     }

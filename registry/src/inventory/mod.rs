@@ -53,7 +53,7 @@ impl Store {
 
     /// The `<alg>/<hex>/link` files below `dir`, with their modification time.
     async fn links_with_time(&self, dir: PathSpec<'_>) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self.driver.walk_files(&path_for(dir), "link").await?;
+        let files = self.fs.walk_files(&path_for(dir), "link").await?;
         Ok(files
             .into_iter()
             .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
@@ -63,7 +63,7 @@ impl Store {
     /// Every blob in the pool.
     pub async fn pool_blobs(&self) -> Result<Vec<PoolBlob>> {
         let files = self
-            .driver
+            .fs
             .walk_files(&path_for(PathSpec::BlobsRoot), "data")
             .await?;
         Ok(files
@@ -167,7 +167,7 @@ impl Store {
     /// file's and its folder's modification times (the epoch when none is readable).
     async fn upload_last_active(&self, repo: &RepoName, id: &str) -> SystemTime {
         let started = self
-            .driver
+            .fs
             .get_content(&path_for(PathSpec::UploadStartedAt(repo, id)))
             .await
             .ok()
@@ -179,13 +179,8 @@ impl Store {
                 .ok()
             })
             .map(SystemTime::from);
-        let mtime = |spec| async move {
-            self.driver
-                .stat(&path_for(spec))
-                .await
-                .ok()
-                .map(|i| i.modified)
-        };
+        let mtime =
+            |spec| async move { self.fs.stat(&path_for(spec)).await.ok().map(|i| i.modified) };
         let data = mtime(PathSpec::UploadData(repo, id)).await;
         let dir = mtime(PathSpec::UploadDir(repo, id)).await;
         [started, data, dir]
@@ -219,7 +214,7 @@ impl Store {
 
     /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
     pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
-        let path = self.driver.full(&path_for(PathSpec::BlobData(digest)));
+        let path = self.fs.full(&path_for(PathSpec::BlobData(digest)));
         let algorithm = digest.algorithm();
         let hashed = tokio::task::spawn_blocking(move || {
             crate::upload::hash_file(&path, algorithm).map(|(_, h)| h.finish())
@@ -243,18 +238,18 @@ impl Store {
             .unwrap_or(0);
         let to = path_for(PathSpec::Quarantine(digest, secs));
         let r = self
-            .driver
+            .fs
             .rename(&path_for(PathSpec::BlobDir(digest)), &to)
             .await;
         self.cache.invalidate_blob(digest);
         r?;
-        Ok(self.driver.full(&to))
+        Ok(self.fs.full(&to))
     }
 
     /// Whether the pool has a blob, asking the disk (not the cache).
     pub async fn pool_blob_on_disk(&self, digest: &Digest) -> Result<bool> {
         Ok(self
-            .driver
+            .fs
             .exists(&path_for(PathSpec::BlobData(digest)))
             .await?)
     }
@@ -264,7 +259,7 @@ impl Store {
         let mut out = Vec::new();
         for tag in self.tags(name).await? {
             let link = path_for(PathSpec::TagCurrentLink(name, &tag));
-            let Ok(info) = self.driver.stat(&link).await else {
+            let Ok(info) = self.fs.stat(&link).await else {
                 continue;
             };
             if let Some(d) = self.resolve_tag(name, &tag).await? {

@@ -104,6 +104,25 @@ impl FsDriver {
         self.ops.as_ref().map(|o| o.start(action))
     }
 
+    /// This driver as the trait object the domain holds: wrapped in [`metered::Metered`]
+    /// when it was built `with_metrics` (the wrapped copy then times nothing itself, so
+    /// no operation is counted twice).
+    pub fn as_driver(&self) -> std::sync::Arc<dyn Driver> {
+        match &self.ops {
+            Some(ops) => {
+                let bare = FsDriver {
+                    ops: None,
+                    ..self.clone()
+                };
+                std::sync::Arc::new(metered::Metered::new(
+                    std::sync::Arc::new(bare),
+                    ops.clone(),
+                ))
+            }
+            None => std::sync::Arc::new(self.clone()),
+        }
+    }
+
     /// This driver with its writers appending past the page cache (`O_DIRECT`).
     pub fn with_direct_writes(mut self, on: bool) -> FsDriver {
         self.direct_writes = on;

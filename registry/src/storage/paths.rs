@@ -97,6 +97,10 @@ pub enum PathSpec<'a> {
     ReferrersRoot(&'a RepoName),
     /// Referrers of one subject in one repository.
     ReferrersDir(&'a RepoName, &'a Digest),
+    /// Referrers of one subject with one digest algorithm (`sha256`, as listed).
+    ReferrersAlgDir(&'a RepoName, &'a Digest, &'a str),
+    /// The folder of one referrer's link (removed whole).
+    ReferrerDir(&'a RepoName, &'a Digest, &'a Digest),
     ReferrerLink(&'a RepoName, &'a Digest, &'a Digest),
     /// Where drydock keeps its own state (locks, admin socket, maintenance records).
     DrydockDir,
@@ -177,7 +181,9 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         UploadStartedAt(n, id) => format!("{}/_uploads/{id}/startedat", repo(n)),
         ReferrersRoot(n) => format!("{}/_referrers", repo(n)),
         ReferrersDir(n, s) => format!("{}/_referrers/{}", repo(n), dig(s)),
-        ReferrerLink(n, s, r) => format!("{}/_referrers/{}/{}/link", repo(n), dig(s), dig(r)),
+        ReferrersAlgDir(n, s, alg) => format!("{}/_referrers/{}/{alg}", repo(n), dig(s)),
+        ReferrerDir(n, s, r) => format!("{}/_referrers/{}/{}", repo(n), dig(s), dig(r)),
+        ReferrerLink(n, s, r) => format!("{}/link", path_for(ReferrerDir(n, s, r))),
         DrydockDir => "drydock".to_owned(),
         Quarantine(d, t) => format!(
             "drydock/quarantine/{}/{}-{t}",
@@ -276,6 +282,14 @@ mod tests {
             (
                 ReferrersDir(&n, &s),
                 format!("{r}/_referrers/sha256/{}", s.hex()),
+            ),
+            (
+                ReferrersAlgDir(&n, &s, "sha256"),
+                format!("{r}/_referrers/sha256/{}/sha256", s.hex()),
+            ),
+            (
+                ReferrerDir(&n, &s, &d),
+                format!("{r}/_referrers/sha256/{}/sha256/{h}", s.hex()),
             ),
             (
                 ReferrerLink(&n, &s, &d),
