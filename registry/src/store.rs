@@ -2,10 +2,11 @@
 //! domain modules (`blobs`, `upload`, `repository`, `manifest`) each add their part of
 //! its API in their own `impl Store` block. The HTTP layer talks to nothing else.
 //!
-//! Blobs, manifests, tag and layer links are read and written through the trait only.
-//! The modules not yet moved onto it (issue 18: `upload`, `inventory`, `artifacts`,
-//! notifications, maintenance records, the health probe) still call the filesystem
-//! driver's own methods through [`Store::fs`].
+//! Blobs, manifests, tag and layer links and upload sessions are read and written
+//! through the trait only. The modules not yet moved onto it (issue 18: `inventory`,
+//! the catalog walk, `artifacts` beyond their uploads, notifications, maintenance
+//! records, the health probe) still call the filesystem driver's own methods through
+//! [`Store::fs`].
 
 use std::sync::Arc;
 
@@ -62,9 +63,6 @@ pub struct Store {
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
     /// Serialises the writes of one tag (push, delete, retention's conditional delete).
     pub(crate) tag_locks: Arc<TagLocks>,
-    /// The threads that write and hash upload bodies (never tokio's blocking pool, so
-    /// reads never queue behind uploads).
-    pub(crate) writers: Arc<crate::storage::append::WriterPool>,
     /// One permit per upload body being received (`max_uploads`).
     pub(crate) upload_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -95,17 +93,20 @@ impl TagLocks {
 
 impl Store {
     pub fn new(fs: FsDriver, options: StoreOptions) -> Store {
+        let liveness = Arc::new(Liveness::new(options.pending_ttl));
+        let live = liveness.clone();
+        let fs = fs.with_append_hook(move || {
+            live.hooks()
+                .reach_blocking(crate::hooks::Point::Appending, None)
+        });
         Store {
             driver: fs.as_driver(),
             fs,
             sessions: Arc::new(Sessions::default()),
-            liveness: Arc::new(Liveness::new(options.pending_ttl)),
+            liveness,
             cache: Arc::new(Cache::default()),
             artifacts: Arc::default(),
             tag_locks: Arc::default(),
-            writers: Arc::new(crate::storage::append::WriterPool::new(
-                crate::storage::append::WriterPool::default_threads(),
-            )),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(options.max_uploads.max(1))),
             options: Arc::new(options),
         }

@@ -1,19 +1,21 @@
 //! Blob upload sessions: `_uploads/<uuid>/{data,startedat}` in Distribution's layout, so
-//! a session survives a restart. A body is received on the async side in batches of
-//! about 1 MiB; each full batch is written and hashed on the uploads' writer pool
-//! (`storage::append`) while the next one arrives, so a slow client holds no thread,
-//! and nothing holds a whole blob in memory. At most `oci.max_uploads` bodies are
-//! received at once; past that a request is answered `429 TOOMANYREQUESTS`. The
-//! session's lock and the upload's slot travel with the batch being written: a request
-//! dropped mid-body (client gone) releases them only once its writer has let go of the
-//! file.
-//! The running sha256 state is kept in memory next to the offset it covers; when it is
-//! missing (after a restart) it is rebuilt by re-reading the data file once.
+//! a session survives a restart. The session's content is the storage driver's
+//! resumable [`Writer`] at its `data` key: each request resumes it, appends its body and
+//! flushes (or commits it under its digest), and the writer keeps its own sha256 state
+//! beside the data, so nothing here hashes or touches files. The filesystem driver
+//! writes and hashes 1 MiB batches on the uploads' writer pool (`storage::append`)
+//! while the next one arrives, so a slow client holds no thread; S3 sends parts of a
+//! multipart upload. At most `oci.max_uploads` bodies are received at once; past that a
+//! request is answered `429 TOOMANYREQUESTS`.
 //!
-//! Completion verifies the digest, fsyncs once, renames the data into the pool and only
-//! then writes the layer link. The pool-commit half is shared with generic artifacts
-//! ([`Store::ingest_stream`], [`Store::commit_file_pinned`]), which link the blob into
-//! their own tree instead of a repository.
+//! The session's lock and the upload's slot are handed to the writer ([`Writer::hold`]):
+//! a request dropped mid-body (client gone) releases them only once its writer has let
+//! go of the content, so a retry never races a write still landing.
+//!
+//! Completion pins the digest, commits the writer (it verifies the digest, makes the
+//! content durable and moves it into the pool, or keeps and touches the pool's copy)
+//! and only then writes the layer link. Generic artifacts share the commit half
+//! ([`Store::ingest_stream`]) and link the blob into their own tree instead.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,22 +30,19 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::hooks::Point;
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
-use crate::storage::append::{Appender, BATCH_BYTES, BATCH_FRAMES};
-use crate::storage::{self, PathSpec, path_for};
+use crate::storage::{self, DriverError, PathSpec, PutMode, Writer, WriterStart, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
-/// In-memory state of live sessions, keyed by repository and upload id.
+/// The locks of live sessions, keyed by repository and upload id.
 #[derive(Default)]
 pub struct Sessions {
     map: DashMap<String, Arc<Mutex<SessionState>>>,
 }
 
+/// What a session's lock guards: the session's content (its writer) and folder.
 #[derive(Default)]
-pub(crate) struct SessionState {
-    /// sha256 of the first `.0` bytes of the data file.
-    hasher: Option<(u64, Hasher)>,
-}
+pub(crate) struct SessionState;
 
 impl Sessions {
     /// Sessions are keyed by repository and id, so a request naming the id under the
@@ -68,76 +67,52 @@ pub(crate) fn parse_id(id: &str) -> Result<String> {
         .map_err(|_| Error::BlobUploadUnknown)
 }
 
-fn io_err(e: io::Error) -> Error {
-    Error::from_io(e)
-}
-
 /// A session's lock, owned so that it can travel with the writer.
 type SessionGuard = OwnedMutexGuard<SessionState>;
 
-/// What a batch's write carries to the pool thread and back. Fields drop in order: the
-/// appender first (releasing any reserved blocks), then the lock and the slot.
-struct Writer {
-    appender: Appender,
-    session: SessionGuard,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// The batch being received.
-#[derive(Default)]
-struct Batch {
-    frames: Vec<Bytes>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn push(&mut self, b: Bytes) {
-        self.bytes += b.len();
-        self.frames.push(b);
-    }
-
-    fn full(&self) -> bool {
-        self.bytes >= BATCH_BYTES || self.frames.len() >= BATCH_FRAMES
+/// A write error: out of space is the client's business, with what it means for the
+/// session.
+fn write_err(e: DriverError) -> Error {
+    match e {
+        DriverError::Io { source, .. } => Error::from_io(source),
+        e => e.into(),
     }
 }
 
-/// A batch on the pool: its write and its hash run side by side.
-struct Inflight {
-    write: futures::future::BoxFuture<'static, io::Result<(Writer, io::Result<()>)>>,
-    hash: futures::future::BoxFuture<'static, io::Result<Hasher>>,
+/// How a request body went into a writer.
+enum Received {
+    All,
+    /// The body ended before its end (the client went, a framing error); `sent` bytes
+    /// of it reached the writer.
+    EndedEarly {
+        sent: u64,
+        why: String,
+    },
 }
 
-/// How a batch ended (short-lived, one at a time: its size does not matter).
-#[allow(clippy::large_enum_variant)]
-enum Landed {
-    Done(Writer, Hasher),
-    /// The write failed; the writer (and the lock) are back.
-    WriteFailed(Writer, io::Error),
-    /// A pool thread failed: the writer, and the lock with it, are gone.
-    Lost(io::Error),
-}
-
-impl Inflight {
-    async fn land(self) -> Landed {
-        match tokio::join!(self.write, self.hash) {
-            (Ok((w, Ok(()))), Ok(h)) => Landed::Done(w, h),
-            (Ok((w, Err(e))), _) => Landed::WriteFailed(w, e),
-            (Ok((w, Ok(()))), Err(e)) => {
-                drop(w);
-                Landed::Lost(e)
+/// Appends `body` to `w`.
+async fn receive<S, E>(w: &mut dyn Writer, body: S) -> Result<Received>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    futures::pin_mut!(body);
+    let mut sent = 0u64;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => {
+                sent += b.len() as u64;
+                w.write(b).await.map_err(write_err)?;
             }
-            (Err(e), _) => Landed::Lost(e),
+            Err(e) => {
+                return Ok(Received::EndedEarly {
+                    sent,
+                    why: e.to_string(),
+                });
+            }
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(Error::internal)?
-        .map_err(io_err)
+    Ok(Received::All)
 }
 
 /// Hashes a whole file with `algorithm`, in 1 MiB reads.
@@ -148,7 +123,7 @@ pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, H
 }
 
 impl Store {
-    /// Takes an upload session's lock, owned (it may travel with a batch being written).
+    /// Takes an upload session's lock, owned (it travels with the session's writer).
     async fn lock_session(&self, session: Arc<Mutex<SessionState>>) -> SessionGuard {
         match session.clone().try_lock_owned() {
             Ok(g) => g,
@@ -159,38 +134,74 @@ impl Store {
         }
     }
 
+    /// One of the `oci.max_uploads` slots for receiving a body, else `429`.
+    fn upload_slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            Error::TooManyRequests(format!(
+                "{} upload bodies are being received, the most this registry takes at once \
+                 (oci.max_uploads); retry shortly",
+                self.options.max_uploads
+            ))
+        })
+    }
+
     /// Starts a session in `name`; returns its id.
     pub async fn start_upload(&self, name: &RepoName) -> Result<String> {
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_err(Error::internal)?;
-        // Session files need no fsync: a session lost in a crash is restarted by its
-        // client; what is durable is the blob at completion.
-        self.fs
-            .put_content_unsynced(
-                &path_for(PathSpec::UploadStartedAt(name, &id)),
-                now.into_bytes(),
-            )
-            .await?;
-        self.fs
-            .put_content_unsynced(&path_for(PathSpec::UploadData(name, &id)), Vec::new())
-            .await?;
+        self.create_session(name, &id).await?;
         Ok(id)
     }
 
-    fn upload_data_path(&self, name: &RepoName, id: &str) -> PathBuf {
-        self.fs.full(&path_for(PathSpec::UploadData(name, id)))
+    /// Writes a session's `startedat` and opens its writer, empty.
+    async fn create_session(&self, name: &RepoName, id: &str) -> Result<Box<dyn Writer>> {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(Error::internal)?;
+        self.driver
+            .put(
+                &path_for(PathSpec::UploadStartedAt(name, id)),
+                now.into(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(self
+            .driver
+            .writer(&path_for(PathSpec::UploadData(name, id)), WriterStart::New)
+            .await?)
     }
 
+    /// The bytes a session holds; `BLOB_UPLOAD_UNKNOWN` (and its lock forgotten) when
+    /// it is gone.
     async fn upload_size(&self, name: &RepoName, id: &str) -> Result<u64> {
         match self
-            .fs
-            .stat(&path_for(PathSpec::UploadData(name, id)))
+            .driver
+            .writer_size(&path_for(PathSpec::UploadData(name, id)))
             .await
         {
-            Ok(info) => Ok(info.size),
-            Err(e) if e.is_not_found() => Err(Error::BlobUploadUnknown),
+            Ok(size) => Ok(size),
+            Err(e) if e.is_not_found() => {
+                self.sessions.forget(name, id);
+                Err(Error::BlobUploadUnknown)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resumes a session's writer.
+    async fn resume_upload(&self, name: &RepoName, id: &str) -> Result<Box<dyn Writer>> {
+        match self
+            .driver
+            .writer(
+                &path_for(PathSpec::UploadData(name, id)),
+                WriterStart::Resume,
+            )
+            .await
+        {
+            Ok(w) => Ok(w),
+            Err(e) if e.is_not_found() => {
+                self.sessions.forget(name, id);
+                Err(Error::BlobUploadUnknown)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -200,22 +211,20 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let _guard = self.lock_session(session).await;
-        let size = self.upload_size(name, &id).await;
-        if size.is_err() {
-            self.sessions.forget(name, &id);
-        }
-        Ok((id, size?))
+        let size = self.upload_size(name, &id).await?;
+        Ok((id, size))
     }
 
     /// Appends a chunk. With `expect_start`, the chunk must start at the current offset
-    /// (else `RANGE_INVALID`, 416). Returns the new offset.
+    /// (else `RANGE_INVALID`, 416). Returns the new offset. A body that ends early
+    /// leaves what arrived in the session.
     pub async fn append_upload<S, E>(
         &self,
         name: &RepoName,
         id: &str,
         expect_start: Option<u64>,
         body: S,
-        _announced: Option<u64>,
+        announced: Option<u64>,
     ) -> Result<(String, u64)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -223,14 +232,8 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let state = self.lock_session(session).await;
-        let size = match self.upload_size(name, &id).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.sessions.forget(name, &id);
-                return Err(e);
-            }
-        };
+        let guard = self.lock_session(session).await;
+        let size = self.upload_size(name, &id).await?;
         if let Some(start) = expect_start
             && start != size
         {
@@ -239,209 +242,18 @@ impl Store {
                 size: None,
             });
         }
-        let path = self.upload_data_path(name, &id);
-        let (_state, offset) = self.append_locked(path, state, size, body).await?;
-        Ok((id, offset))
-    }
-
-    /// Receives `body` in batches and appends them to `path` (holding `size` bytes) on
-    /// the writer pool, hashing as it goes; see the module docs. Returns the lock and
-    /// the new size. On an error the lock is released, the session's hash state matches
-    /// its file again (a failed write is cut back to `size`; a body that ended early
-    /// keeps what arrived).
-    async fn append_locked<S, E>(
-        &self,
-        path: PathBuf,
-        mut state: SessionGuard,
-        size: u64,
-        body: S,
-    ) -> Result<(SessionGuard, u64)>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        let Ok(slot) = self.upload_slots.clone().try_acquire_owned() else {
-            return Err(Error::TooManyRequests(format!(
-                "{} upload bodies are being received, the most this registry takes at once \
-                 (oci.max_uploads); retry shortly",
-                self.options.max_uploads
-            )));
-        };
-        let hasher = match state.hasher.take() {
-            Some((offset, h)) if offset == size => h,
-            _ => {
-                let p = path.clone();
-                self.writers
-                    .run(move || hash_file(&p, Algorithm::Sha256))
-                    .await
-                    .and_then(|r| r)
-                    .map_err(io_err)?
-                    .1
-            }
-        };
-        let before = hasher.clone();
-        let direct = self.options.direct_writes;
-        let p = path.clone();
-        let appender = match self
-            .writers
-            .run(move || Appender::open(&p, size, direct))
-            .await
-            .and_then(|r| r)
-        {
-            Ok(a) => a,
-            Err(e) => {
-                state.hasher = Some((size, before));
-                return Err(io_err(e));
-            }
-        };
-        let mut parked = Some((
-            Writer {
-                appender,
-                session: state,
-                _slot: slot,
-            },
-            hasher,
-        ));
-        let mut inflight: Option<Inflight> = None;
-        let mut batch = Batch::default();
-        let mut body_error = None;
-        let mut sent = 0u64;
-        let mut failure: Option<Landed> = None;
-        futures::pin_mut!(body);
-        loop {
-            let end = match body.next().await {
-                Some(Ok(b)) => {
-                    if !b.is_empty() {
-                        sent += b.len() as u64;
-                        batch.push(b);
-                    }
-                    false
-                }
-                Some(Err(e)) => {
-                    body_error = Some(e.to_string());
-                    true
-                }
-                None => true,
-            };
-            if batch.full() || (end && !batch.frames.is_empty()) {
-                // One batch on the pool at a time: take the writer back from the last.
-                if let Some(f) = inflight.take() {
-                    match f.land().await {
-                        Landed::Done(w, h) => parked = Some((w, h)),
-                        other => {
-                            failure = Some(other);
-                            break;
-                        }
-                    }
-                }
-                let Some((mut w, mut h)) = parked.take() else {
-                    break;
-                };
-                let frames = Arc::new(std::mem::take(&mut batch).frames);
-                let for_hash = frames.clone();
-                let live = self.liveness.clone();
-                inflight = Some(Inflight {
-                    write: Box::pin(self.writers.submit(move || {
-                        live.hooks().reach_blocking(Point::Appending, None);
-                        let r = w.appender.write_batch(&frames);
-                        (w, r)
-                    })),
-                    hash: Box::pin(self.writers.submit(move || {
-                        for b in for_hash.iter() {
-                            h.update(b);
-                        }
-                        h
-                    })),
-                });
-            }
-            if end {
-                break;
-            }
+        let slot = self.upload_slot()?;
+        let mut w = self.resume_upload(name, &id).await?;
+        w.hold(Box::new((guard, slot)));
+        if let Some(n) = announced {
+            w.reserve(n);
         }
-        if let Some(f) = inflight.take() {
-            match f.land().await {
-                Landed::Done(w, h) => parked = Some((w, h)),
-                other => failure = failure.or(Some(other)),
-            }
+        let received = receive(&mut *w, body).await?;
+        w.flush().await.map_err(write_err)?;
+        match received {
+            Received::All => Ok((id, w.size())),
+            Received::EndedEarly { sent, why } => Err(ended_early(sent, &why)),
         }
-        let (w, h) = match (failure, parked) {
-            (None, Some((w, h))) => (w, h),
-            (Some(Landed::WriteFailed(w, e)), _) => {
-                return Err(self.undo(w, &path, size, before, e).await);
-            }
-            (Some(Landed::Lost(e)), _) => return Err(io_err(e)),
-            _ => return Err(Error::Internal("an upload lost its writer".into())),
-        };
-        let finished = self
-            .writers
-            .run(move || {
-                let Writer {
-                    appender,
-                    session,
-                    _slot,
-                } = w;
-                let mut appender = appender;
-                let r = appender.finish_in_place();
-                (
-                    Writer {
-                        appender,
-                        session,
-                        _slot,
-                    },
-                    r,
-                )
-            })
-            .await
-            .map_err(io_err)?;
-        let mut w = match finished {
-            (w, Ok(n)) if n == sent => w,
-            (w, Ok(n)) => {
-                let e = io::Error::other(format!("wrote {n} of {sent} bytes"));
-                return Err(self.undo(w, &path, size, before, e).await);
-            }
-            (w, Err(e)) => return Err(self.undo(w, &path, size, before, e).await),
-        };
-        w.session.hasher = Some((size + sent, h));
-        let Writer {
-            appender, session, ..
-        } = w;
-        drop(appender);
-        match body_error {
-            Some(e) => Err(Error::BlobUploadInvalid(format!(
-                "request body ended early after {sent} bytes ({e}); the session keeps them"
-            ))),
-            None => Ok((session, size + sent)),
-        }
-    }
-
-    /// A failed write: cut the data file back to `size` (what the hash state `before`
-    /// covers) on the pool, then release the lock.
-    async fn undo(&self, w: Writer, path: &Path, size: u64, before: Hasher, e: io::Error) -> Error {
-        let p = path.to_owned();
-        let cut = self
-            .writers
-            .run(move || {
-                let Writer {
-                    appender,
-                    mut session,
-                    _slot,
-                } = w;
-                drop(appender);
-                let r = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_len(size));
-                if r.is_ok() {
-                    session.hasher = Some((size, before));
-                }
-                r
-            })
-            .await
-            .and_then(|r| r);
-        if let Err(cut) = cut {
-            tracing::error!(error = %cut, path = %path.display(), "cannot cut a failed upload back");
-        }
-        io_err(e)
     }
 
     /// Appends an optional last chunk, verifies `digest`, and moves the data into the pool
@@ -452,7 +264,7 @@ impl Store {
         id: &str,
         digest: &Digest,
         body: Option<S>,
-        _announced: Option<u64>,
+        announced: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -460,27 +272,59 @@ impl Store {
     {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
-        let mut state = self.lock_session(session).await;
-        let mut size = match self.upload_size(name, &id).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.sessions.forget(name, &id);
-                return Err(e);
-            }
+        let guard = self.lock_session(session).await;
+        self.upload_size(name, &id).await?;
+        let slot = match body {
+            Some(_) => Some(self.upload_slot()?),
+            None => None,
         };
-        let path = self.upload_data_path(name, &id);
+        let mut w = self.resume_upload(name, &id).await?;
+        w.hold(Box::new((guard, slot)));
+        self.complete_upload(name, &id, w, digest, body, announced)
+            .await
+    }
+
+    /// Receives the last chunk (if any) into a session's writer, commits it to the pool
+    /// under `digest` and links it into `name`; the session is removed. A digest
+    /// mismatch removes the session.
+    async fn complete_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: &str,
+        mut w: Box<dyn Writer>,
+        digest: &Digest,
+        body: Option<S>,
+        announced: Option<u64>,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         if let Some(body) = body {
-            (state, size) = self.append_locked(path.clone(), state, size, body).await?;
+            if let Some(n) = announced {
+                w.reserve(n);
+            }
+            if let Received::EndedEarly { sent, why } = receive(&mut *w, body).await? {
+                w.flush().await.map_err(write_err)?;
+                return Err(ended_early(sent, &why));
+            }
         }
-        let computed = data_digest(&path, size, &state, digest.algorithm()).await?;
-        if &computed != digest {
-            drop(state);
-            self.discard_upload(name, &id).await?;
-            return Err(Error::DigestInvalid(format!(
-                "the uploaded {size} bytes have digest {computed}, not {digest}"
-            )));
+        let size = w.size();
+        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        match w
+            .commit(digest, &path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(_) => {}
+            Err(DriverError::DigestMismatch { computed, .. }) => {
+                drop(pin);
+                self.discard_upload(name, id).await?;
+                return Err(Error::DigestInvalid(format!(
+                    "the uploaded {size} bytes have digest {computed}, not {digest}"
+                )));
+            }
+            Err(e) => return Err(write_err(e)),
         }
-        let (pin, _) = self.commit_file_pinned(path, digest).await?;
         self.liveness
             .hooks()
             .reach(Point::Checked, Some(digest))
@@ -488,8 +332,7 @@ impl Store {
         self.link_layer(name, digest).await?;
         self.liveness.pending_add([digest.clone()]);
         drop(pin);
-        drop(state);
-        self.discard_upload(name, &id).await?;
+        self.discard_upload(name, id).await?;
         Ok(size)
     }
 
@@ -537,8 +380,8 @@ impl Store {
         Ok(())
     }
 
-    /// A whole blob in one request (`POST ?digest=`, or a `PUT` of an artifact): a private
-    /// session that is finished at once and discarded on any failure.
+    /// A whole blob in one request (`POST ?digest=`): a private session that is
+    /// finished at once and discarded on any failure.
     pub async fn put_blob<S, E>(
         &self,
         name: &RepoName,
@@ -550,10 +393,16 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let id = self.start_upload(name).await?;
-        let r = self
-            .finish_upload(name, &id, digest, Some(body), announced)
-            .await;
+        let slot = self.upload_slot()?;
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let r = match self.create_session(name, &id).await {
+            Ok(mut w) => {
+                w.hold(Box::new(slot));
+                self.complete_upload(name, &id, w, digest, Some(body), announced)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if r.is_err() {
             let _ = self.discard_upload(name, &id).await;
         }
@@ -561,21 +410,10 @@ impl Store {
     }
 }
 
-/// The digest of a data file of `size` bytes: from the running hash state when it covers
-/// the whole file (sha256), else by reading the file once.
-async fn data_digest(
-    path: &Path,
-    size: u64,
-    state: &SessionState,
-    algorithm: Algorithm,
-) -> Result<Digest> {
-    Ok(match (&state.hasher, algorithm) {
-        (Some((offset, h)), Algorithm::Sha256) if *offset == size => h.clone().finish(),
-        (_, alg) => {
-            let p = path.to_owned();
-            blocking(move || hash_file(&p, alg)).await?.1.finish()
-        }
-    })
+fn ended_early(sent: u64, why: &str) -> Error {
+    Error::BlobUploadInvalid(format!(
+        "request body ended early after {sent} bytes ({why}); the session keeps them"
+    ))
 }
 
 /// A blob that [`Store::ingest_stream`] put into the pool. The pin protects it from an
@@ -599,16 +437,19 @@ impl Store {
     ) -> Result<(PinGuard, bool)> {
         let pin = self.liveness.pin(vec![digest.clone()]).await;
         let pool = self.fs.full(&path_for(PathSpec::BlobData(digest)));
-        let reused = blocking(move || commit_to_pool(&data, &pool)).await?;
+        let reused = tokio::task::spawn_blocking(move || commit_to_pool(&data, &pool))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::from_io)?;
         Ok((pin, reused))
     }
 
-    /// Streams `body` into the data file `data` (created here; the caller owns and
-    /// removes its folder), verifies it against `expected` when given (else computes
-    /// the sha256 digest) and commits it to the pool, without linking it anywhere.
+    /// Streams `body` into a new writer at `key` (the caller owns and removes its
+    /// folder), verifies it against `expected` when given (else takes its sha256
+    /// digest) and commits it to the pool, without linking it anywhere.
     pub(crate) async fn ingest_stream<S, E>(
         &self,
-        data: PathBuf,
+        key: &str,
         expected: Option<&Digest>,
         body: S,
     ) -> Result<Ingested>
@@ -616,32 +457,35 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        if let Some(dir) = data.parent() {
-            let dir = dir.to_owned();
-            blocking(move || std::fs::create_dir_all(dir)).await?;
+        let slot = self.upload_slot()?;
+        let mut w = self.driver.writer(key, WriterStart::New).await?;
+        w.hold(Box::new(slot));
+        if let Received::EndedEarly { sent, why } = receive(&mut *w, body).await? {
+            let _ = w.cancel().await;
+            return Err(ended_early(sent, &why));
         }
-        let p = data.clone();
-        blocking(move || std::fs::File::create(p).map(drop)).await?;
-        let state = Arc::new(Mutex::new(SessionState {
-            hasher: Some((0, Hasher::new(Algorithm::Sha256))),
-        }))
-        .lock_owned()
-        .await;
-        let (state, size) = self.append_locked(data.clone(), state, 0, body).await?;
-        let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
-        let computed = data_digest(&data, size, &state, algorithm).await?;
-        if let Some(expected) = expected
-            && &computed != expected
+        let size = w.size();
+        let digest = match expected {
+            Some(d) => d.clone(),
+            None => w.sha256().await.map_err(write_err)?,
+        };
+        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let committed = match w
+            .commit(&digest, &path_for(PathSpec::BlobData(&digest)))
+            .await
         {
-            return Err(Error::DigestInvalid(format!(
-                "the uploaded {size} bytes have digest {computed}, not {expected}"
-            )));
-        }
-        let (pin, reused) = self.commit_file_pinned(data, &computed).await?;
+            Ok(c) => c,
+            Err(DriverError::DigestMismatch { computed, .. }) => {
+                return Err(Error::DigestInvalid(format!(
+                    "the uploaded {size} bytes have digest {computed}, not {digest}"
+                )));
+            }
+            Err(e) => return Err(write_err(e)),
+        };
         Ok(Ingested {
-            digest: computed,
+            digest,
             size,
-            reused,
+            reused: committed.reused,
             pin,
         })
     }

@@ -437,8 +437,8 @@ impl Store {
             Scratch::Uploads,
             &id,
         ))));
-        let data = self.fs.full(&path_for(PathSpec::ArtifactUploadData(&id)));
-        let r = self.ingest_stream(data, expected, body).await;
+        let data = path_for(PathSpec::ArtifactUploadData(&id));
+        let r = self.ingest_stream(&data, expected, body).await;
         scratch.remove().await;
         let Ingested {
             digest,

@@ -237,6 +237,7 @@ impl Appender {
     }
 
     /// Writes what is queued or buffered; returns the bytes appended in all.
+    #[cfg(test)]
     pub(crate) fn finish(mut self) -> io::Result<u64> {
         self.finish_in_place()
     }
@@ -332,6 +333,12 @@ pub(crate) struct WriterPool {
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for WriterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterPool")
+    }
+}
 
 impl WriterPool {
     /// `threads` threads (at least 1).

@@ -28,23 +28,25 @@
 //! | `modified` | mtime | `LastModified` |
 //! | `redirect_url` | never | a presigned GET |
 //!
-//! # How today's direct-disk call sites map onto it (the migration, next phase)
+//! # How the direct-disk call sites map onto it (the migration)
 //!
+//! Done:
 //! - `upload.rs`: `start_upload` puts `startedat` and opens [`Driver::writer`]; a PATCH
-//!   resumes the writer ([`WriterStart::Resume`]), announces its length with
-//!   [`Writer::reserve`] (the `fallocate` reservation), writes the frames and
-//!   [`Writer::flush`]es before answering; status is [`Driver::writer_size`]. The writer
-//!   hashes sha256 as it goes and keeps the hash state with its own state, so the
-//!   in-memory `Sessions` hash map and `hash_file` go. `finish_upload`/`commit_to_pool`
-//!   become [`Writer::commit`] with the digest and the pool key: verify, fsync/complete,
-//!   move into the pool, and when the pool has the blob already, refresh its time
-//!   ("touch on reuse") and drop the copy. `cancel_upload` resumes and cancels (aborting
-//!   the multipart upload on S3) and deletes the session folder.
-//! - `blobs.rs`: `open_mapped` → [`Driver::reader`] (mapped windows stay the filesystem
-//!   reader; a ranged GET on S3) or [`Driver::redirect_url`]; `touch` → [`Driver::touch`];
-//!   `stat`/`get_content`/`put_content` → [`Driver::stat`]/[`Driver::get`]/[`Driver::put`].
-//! - `store.rs` (`read_link`, `write_link`, `remove`, `list`): the same calls on the trait
-//!   object; `Store` holds `Arc<dyn Driver>` instead of `FsDriver`.
+//!   resumes the writer ([`WriterStart::Resume`]), hands it the session's lock and the
+//!   upload slot ([`Writer::hold`]), announces its length with [`Writer::reserve`],
+//!   writes the frames and [`Writer::flush`]es before answering; status is
+//!   [`Driver::writer_size`]. The writer hashes sha256 as it goes and keeps the hash
+//!   state with its own state. Completion is [`Writer::commit`] with the digest and the
+//!   pool key (verify, fsync/complete, move into the pool; when the pool has the blob
+//!   already, touch it and drop the copy). Artifact uploads take the same writer.
+//!   Still open: `cancel_upload` deletes the session folder without cancelling the
+//!   writer (on S3 that leaves the multipart upload for the uploads task to abort).
+//! - `blobs.rs`: [`Driver::reader`] (mapped windows stay the filesystem reader; a
+//!   ranged GET on S3), [`Driver::touch`], [`Driver::stat`]/[`Driver::get`]/
+//!   [`Driver::put`]; `store.rs` (`read_link`, `write_link`, `remove`, `list`): the same
+//!   calls on the trait object, which `Store` holds as `Arc<dyn Driver>`.
+//!
+//! Next:
 //! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
 //!   `shard_entries`, `walk_repos`) become [`Driver::list`] (names and kinds, no stat, as
 //!   `getdents` gives) and [`Driver::walk`] (key, size, modified: one listing on S3 gives
@@ -238,9 +240,17 @@ pub trait Writer: Send {
     /// A hint that about `len` more bytes follow (a request's Content-Length): the
     /// filesystem reserves blocks for them.
     fn reserve(&mut self, _len: u64) {}
+    /// Keeps `guard` until everything this writer started has finished: it drops with
+    /// the writer, or, when the writer is dropped while a write is still landing (its
+    /// request went away), only once that write has let go of the content. A caller's
+    /// lock on an upload session travels this way, so whoever takes the lock next finds
+    /// no write still landing. Call it before the first write.
+    fn hold(&mut self, guard: Box<dyn std::any::Any + Send + Sync>);
     /// Appends `chunk`. After an error the writer must be dropped (or cancelled); the
     /// state of the last flush is intact.
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()>;
+    /// The sha256 digest of everything written so far (the writer hashes as it goes).
+    async fn sha256(&mut self) -> DriverResult<Digest>;
     /// Makes everything written so far resumable (see the trait's docs).
     async fn flush(&mut self) -> DriverResult<()>;
     /// Verifies that the content has `expected` as digest, makes it durable and moves it

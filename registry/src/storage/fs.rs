@@ -18,12 +18,14 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
+use super::append::{Appender, BATCH_BYTES, BATCH_FRAMES, WriterPool};
 use super::driver::{
     Capabilities, Committed, Driver, DriverError, DriverResult, Entry, PutMode, Reader, Stat,
     Version, WalkEntry, Writer, WriterStart, check_file_path, check_path, writer_state_path,
@@ -34,8 +36,6 @@ use crate::digest::{Algorithm, Digest, Hasher};
 
 /// How often a create retries when a concurrent delete pruned its folder.
 const CREATE_RETRIES: usize = 8;
-/// Frames queued to the writer's and the hasher's threads.
-const WRITER_FRAMES: usize = 16;
 
 fn ioe(path: &Path, e: io::Error) -> DriverError {
     if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) {
@@ -393,10 +393,7 @@ impl Driver for FsDriver {
     async fn writer(&self, path: &str, start: WriterStart) -> DriverResult<Box<dyn Writer>> {
         let p = self.file_path(path)?;
         let state = self.file_path(&writer_state_path(path))?;
-        let root = self.root().to_path_buf();
-        let direct = self.direct_writes;
-        let w = blocking(move || FsWriter::open(root, p, state, start, direct)).await?;
-        Ok(Box::new(w))
+        Ok(Box::new(FsWriter::open(self, p, state, start).await?))
     }
 
     async fn writer_size(&self, path: &str) -> DriverResult<u64> {
@@ -503,28 +500,50 @@ struct FsWriterState {
     sha256: String,
 }
 
-/// The worker threads of one burst of writes (between two flushes): one appends, one
-/// hashes; the frames are shared, not copied.
-struct Burst {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    htx: tokio::sync::mpsc::Sender<Bytes>,
-    writer: tokio::task::JoinHandle<io::Result<u64>>,
-    hasher: tokio::task::JoinHandle<ResumableSha256>,
-    sent: u64,
+/// What travels with a batch to a pool thread and back: the open file and the caller's
+/// guard ([`Writer::hold`]). Fields drop in order: the appender first (releasing any
+/// reserved blocks), then the guard. A writer dropped while a batch is being written
+/// (its request went away) leaves this with the batch, so the guard goes only once the
+/// file is let go.
+#[derive(Default)]
+struct Held {
+    appender: Option<Appender>,
+    /// The file's size when `appender` was opened.
+    opened_at: u64,
+    guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
+/// A batch on the pool: its write and its hash run side by side.
+struct Landing {
+    write: futures::future::BoxFuture<'static, io::Result<(Held, io::Result<()>)>>,
+    hash: futures::future::BoxFuture<'static, io::Result<ResumableSha256>>,
+    len: u64,
+}
+
+/// The filesystem's resumable writer. A body is cut into batches on the async side
+/// ([`BATCH_BYTES`] or [`BATCH_FRAMES`]); each whole batch is written (one `writev`,
+/// blocks reserved for exactly it) and hashed on the uploads' [`WriterPool`] while the
+/// next one arrives, so a slow client holds no thread and nothing holds a whole blob.
 struct FsWriter {
     root: PathBuf,
     path: PathBuf,
     state_path: PathBuf,
-    /// Bytes in the file when the current burst started (all of them, between bursts).
-    base: u64,
-    /// sha256 of the first `base` bytes (taken by a running burst).
-    hash: Option<ResumableSha256>,
-    burst: Option<Burst>,
-    reserve: Option<u64>,
+    pool: Arc<WriterPool>,
+    hook: AppendHook,
     direct_writes: bool,
+    /// Bytes in the file and covered by the hash (every landed batch).
+    base: u64,
+    /// The file and its hash as of the last flush (or the open): what a failed write
+    /// is cut back to, and what the state file covers.
+    flushed: (u64, ResumableSha256),
+    /// The file and the hash between batches.
+    parked: Option<(Held, ResumableSha256)>,
+    landing: Option<Landing>,
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
     failed: bool,
+    /// A guard handed over while no [`Held`] was at hand.
+    spare_guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Hashes `path` from `from` (where `h` stopped) to its end.
@@ -548,118 +567,87 @@ fn hash_rest(
     Ok((n, h))
 }
 
+/// Opens a writer's file: a new empty one, or the existing one with its hash state
+/// (re-hashing what the saved state does not cover). Returns the size and the hash.
+fn open_sync(
+    path: &Path,
+    state_path: &Path,
+    start: WriterStart,
+) -> DriverResult<(u64, ResumableSha256)> {
+    match start {
+        WriterStart::New => {
+            // A new empty file renamed over any old one: a reader mapping the old file
+            // keeps its inode, so nothing shrinks under it.
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let tmp = temp_sibling(path);
+            in_dir(&dir, || {
+                std::fs::File::create(&tmp)
+                    .map(drop)
+                    .map_err(|e| ioe(&tmp, e))
+            })?;
+            let mut guard = TempGuard(Some(tmp.clone()));
+            in_dir(&dir, || {
+                std::fs::rename(&tmp, path).map_err(|e| ioe(path, e))
+            })?;
+            guard.0 = None;
+            match std::fs::remove_file(state_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ioe(state_path, e)),
+            }
+            Ok((0, ResumableSha256::new()))
+        }
+        WriterStart::Resume => {
+            let m = std::fs::metadata(path).map_err(|e| ioe(path, e))?;
+            if m.is_dir() {
+                return Err(DriverError::NotFound(path.display().to_string()));
+            }
+            let size = m.len();
+            let saved = std::fs::read(state_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<FsWriterState>(&b).ok())
+                .and_then(|s| Some((s.size, ResumableSha256::restore(&s.sha256)?)))
+                .filter(|(s, _)| *s <= size);
+            let (from, h) = saved.unwrap_or((0, ResumableSha256::new()));
+            // The file may hold more than the state covers (bytes that reached it after
+            // the last flush): they count, hashed from where the state ends.
+            if from == size {
+                Ok((size, h))
+            } else {
+                hash_rest(path, from, h)
+            }
+        }
+    }
+}
+
 impl FsWriter {
-    fn open(
-        root: PathBuf,
+    async fn open(
+        d: &FsDriver,
         path: PathBuf,
         state_path: PathBuf,
         start: WriterStart,
-        direct_writes: bool,
     ) -> DriverResult<FsWriter> {
-        let (base, hash) = match start {
-            WriterStart::New => {
-                // A new empty file renamed over any old one: a reader mapping the old
-                // file keeps its inode, so nothing shrinks under it.
-                let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-                let tmp = temp_sibling(&path);
-                in_dir(&dir, || {
-                    std::fs::File::create(&tmp)
-                        .map(drop)
-                        .map_err(|e| ioe(&tmp, e))
-                })?;
-                let mut guard = TempGuard(Some(tmp.clone()));
-                in_dir(&dir, || {
-                    std::fs::rename(&tmp, &path).map_err(|e| ioe(&path, e))
-                })?;
-                guard.0 = None;
-                match std::fs::remove_file(&state_path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ioe(&state_path, e)),
-                }
-                (0, ResumableSha256::new())
-            }
-            WriterStart::Resume => {
-                let size = std::fs::metadata(&path).map_err(|e| ioe(&path, e))?.len();
-                let saved = std::fs::read(&state_path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<FsWriterState>(&b).ok())
-                    .and_then(|s| Some((s.size, ResumableSha256::restore(&s.sha256)?)))
-                    .filter(|(s, _)| *s <= size);
-                let (from, h) = saved.unwrap_or((0, ResumableSha256::new()));
-                // The file may hold more than the state covers (bytes that reached it
-                // after the last flush): they count, hashed from where the state ends.
-                let (n, h) = if from == size {
-                    (size, h)
-                } else {
-                    hash_rest(&path, from, h)?
-                };
-                (n, h)
-            }
-        };
+        let pool = d.writer_pool();
+        let (p, s) = (path.clone(), state_path.clone());
+        let (size, hash) = pool
+            .run(move || open_sync(&p, &s, start))
+            .await
+            .map_err(|e| ioe(&path, e))??;
         Ok(FsWriter {
-            root,
+            root: d.root().to_path_buf(),
             path,
             state_path,
-            base,
-            hash: Some(hash),
-            burst: None,
-            reserve: None,
-            direct_writes,
+            pool,
+            hook: d.append_hook.clone(),
+            direct_writes: d.direct_writes,
+            base: size,
+            flushed: (size, hash.clone()),
+            parked: Some((Held::default(), hash)),
+            landing: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
             failed: false,
-        })
-    }
-
-    fn start_burst(&mut self) -> DriverResult<&mut Burst> {
-        if self.burst.is_none() {
-            let Some(h) = self.hash.take() else {
-                return Err(self.poisoned());
-            };
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITER_FRAMES);
-            let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(WRITER_FRAMES);
-            let (path, base, direct, announced) = (
-                self.path.clone(),
-                self.base,
-                self.direct_writes,
-                self.reserve.take(),
-            );
-            let writer = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-                // Blocks are reserved per batch, never ahead of the data (storage::append).
-                let _ = announced;
-                let mut w = super::append::Appender::open(&path, base, direct)?;
-                let (mut batch, mut bytes) = (Vec::new(), 0usize);
-                while let Some(b) = rx.blocking_recv() {
-                    bytes += b.len();
-                    batch.push(b);
-                    if bytes >= super::append::BATCH_BYTES
-                        || batch.len() >= super::append::BATCH_FRAMES
-                    {
-                        w.write_batch(&batch)?;
-                        batch.clear();
-                        bytes = 0;
-                    }
-                }
-                w.write_batch(&batch)?;
-                w.finish()
-            });
-            let hasher = tokio::task::spawn_blocking(move || {
-                let mut h = h;
-                while let Some(b) = hrx.blocking_recv() {
-                    h.update(&b);
-                }
-                h
-            });
-            self.burst = Some(Burst {
-                tx,
-                htx,
-                writer,
-                hasher,
-                sent: 0,
-            });
-        }
-        self.burst.as_mut().ok_or_else(|| DriverError::Io {
-            path: String::new(),
-            source: io::Error::other("no burst"),
+            spare_guard: None,
         })
     }
 
@@ -670,39 +658,171 @@ impl FsWriter {
         }
     }
 
-    /// Ends the running burst: waits for both threads; the file and the hash then cover
-    /// `base` bytes.
-    async fn end_burst(&mut self) -> DriverResult<()> {
-        let Some(b) = self.burst.take() else {
+    /// Waits for the batch on the pool, if any; the file and the hash then cover
+    /// `base` bytes. A failed write is cut back to the last flush (on the pool, with
+    /// the guard still held) and poisons the writer.
+    async fn land(&mut self) -> DriverResult<()> {
+        let Some(l) = self.landing.take() else {
             return if self.failed {
                 Err(self.poisoned())
             } else {
                 Ok(())
             };
         };
-        drop(b.tx);
-        drop(b.htx);
-        let written = b.writer.await;
-        let hashed = b.hasher.await;
-        match (written, hashed) {
-            (Ok(Ok(n)), Ok(h)) if n == b.sent => {
-                self.base += n;
-                self.hash = Some(h);
+        match tokio::join!(l.write, l.hash) {
+            (Ok((held, Ok(()))), Ok(h)) => {
+                self.base += l.len;
+                self.parked = Some((held, h));
                 Ok(())
             }
-            (Ok(Err(e)), _) => {
+            (Ok((held, Err(e))), _) => {
                 self.failed = true;
+                self.cut_back(held).await;
                 Err(ioe(&self.path, e))
             }
-            _ => {
+            // A pool thread failed: the file (and the guard with it) are gone.
+            (Ok((held, Ok(()))), Err(e)) => {
                 self.failed = true;
-                Err(self.poisoned())
+                self.cut_back(held).await;
+                Err(ioe(&self.path, e))
+            }
+            (Err(e), _) => {
+                self.failed = true;
+                Err(ioe(&self.path, e))
             }
         }
     }
 
-    async fn save_state(&self) -> DriverResult<()> {
-        let Some(h) = &self.hash else {
+    /// Closes the file and cuts it back to the last flush; keeps the guard.
+    async fn cut_back(&mut self, held: Held) {
+        let (p, size) = (self.path.clone(), self.flushed.0);
+        let r = self
+            .pool
+            .run(move || {
+                let mut held = held;
+                drop(held.appender.take());
+                let r = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(size));
+                (held, r)
+            })
+            .await;
+        match r {
+            Ok((held, r)) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, path = %self.path.display(), "cannot cut a failed write back");
+                }
+                self.base = self.flushed.0;
+                self.parked = Some((held, self.flushed.1.clone()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "cannot cut a failed write back")
+            }
+        }
+    }
+
+    /// Hands the batch received so far to the pool (after the previous one landed).
+    async fn send_batch(&mut self) -> DriverResult<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.land().await?;
+        let Some((mut held, mut h)) = self.parked.take() else {
+            return Err(self.poisoned());
+        };
+        let frames = Arc::new(std::mem::take(&mut self.batch));
+        let len = std::mem::take(&mut self.batch_bytes) as u64;
+        let for_hash = frames.clone();
+        let (path, base, direct, hook) = (
+            self.path.clone(),
+            self.base,
+            self.direct_writes,
+            self.hook.clone(),
+        );
+        self.landing = Some(Landing {
+            write: Box::pin(self.pool.submit(move || {
+                hook.call();
+                let appender = match held.appender.take() {
+                    Some(a) => Ok(a),
+                    None => {
+                        held.opened_at = base;
+                        Appender::open(&path, base, direct)
+                    }
+                };
+                let r = match appender {
+                    Ok(mut a) => {
+                        let r = a.write_batch(&frames);
+                        held.appender = Some(a);
+                        r
+                    }
+                    Err(e) => Err(e),
+                };
+                (held, r)
+            })),
+            hash: Box::pin(self.pool.submit(move || {
+                for b in for_hash.iter() {
+                    h.update(b);
+                }
+                h
+            })),
+            len,
+        });
+        Ok(())
+    }
+
+    /// Writes out everything received and closes the file (whatever direct writes
+    /// still buffer goes out); the file and the hash then cover `base` bytes.
+    async fn settle(&mut self) -> DriverResult<()> {
+        if self.failed {
+            return Err(self.poisoned());
+        }
+        self.send_batch().await?;
+        self.land().await?;
+        let Some((held, h)) = self.parked.take() else {
+            return Err(self.poisoned());
+        };
+        let expected = self.base;
+        let r = self
+            .pool
+            .run(move || {
+                let mut held = held;
+                let r = match held.appender.take() {
+                    // Closed here, on the pool: what direct writes still buffer goes out.
+                    Some(mut a) => a.finish_in_place().and_then(|n| {
+                        if held.opened_at + n == expected {
+                            Ok(())
+                        } else {
+                            Err(io::Error::other(format!(
+                                "wrote {n} of {} bytes",
+                                expected - held.opened_at
+                            )))
+                        }
+                    }),
+                    None => Ok(()),
+                };
+                (held, r)
+            })
+            .await;
+        match r {
+            Ok((held, Ok(()))) => {
+                self.parked = Some((held, h));
+                Ok(())
+            }
+            Ok((held, Err(e))) => {
+                self.failed = true;
+                self.cut_back(held).await;
+                Err(ioe(&self.path, e))
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(ioe(&self.path, e))
+            }
+        }
+    }
+
+    async fn save_state(&mut self) -> DriverResult<()> {
+        let Some((_, h)) = &self.parked else {
             return Err(self.poisoned());
         };
         let text = serde_json::to_vec(&FsWriterState {
@@ -710,6 +830,7 @@ impl FsWriter {
             sha256: h.save(),
         })
         .map_err(|e| ioe(&self.state_path, io::Error::other(e)))?;
+        self.flushed = (self.base, h.clone());
         let p = self.state_path.clone();
         blocking(move || {
             let (mut guard, tmp, _) = write_temp_unsynced(&p, &text)?;
@@ -720,7 +841,7 @@ impl FsWriter {
         .await
     }
 
-    async fn remove_own(&self) -> DriverResult<()> {
+    async fn remove_own(&mut self) -> DriverResult<()> {
         let (p, s, root) = (
             self.path.clone(),
             self.state_path.clone(),
@@ -754,12 +875,15 @@ fn write_temp_unsynced(p: &Path, data: &[u8]) -> DriverResult<(TempGuard, PathBu
 #[async_trait::async_trait]
 impl Writer for FsWriter {
     fn size(&self) -> u64 {
-        self.base + self.burst.as_ref().map_or(0, |b| b.sent)
+        let landing = self.landing.as_ref().map_or(0, |l| l.len);
+        self.base + landing + self.batch_bytes as u64
     }
 
-    fn reserve(&mut self, len: u64) {
-        if self.burst.is_none() {
-            self.reserve = Some(len);
+    fn hold(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        match &mut self.parked {
+            Some((held, _)) => held.guard = Some(guard),
+            // Mid-batch or failed: kept until the writer drops.
+            None => self.spare_guard = Some(guard),
         }
     }
 
@@ -770,28 +894,30 @@ impl Writer for FsWriter {
         if chunk.is_empty() {
             return Ok(());
         }
-        let b = self.start_burst()?;
-        let n = chunk.len() as u64;
-        if b.htx.send(chunk.clone()).await.is_err() || b.tx.send(chunk).await.is_err() {
-            // A thread stopped: its error comes out of end_burst.
-            self.end_burst().await?;
-            self.failed = true;
-            return Err(self.poisoned());
-        }
-        if let Some(b) = self.burst.as_mut() {
-            b.sent += n;
+        self.batch_bytes += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FRAMES {
+            self.send_batch().await?;
         }
         Ok(())
     }
 
+    async fn sha256(&mut self) -> DriverResult<Digest> {
+        self.settle().await?;
+        match &self.parked {
+            Some((_, h)) => Ok(h.clone().finish()),
+            None => Err(self.poisoned()),
+        }
+    }
+
     async fn flush(&mut self) -> DriverResult<()> {
-        self.end_burst().await?;
+        self.settle().await?;
         self.save_state().await
     }
 
     async fn commit(mut self: Box<Self>, expected: &Digest, to: &str) -> DriverResult<Committed> {
-        self.end_burst().await?;
-        let Some(h) = self.hash.take() else {
+        self.settle().await?;
+        let Some((held, h)) = self.parked.take() else {
             return Err(self.poisoned());
         };
         let computed = match expected.algorithm() {
@@ -816,6 +942,7 @@ impl Writer for FsWriter {
         };
         if &computed != expected {
             self.remove_own().await?;
+            drop(held);
             return Err(DriverError::DigestMismatch {
                 expected: expected.clone(),
                 computed,
@@ -829,7 +956,7 @@ impl Writer for FsWriter {
             self.root.clone(),
             self.base,
         );
-        blocking(move || {
+        let r = blocking(move || {
             let _ = std::fs::remove_file(&state);
             let reused = if dest.exists() {
                 touch_sync(&dest)?;
@@ -847,11 +974,41 @@ impl Writer for FsWriter {
             };
             Ok(Committed { size, reused })
         })
-        .await
+        .await;
+        drop(held);
+        r
     }
 
     async fn cancel(mut self: Box<Self>) -> DriverResult<()> {
-        let _ = self.end_burst().await;
-        self.remove_own().await
+        let _ = self.settle().await;
+        let r = self.remove_own().await;
+        drop(self.parked.take());
+        r
+    }
+}
+
+/// Called on the writer thread right before each batch is written (a test hook).
+#[derive(Clone, Default)]
+pub(crate) struct AppendHook(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl AppendHook {
+    pub(crate) fn new(f: impl Fn() + Send + Sync + 'static) -> AppendHook {
+        AppendHook(Some(Arc::new(f)))
+    }
+
+    fn call(&self) {
+        if let Some(f) = &self.0 {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "AppendHook(set)"
+        } else {
+            "AppendHook"
+        })
     }
 }

@@ -71,6 +71,11 @@ pub struct FsDriver {
     ops: Option<crate::metrics::StorageOps>,
     /// Writers append with `O_DIRECT` (see `append`).
     direct_writes: bool,
+    /// The threads that write and hash writers' batches (never tokio's blocking pool,
+    /// so reads never queue behind uploads); started on first use, shared by clones.
+    writers: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<append::WriterPool>>>,
+    /// Called on the writer thread before each batch (a test hook).
+    append_hook: fs::AppendHook,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -89,7 +94,27 @@ impl FsDriver {
             root: root.into(),
             ops: None,
             direct_writes: false,
+            writers: Default::default(),
+            append_hook: Default::default(),
         }
+    }
+
+    /// This driver calling `f` on the writer thread right before each batch a writer
+    /// writes (the `Appending` test hook).
+    pub(crate) fn with_append_hook(mut self, f: impl Fn() + Send + Sync + 'static) -> FsDriver {
+        self.append_hook = fs::AppendHook::new(f);
+        self
+    }
+
+    /// The writers' thread pool (started on first use).
+    pub(crate) fn writer_pool(&self) -> std::sync::Arc<append::WriterPool> {
+        self.writers
+            .get_or_init(|| {
+                std::sync::Arc::new(append::WriterPool::new(
+                    append::WriterPool::default_threads(),
+                ))
+            })
+            .clone()
     }
 
     /// This driver timing its operations into `ops` (`registry_storage_action_seconds`).

@@ -62,6 +62,23 @@ pub(super) struct S3Writer {
     failed: bool,
     /// The part being sent while the next one fills (one at a time).
     inflight: Option<tokio::task::JoinHandle<DriverResult<Part>>>,
+    /// The caller's guard ([`Writer::hold`]).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// A writer dropped while a part is being sent keeps the caller's guard until the part
+/// has landed (or failed).
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        if let (Some(held), Some(task)) = (self.held.take(), self.inflight.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = task.await;
+                drop(held);
+            });
+        }
+    }
 }
 
 fn corrupt(path: &str, why: &str) -> DriverError {
@@ -112,6 +129,7 @@ impl S3Writer {
                     size: 0,
                     failed: false,
                     inflight: None,
+                    held: None,
                 };
                 w.save_state(None).await?;
                 Ok(w)
@@ -144,6 +162,7 @@ impl S3Writer {
                     size: s.size,
                     failed: false,
                     inflight: None,
+                    held: None,
                 })
             }
         }
@@ -291,6 +310,10 @@ impl Writer for S3Writer {
         self.size
     }
 
+    fn hold(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self.held = Some(guard);
+    }
+
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
         if self.failed {
             return Err(self.poisoned());
@@ -311,6 +334,13 @@ impl Writer for S3Writer {
             }
         }
         Ok(())
+    }
+
+    async fn sha256(&mut self) -> DriverResult<Digest> {
+        if self.failed {
+            return Err(self.poisoned());
+        }
+        Ok(self.hash.clone().finish())
     }
 
     async fn flush(&mut self) -> DriverResult<()> {
