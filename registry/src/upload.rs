@@ -30,7 +30,7 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::hooks::Point;
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
-use crate::storage::{self, DriverError, PathSpec, PutMode, Writer, WriterStart, path_for};
+use crate::storage::{self, DriverError, PathSpec, Writer, WriterStart, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -157,12 +157,10 @@ impl Store {
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(Error::internal)?;
+        // Session files need no fsync: a session lost in a crash is restarted by its
+        // client; what is durable is the blob at completion.
         self.driver
-            .put(
-                &path_for(PathSpec::UploadStartedAt(name, id)),
-                now.into(),
-                PutMode::Overwrite,
-            )
+            .put_volatile(&path_for(PathSpec::UploadStartedAt(name, id)), now.into())
             .await?;
         Ok(self
             .driver

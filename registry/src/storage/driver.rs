@@ -274,6 +274,13 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Writes a small object atomically (readers see the old content or the new, never
     /// a mix); returns the new version.
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> DriverResult<Version>;
+    /// Writes a small object atomically, like [`PutMode::Overwrite`], for content whose
+    /// loss in a crash is harmless (an upload session's bookkeeping, which its client
+    /// restarts): a driver may skip making it durable. On disk that spares the fsyncs,
+    /// each of which may wait for the journal to write out other files' data.
+    async fn put_volatile(&self, path: &str, data: Bytes) -> DriverResult<()> {
+        self.put(path, data, PutMode::Overwrite).await.map(drop)
+    }
     /// Streams `len` bytes (to the end when `None`) from `offset`. An offset at the end
     /// of a non-empty object, or past it, is [`DriverError::InvalidOffset`]; a range that
     /// runs past the end is cut at the end.

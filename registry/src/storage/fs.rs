@@ -84,13 +84,31 @@ fn stat_of(m: &std::fs::Metadata) -> Stat {
 
 /// Runs `create` after making `dir`; again when `create` finds the folder gone (a
 /// concurrent delete pruned it in between).
-fn in_dir<T>(dir: &Path, mut create: impl FnMut() -> DriverResult<T>) -> DriverResult<T> {
+fn in_dir<T>(dir: &Path, create: impl FnMut() -> DriverResult<T>) -> DriverResult<T> {
+    in_dir_with(dir, true, create)
+}
+
+/// [`in_dir`] without fsyncing the folders it creates (for content that is not durable
+/// anyway: a writer's file before its commit, volatile puts).
+fn in_dir_unsynced<T>(dir: &Path, create: impl FnMut() -> DriverResult<T>) -> DriverResult<T> {
+    in_dir_with(dir, false, create)
+}
+
+fn in_dir_with<T>(
+    dir: &Path,
+    synced: bool,
+    mut create: impl FnMut() -> DriverResult<T>,
+) -> DriverResult<T> {
     let mut tries = 0;
     loop {
-        create_dir_all_synced(dir).map_err(|e| DriverError::Io {
-            path: dir.display().to_string(),
-            source: io::Error::other(e.to_string()),
-        })?;
+        if synced {
+            create_dir_all_synced(dir).map_err(|e| DriverError::Io {
+                path: dir.display().to_string(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        } else {
+            std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e))?;
+        }
         match create() {
             Err(DriverError::NotFound(_)) if tries < CREATE_RETRIES => tries += 1,
             r => return r,
@@ -366,6 +384,22 @@ impl Driver for FsDriver {
         blocking(move || put_sync(&p, &data, mode)).await
     }
 
+    async fn put_volatile(&self, path: &str, data: Bytes) -> DriverResult<()> {
+        let p = self.file_path(path)?;
+        blocking(move || {
+            let dir = p.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let tmp = temp_sibling(&p);
+            in_dir_unsynced(&dir, || {
+                std::fs::write(&tmp, &data).map_err(|e| ioe(&tmp, e))
+            })?;
+            let mut guard = TempGuard(Some(tmp.clone()));
+            in_dir_unsynced(&dir, || std::fs::rename(&tmp, &p).map_err(|e| ioe(&p, e)))?;
+            guard.0 = None;
+            Ok(())
+        })
+        .await
+    }
+
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> DriverResult<Reader> {
         let p = self.file_path(path)?;
         let mapped = self.open_mapped(path).await.map_err(|e| match e {
@@ -580,13 +614,13 @@ fn open_sync(
             // keeps its inode, so nothing shrinks under it.
             let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
             let tmp = temp_sibling(path);
-            in_dir(&dir, || {
+            in_dir_unsynced(&dir, || {
                 std::fs::File::create(&tmp)
                     .map(drop)
                     .map_err(|e| ioe(&tmp, e))
             })?;
             let mut guard = TempGuard(Some(tmp.clone()));
-            in_dir(&dir, || {
+            in_dir_unsynced(&dir, || {
                 std::fs::rename(&tmp, path).map_err(|e| ioe(path, e))
             })?;
             guard.0 = None;
@@ -868,7 +902,7 @@ impl FsWriter {
 fn write_temp_unsynced(p: &Path, data: &[u8]) -> DriverResult<(TempGuard, PathBuf, ())> {
     let dir = p.parent().unwrap_or(Path::new("."));
     let tmp = temp_sibling(p);
-    in_dir(dir, || std::fs::write(&tmp, data).map_err(|e| ioe(&tmp, e)))?;
+    in_dir_unsynced(dir, || std::fs::write(&tmp, data).map_err(|e| ioe(&tmp, e)))?;
     Ok((TempGuard(Some(tmp.clone())), tmp, ()))
 }
 

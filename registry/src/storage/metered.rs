@@ -55,6 +55,11 @@ impl Driver for Metered {
         self.inner.put(path, data, mode).await
     }
 
+    async fn put_volatile(&self, path: &str, data: Bytes) -> DriverResult<()> {
+        let _t = self.timer("PutContent");
+        self.inner.put_volatile(path, data).await
+    }
+
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> DriverResult<Reader> {
         let _t = self.timer("Reader");
         self.inner.reader(path, offset, len).await
