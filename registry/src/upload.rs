@@ -231,7 +231,9 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let guard = self.lock_session(session).await;
-        let size = self.upload_size(name, &id).await?;
+        let slot = self.upload_slot()?;
+        let mut w = self.resume_upload(name, &id).await?;
+        let size = w.size();
         if let Some(start) = expect_start
             && start != size
         {
@@ -240,8 +242,6 @@ impl Store {
                 size: None,
             });
         }
-        let slot = self.upload_slot()?;
-        let mut w = self.resume_upload(name, &id).await?;
         w.hold(Box::new((guard, slot)));
         if let Some(n) = announced {
             w.reserve(n);
@@ -271,7 +271,6 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let guard = self.lock_session(session).await;
-        self.upload_size(name, &id).await?;
         let slot = match body {
             Some(_) => Some(self.upload_slot()?),
             None => None,
