@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Blob GET speed of two drydock binaries (A/B: a change against its base), on this
-# machine, over loopback. Both servers run at once, each on its own fresh root holding
-# the same blob of random data (pushed once, then in the page cache); the GETs alternate
-# between them (A B, then B A, ...), so load from other work on a shared machine falls
-# on both alike. Prints each GET's MiB/s, the medians, the ratio B/A and the load average
-# at the start and the end.
+# Blob speed of two drydock binaries (A/B: a change against its base), on this machine,
+# over loopback. Both servers run at once, each on its own fresh root holding the same
+# blob of random data (pushed once, then in the page cache); the measured requests
+# alternate between them (A B, then B A, ...), so load from other work on a shared
+# machine falls on both alike. Prints each round's number, the medians, the ratio B/A
+# and the load average at the start and the end.
 #
 #   bash scripts/bench-blob-ab.sh BIN_A BIN_B
 #   SIZE_MIB=512 ROUNDS=10 bash scripts/bench-blob-ab.sh old/registry new/registry
+#   MODE=push bash scripts/bench-blob-ab.sh old/registry new/registry
 #
-# Environment: SIZE_MIB (512), ROUNDS (10: each round GETs from both), RANGE (unset: whole
-# blob; "bytes=A-B" sends that Range header on every GET), TMPDIR (where the roots go).
+# Environment: MODE (get: blob GET with curl, MiB/s; push: `drydock-bench push-blob` of
+# the same blob into a new repository each round, MiB/s, the pool's copy reused after
+# the first, so no fsync; small: `drydock-bench small-images`, images/s), SIZE_MIB (512),
+# ROUNDS (10: each round measures both), RANGE (get: "bytes=A-B" sends that Range
+# header), CHUNK_MIB (push: PATCH chunks of this size), IMAGES (small: 160), TMPDIR
+# (where the roots go), DRYDOCK_BENCH (target/release/drydock-bench).
 set -euo pipefail
 
 A=${1:?usage: bench-blob-ab.sh BIN_A BIN_B}
@@ -18,6 +23,12 @@ B=${2:?usage: bench-blob-ab.sh BIN_A BIN_B}
 SIZE_MIB=${SIZE_MIB:-512}
 ROUNDS=${ROUNDS:-10}
 RANGE=${RANGE:-}
+MODE=${MODE:-get}
+CHUNK_MIB=${CHUNK_MIB:-}
+IMAGES=${IMAGES:-160}
+DRYDOCK_BENCH=${DRYDOCK_BENCH:-$(dirname "$0")/../target/release/drydock-bench}
+case $MODE in get|push|small) ;; *) echo "MODE is get, push or small" >&2; exit 2 ;; esac
+[ "$MODE" = get ] || [ -x "$DRYDOCK_BENCH" ] || { echo "$DRYDOCK_BENCH not built" >&2; exit 2; }
 for bin in "$A" "$B"; do [ -x "$bin" ] || { echo "$bin is not an executable" >&2; exit 2; }; done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/drydock-ab.XXXXXX")
@@ -67,7 +78,29 @@ EOF
   # One GET to warm the page cache and the server.
   curl -sS -o /dev/null "$url/v2/bench/blobs/$DIGEST"
 done
-rm -f "$WORK/blob"
+[ "$MODE" = push ] || rm -f "$WORK/blob"
+[ "$MODE" = push ] && echo "$DIGEST" | cut -d: -f2 >"$WORK/blob.sha256"
+
+# measure SIDE ROUND -> one number
+measure() {
+  case $MODE in
+    get) get "$1" ;;
+    push)
+      local args=(push-blob --url "${URL[$1]}" --size-mib "$SIZE_MIB" --file "$WORK/blob"
+                  --repo "bench/r$2" --json)
+      [ -n "$CHUNK_MIB" ] && args+=(--chunk-mib "$CHUNK_MIB")
+      "$DRYDOCK_BENCH" "${args[@]}" 2>/dev/null | row_field mib_per_s ;;
+    small)
+      "$DRYDOCK_BENCH" small-images --url "${URL[$1]}" --images "$IMAGES" \
+        --repo-prefix "bench/r$2" --json 2>/dev/null | row_field ops_per_s ;;
+  esac
+}
+row_field() {
+  python3 -c 'import json, sys
+r = json.load(sys.stdin)
+assert not r["rows"][0]["errors"], r["error_samples"]
+print("%.1f" % r["rows"][0][sys.argv[1]])' "$1"
+}
 
 get() { # side -> MiB/s
   local args=(-sS -o /dev/null -w '%{http_code} %{time_total} %{size_download}')
@@ -83,20 +116,21 @@ RA=(); RB=()
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then order="a b"; else order="b a"; fi
   for side in $order; do
-    v=$(get $side)
+    v=$(measure $side "$r$side")
     if [ $side = a ]; then RA+=("$v"); else RB+=("$v"); fi
   done
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$SIZE_MIB" "$LOAD_START" "$LOAD_END" "${RANGE:-whole}" "${RA[*]}" "${RB[*]}" <<'EOF'
+python3 - "$SIZE_MIB" "$LOAD_START" "$LOAD_END" "$MODE ${RANGE}${CHUNK_MIB:+chunks of $CHUNK_MIB MiB}" "${RA[*]}" "${RB[*]}" <<'EOF'
 import statistics, sys
-size, ls, le, rng, a, b = sys.argv[1:7]
+size, ls, le, what, a, b = sys.argv[1:7]
 a = [float(x) for x in a.split()]; b = [float(x) for x in b.split()]
 ma, mb = statistics.median(a), statistics.median(b)
-print(f"blob GET, {size} MiB blob, range {rng}, {len(a)} GETs each, alternating")
-print(f"A MiB/s: {' '.join(f'{x:.0f}' for x in a)}  median {ma:.1f}")
-print(f"B MiB/s: {' '.join(f'{x:.0f}' for x in b)}  median {mb:.1f}")
+unit = "images/s" if what.startswith("small") else "MiB/s"
+print(f"{what}, {size} MiB blob, {len(a)} rounds, alternating")
+print(f"A {unit}: {' '.join(f'{x:.0f}' for x in a)}  median {ma:.1f}")
+print(f"B {unit}: {' '.join(f'{x:.0f}' for x in b)}  median {mb:.1f}")
 print(f"B/A (medians): {mb / ma:.3f}")
 print(f"load average: start {ls}, end {le}")
 EOF
