@@ -326,6 +326,31 @@ async fn catalog_follows_every_new_repository() {
     assert_eq!(list(&v), ["cat/blob"]);
 }
 
+/// Folders are implicit in the store (as in a bucket): deleting a repository's last
+/// link removes its folder, and the very next listing (the catalog is cached) leaves it
+/// out; a repository that keeps a link stays.
+#[tokio::test]
+async fn a_repository_whose_last_link_is_deleted_leaves_the_catalog() {
+    let s = TestServer::start().await;
+    let c = client();
+    let url = s.url("/v2/_catalog");
+    let gone = push_blob(&c, &s, "cat/gone", b"the only blob").await;
+    let kept = push_blob(&c, &s, "cat/kept", b"one of two").await;
+    push_blob(&c, &s, "cat/kept", b"two of two").await;
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(strings(&v["repositories"]), ["cat/gone", "cat/kept"]);
+    for (repo, d) in [("cat/gone", &gone), ("cat/kept", &kept)] {
+        let r = c
+            .delete(s.url(&format!("/v2/{repo}/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let (_, v) = get_json(&c, &url).await;
+    assert_eq!(strings(&v["repositories"]), ["cat/kept"]);
+}
+
 #[tokio::test]
 async fn catalog_of_a_fresh_registry_is_empty() {
     let s = TestServer::start().await;

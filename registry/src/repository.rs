@@ -2,8 +2,6 @@
 //! index and the catalog. A manifest is stored in the pool like any blob and becomes
 //! part of a repository through its revision link; a tag is a link to a revision.
 
-use std::path::Path;
-
 use bytes::Bytes;
 
 use crate::cache::CachedManifest;
@@ -322,47 +320,64 @@ impl Store {
             return Ok(l);
         }
         let generation = self.cache.generation();
-        let root = self.fs.full(&path_for(PathSpec::RepositoriesRoot));
-        let all: std::sync::Arc<[String]> = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk_repositories(&root, "", &mut out);
-            out.sort();
-            out
-        })
-        .await
-        .map_err(Error::internal)?
-        .into();
+        let all: std::sync::Arc<[String]> = self.walk_repositories().await?.into();
         self.cache.fill_catalog(all.clone(), generation);
         Ok(all)
     }
-}
 
-/// A folder is a repository when it has `_manifests` or `_layers` (Distribution 2.8
-/// decides by `_layers`, 3.x by `_manifests`); folders starting with `_` are never
-/// descended into.
-fn walk_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut children: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
-    children.sort();
-    for c in children {
-        if c == "_manifests" || c == "_layers" {
-            if !prefix.is_empty() && out.last().map(String::as_str) != Some(prefix) {
-                out.push(prefix.to_owned());
-            }
-        } else if !c.starts_with('_') && !c.starts_with('.') {
-            let p = if prefix.is_empty() {
-                c.clone()
+    /// Every repository name, sorted: the folders below `repositories/` that hold
+    /// `_manifests` or `_layers` (Distribution 2.8 decides by `_layers`, 3.x by
+    /// `_manifests`), listed level by level through the driver, a few folders at a time
+    /// (one listing per folder; on S3 each is a request). Folders starting with `_` or
+    /// `.` are never descended into.
+    async fn walk_repositories(&self) -> Result<Vec<String>> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        const IN_FLIGHT: usize = 16;
+        let list = |prefix: String| async move {
+            let spec = if prefix.is_empty() {
+                PathSpec::RepositoriesRoot
             } else {
-                format!("{prefix}/{c}")
+                PathSpec::RepositoryFolder(&prefix)
             };
-            walk_repositories(&dir.join(&c), &p, out);
+            let r = self.driver.list(&path_for(spec)).await;
+            (prefix, r)
+        };
+        let mut out = Vec::new();
+        let mut todo = vec![String::new()];
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < IN_FLIGHT
+                && let Some(p) = todo.pop()
+            {
+                running.push(list(p));
+            }
+            let Some((prefix, listed)) = running.next().await else {
+                break;
+            };
+            let children = match listed {
+                Ok(c) => c,
+                // Gone since its parent was listed (a repository being deleted).
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut is_repo = false;
+            for c in children.into_iter().filter(|c| c.is_dir) {
+                if c.name == "_manifests" || c.name == "_layers" {
+                    is_repo = true;
+                } else if !c.name.starts_with('_') && !c.name.starts_with('.') {
+                    todo.push(if prefix.is_empty() {
+                        c.name
+                    } else {
+                        format!("{prefix}/{}", c.name)
+                    });
+                }
+            }
+            if is_repo && !prefix.is_empty() {
+                out.push(prefix);
+            }
         }
+        out.sort();
+        Ok(out)
     }
 }
 

@@ -201,7 +201,7 @@ impl Store {
     /// Removes a file or folder; `false` when it was not there. Whatever the cache held
     /// for it is invalidated. The driver removes the folders this empties (folders are
     /// implicit, as in a bucket), so the last link's removal can take its repository out
-    /// of the catalog: the cached catalog is dropped on every removal of a link.
+    /// of the catalog: the cached catalog is dropped when a removal did.
     pub(crate) async fn remove(&self, spec: PathSpec<'_>) -> Result<bool> {
         let r = self.driver.delete(&path_for(spec)).await;
         match spec {
@@ -224,13 +224,17 @@ impl Store {
             PathSpec::BlobDir(d) => self.cache.invalidate_blob(d),
             _ => {}
         }
-        if matches!(
-            spec,
-            PathSpec::TagDir(..)
-                | PathSpec::TagsDir(_)
-                | PathSpec::ManifestRevisionDir(..)
-                | PathSpec::LayerDir(..)
-        ) {
+        let repo = match spec {
+            PathSpec::TagDir(n, _)
+            | PathSpec::TagsDir(n)
+            | PathSpec::ManifestRevisionDir(n, _)
+            | PathSpec::LayerDir(n, _) => Some(n),
+            _ => None,
+        };
+        if let Some(n) = repo
+            && r.is_ok()
+            && !self.repository_exists(n).await.unwrap_or(false)
+        {
             self.cache.invalidate_catalog();
         }
         match r {

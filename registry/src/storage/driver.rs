@@ -45,6 +45,8 @@
 //!   ranged GET on S3), [`Driver::touch`], [`Driver::stat`]/[`Driver::get`]/
 //!   [`Driver::put`]; `store.rs` (`read_link`, `write_link`, `remove`, `list`): the same
 //!   calls on the trait object, which `Store` holds as `Arc<dyn Driver>`.
+//! - `repository.rs` catalog walk: [`Driver::list`] level by level, 16 folders at a
+//!   time ([`Driver::walk`] under `repositories/` would list every link on S3).
 //!
 //! Next:
 //! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
@@ -60,8 +62,6 @@
 //!   the object onto itself (server-side; RGW shares the data, so the cost does not grow
 //!   with the blob). A push of content the pool already has goes through `commit`, which
 //!   touches.
-//! - `repository.rs` catalog walk → [`Driver::list`] level by level (or
-//!   [`Driver::walk`] under `repositories/` on S3, where one listing beats many).
 //! - `artifacts/tree.rs`: a delete renames a subtree into `.trash` on disk; there is no
 //!   atomic subtree rename on S3, so the tree deletes in order (the `.link` files first,
 //!   the records last), which a crash can only leave as a smaller tree, never a torn file.

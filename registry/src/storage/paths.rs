@@ -76,6 +76,9 @@ pub enum PathSpec<'a> {
     BlobDir(&'a Digest),
     BlobData(&'a Digest),
     RepositoriesRoot,
+    /// A folder below `repositories/` by its name path as found on disk (a repository,
+    /// or a namespace above some): what the catalog walk descends through.
+    RepositoryFolder(&'a str),
     Repository(&'a RepoName),
     LayersDir(&'a RepoName),
     /// The folder of one layer link (removed whole).
@@ -159,6 +162,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         ),
         BlobData(d) => format!("{}/data", path_for(BlobDir(d))),
         RepositoriesRoot => format!("{ROOT}/repositories"),
+        RepositoryFolder(p) => format!("{ROOT}/repositories/{p}"),
         Repository(n) => repo(n),
         LayersDir(n) => format!("{}/_layers", repo(n)),
         LayerDir(n, d) => format!("{}/_layers/{}", repo(n), dig(d)),
@@ -242,6 +246,7 @@ mod tests {
             ),
             (RepositoriesRoot, "docker/registry/v2/repositories".into()),
             (Repository(&n), r.into()),
+            (RepositoryFolder("library/alpine"), r.into()),
             (LayersDir(&n), format!("{r}/_layers")),
             (LayerDir(&n, &d), format!("{r}/_layers/sha256/{h}")),
             (LayerLink(&n, &d), format!("{r}/_layers/sha256/{h}/link")),
