@@ -48,6 +48,16 @@ fn ioe(path: &Path, e: io::Error) -> DriverError {
     }
 }
 
+/// The older helpers' errors keep their kind (and the errno: out of space stays 507).
+impl From<super::StorageError> for DriverError {
+    fn from(e: super::StorageError) -> DriverError {
+        match e {
+            super::StorageError::NotFound(p) => DriverError::NotFound(p),
+            super::StorageError::Io { path, source } => DriverError::Io { path, source },
+        }
+    }
+}
+
 fn errno(path: &Path, e: rustix::io::Errno) -> DriverError {
     ioe(path, io::Error::from(e))
 }
@@ -102,10 +112,7 @@ fn in_dir_with<T>(
     let mut tries = 0;
     loop {
         if synced {
-            create_dir_all_synced(dir).map_err(|e| DriverError::Io {
-                path: dir.display().to_string(),
-                source: io::Error::other(e.to_string()),
-            })?;
+            create_dir_all_synced(dir)?;
         } else {
             std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e))?;
         }
@@ -171,7 +178,7 @@ fn put_sync(p: &Path, data: &[u8], mode: PutMode) -> DriverResult<Version> {
             let (mut guard, tmp, m) = write_temp(p, data)?;
             in_dir(&dir, || std::fs::rename(&tmp, p).map_err(|e| ioe(p, e)))?;
             guard.0 = None;
-            sync_dir(&dir).map_err(|e| ioe(&dir, io::Error::other(e.to_string())))?;
+            sync_dir(&dir)?;
             Ok(version_of(&m))
         }
         PutMode::Create => {
@@ -205,7 +212,7 @@ fn put_sync(p: &Path, data: &[u8], mode: PutMode) -> DriverResult<Version> {
                 Err(e) => return Err(e),
             }
             drop(guard);
-            sync_dir(&dir).map_err(|e| ioe(&dir, io::Error::other(e.to_string())))?;
+            sync_dir(&dir)?;
             Ok(version_of(&m))
         }
         PutMode::Replace(want) => {
@@ -223,7 +230,7 @@ fn put_sync(p: &Path, data: &[u8], mode: PutMode) -> DriverResult<Version> {
             let (mut guard, tmp, m) = write_temp(p, data)?;
             std::fs::rename(&tmp, p).map_err(|e| ioe(p, e))?;
             guard.0 = None;
-            sync_dir(&dir).map_err(|e| ioe(&dir, io::Error::other(e.to_string())))?;
+            sync_dir(&dir)?;
             drop(f);
             Ok(version_of(&m))
         }
@@ -235,7 +242,7 @@ fn rename_sync(root: &Path, from: &Path, to: &Path) -> DriverResult<()> {
     std::fs::symlink_metadata(from).map_err(|e| ioe(from, e))?;
     let dir = to.parent().unwrap_or(Path::new("."));
     in_dir(dir, || std::fs::rename(from, to).map_err(|e| ioe(from, e)))?;
-    sync_dir(dir).map_err(|e| ioe(dir, io::Error::other(e.to_string())))?;
+    sync_dir(dir)?;
     if let Some(p) = from.parent() {
         prune(root, p);
     }
@@ -402,10 +409,7 @@ impl Driver for FsDriver {
 
     async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> DriverResult<Reader> {
         let p = self.file_path(path)?;
-        let mapped = self.open_mapped(path).await.map_err(|e| match e {
-            super::StorageError::NotFound(_) => DriverError::NotFound(p.display().to_string()),
-            super::StorageError::Io { path, source } => DriverError::Io { path, source },
-        })?;
+        let mapped = self.open_mapped(path).await?;
         let size = mapped.size();
         if offset > size {
             return Err(DriverError::InvalidOffset {
