@@ -64,7 +64,9 @@ set +e
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 echo "== conformance workflows again, with authentication on (htpasswd + access policy)"
-DRYDOCK_TEST_AUTH=htpasswd cargo test -p conformance --no-fail-fast --test pull --test push \
+# --workspace, as above: with -p conformance alone cargo resolves other features and
+# rebuilds every dependency (minutes on two cores) for the same test binaries.
+DRYDOCK_TEST_AUTH=htpasswd cargo test --workspace --no-fail-fast --test pull --test push \
   --test discovery --test management --test artifacts -- --test-threads=2 2>&1 | tee -a "$log"
 auth_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$auth_status

@@ -963,9 +963,12 @@ where
     Cmd::new("skopeo").arg("--insecure-policy").args(args)
 }
 
-/// podman with its own storage, credentials and temporary files in a temporary
-/// directory (`--root`, `--runroot`, `--tmpdir`, `REGISTRY_AUTH_FILE`), the `vfs` driver
-/// (no overlay mounts), cgroupfs and file events (no systemd or journald).
+/// podman with its own storage, credentials, locks and temporary files in a temporary
+/// directory (`--root`, `--runroot`, `--tmpdir`, `REGISTRY_AUTH_FILE`, file locks under
+/// its tmpdir), the `vfs` driver (no overlay mounts), cgroupfs and file events (no
+/// systemd or journald). File locks, because podman's default shared-memory lock
+/// (`/dev/shm/libpod_lock`) is one per machine and two first runs at once race to create
+/// it ("failed to create 2048 locks in /libpod_lock: file exists").
 pub struct Podman {
     pub dir: tempfile::TempDir,
 }
@@ -976,6 +979,11 @@ impl Podman {
         let dir = tempdir();
         // Its own credentials file, so nothing of the user's is read or written.
         std::fs::write(dir.path().join("auth.json"), "{}").expect("write auth.json");
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[engine]\nlock_type = \"file\"\n",
+        )
+        .expect("write containers.conf");
         Podman { dir }
     }
 
@@ -997,6 +1005,7 @@ impl Podman {
                 "file",
             ])
             .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
+            .env("CONTAINERS_CONF", d.join("containers.conf"))
     }
 }
 
