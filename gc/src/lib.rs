@@ -150,7 +150,7 @@ pub async fn collect_in(
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let artifact_roots = mark::artifact_roots(store).await?;
-    let inv = store.inventory();
+    let inv = store.inventory()?;
     let opts_owned = opts.clone();
     let scope = scope.clone();
     let result = tokio::task::spawn_blocking(move || {

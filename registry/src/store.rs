@@ -5,8 +5,8 @@
 //! Blobs, manifests, tag and layer links and upload sessions are read and written
 //! through the trait only. The modules not yet moved onto it (issue 18: `inventory`,
 //! the catalog walk, `artifacts` beyond their uploads, notifications, maintenance
-//! records, the health probe) still call the filesystem driver's own methods through
-//! [`Store::fs`].
+//! records) still call the filesystem driver's own methods through [`Store::fs`], which
+//! a store on S3 does not have: there they answer [`Error::Unsupported`].
 
 use std::sync::Arc;
 
@@ -54,8 +54,9 @@ pub struct Store {
     /// metrics).
     pub(crate) driver: Arc<dyn Driver>,
     /// The same filesystem root through its own methods, for the modules not yet on the
-    /// trait (see the module docs).
-    pub(crate) fs: FsDriver,
+    /// trait (see the module docs); `None` on another backend, where those modules
+    /// answer [`Error::Unsupported`].
+    pub(crate) fs_root: Option<FsDriver>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
     pub(crate) liveness: Arc<Liveness>,
@@ -99,9 +100,25 @@ impl Store {
             live.hooks()
                 .reach_blocking(crate::hooks::Point::Appending, None)
         });
+        Store::build(fs.as_driver(), Some(fs), options, liveness)
+    }
+
+    /// A store on any driver (an S3 bucket): the modules not yet on the trait answer
+    /// [`Error::Unsupported`] (see the module docs).
+    pub fn on_driver(driver: Arc<dyn Driver>, options: StoreOptions) -> Store {
+        let liveness = Arc::new(Liveness::new(options.pending_ttl));
+        Store::build(driver, None, options, liveness)
+    }
+
+    fn build(
+        driver: Arc<dyn Driver>,
+        fs_root: Option<FsDriver>,
+        options: StoreOptions,
+        liveness: Arc<Liveness>,
+    ) -> Store {
         Store {
-            driver: fs.as_driver(),
-            fs,
+            driver,
+            fs_root,
             sessions: Arc::new(Sessions::default()),
             liveness,
             cache: Arc::new(Cache::default()),
@@ -125,9 +142,15 @@ impl Store {
         &self.driver
     }
 
-    /// The filesystem driver's own methods, for the modules not yet on [`Store::driver`].
-    pub fn fs(&self) -> &FsDriver {
-        &self.fs
+    /// The filesystem driver's own methods, for the modules not yet on [`Store::driver`];
+    /// [`Error::Unsupported`] when the store is on another backend.
+    pub fn fs(&self) -> Result<&FsDriver> {
+        self.fs_root.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "this operation is not available on the {} storage driver yet",
+                self.driver.name()
+            ))
+        })
     }
 
     /// The cache in front of the small reads (its lookup counts feed the metrics).

@@ -433,7 +433,7 @@ impl Store {
         digest: &Digest,
     ) -> Result<(PinGuard, bool)> {
         let pin = self.liveness.pin(vec![digest.clone()]).await;
-        let pool = self.fs.full(&path_for(PathSpec::BlobData(digest)));
+        let pool = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
         let reused = tokio::task::spawn_blocking(move || commit_to_pool(&data, &pool))
             .await
             .map_err(Error::internal)?

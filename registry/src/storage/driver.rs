@@ -47,6 +47,10 @@
 //!   calls on the trait object, which `Store` holds as `Arc<dyn Driver>`.
 //! - `repository.rs` catalog walk: [`Driver::list`] level by level, 16 folders at a
 //!   time ([`Driver::walk`] under `repositories/` would list every link on S3).
+//! - `notify.rs` queues, `artifacts` records, maintenance records, the health probe:
+//!   [`Driver::get`]/[`Driver::put`]/[`Driver::list`]/[`Driver::delete`]. With these, a
+//!   `Store` can stand on any driver (`Store::on_driver`); what still needs the
+//!   filesystem reaches it through `Store::fs`, which answers `Unsupported` on S3.
 //!
 //! Next:
 //! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
@@ -72,7 +76,6 @@
 //! - `gc/src/lock.rs` (`flock` on `server.lock`): a lock object taken with a create-only
 //!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, removed
 //!   on exit; the filesystem keeps `flock` (which a crash releases).
-//! - `gc/src/maintenance/mod.rs` records: [`Driver::get`]/[`Driver::put`].
 //! - `src/main.rs` (`create_dir_all` of the root, the admin socket): the root is created
 //!   by the filesystem driver's constructor; the admin socket stays a local file beside a
 //!   filesystem root (on S3 the CLI talks to the server's admin endpoint).
