@@ -101,7 +101,8 @@ impl TestServer {
             .tls
             .as_ref()
             .map(|t| registry::tls::Tls::from_config(t).expect("the test certificates load"));
-        let state = registry::server::state_from_config(&config);
+        let state = registry::server::state_from_config(&config)
+            .expect("the test configuration builds a store");
         let store = state.store.clone();
         let metrics = state.metrics.clone();
         let options = registry::server::ServeOptions {

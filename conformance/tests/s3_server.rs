@@ -1,0 +1,296 @@
+//! The real server binary on `storage.s3`, against the Ceph RGW that `scripts/test.sh`
+//! starts (`scripts/rgw.sh`; the same `DRYDOCK_TEST_S3_*` variables as the driver suite).
+//! Without them these tests fail: they are never skipped. Each test works under a root
+//! directory of its own in the bucket and removes it at the end.
+
+use std::path::Path;
+
+use conformance::{ServerProcess, digest_of, image_manifest, random_bytes, registry_binary};
+use futures::StreamExt;
+use registry::storage::s3::{S3Config, S3Driver};
+use registry::storage::{Driver, PathSpec, path_for};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MIB: usize = 1 << 20;
+
+fn var(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| {
+        panic!(
+            "{k} is not set: the S3 tests need the Ceph RGW that scripts/test.sh starts \
+             (or run `eval \"$(scripts/rgw.sh env \"$(scripts/rgw.sh start)\")\"` first)"
+        )
+    })
+}
+
+/// A fresh root directory name in the bucket.
+fn fresh_root(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("server-{what}-{}-{nanos}", std::process::id())
+}
+
+/// The `storage.s3` section for the RGW under `root`, with `secretkey` as given.
+fn s3_yaml(root: &str, secretkey: &str) -> String {
+    format!(
+        "storage:\n  s3:\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    \
+         rootdirectory: {root}\n    accesskey: {}\n    secretkey: {secretkey}\n    \
+         forcepathstyle: true\n    chunksize: 5242880\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:0\n",
+        var("DRYDOCK_TEST_S3_REGION"),
+        var("DRYDOCK_TEST_S3_ENDPOINT"),
+        var("DRYDOCK_TEST_S3_BUCKET"),
+        var("DRYDOCK_TEST_S3_ACCESS_KEY"),
+    )
+}
+
+/// The bucket under `root`, seen directly (not through the server).
+fn bucket(root: &str) -> S3Driver {
+    let yaml = s3_yaml(root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    S3Driver::new(S3Config::from_yaml(&v["storage"]["s3"], std::iter::empty()).unwrap()).unwrap()
+}
+
+/// Every key below the root, sorted.
+async fn keys(d: &S3Driver) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .walk("")
+        .map(|e| e.unwrap().path)
+        .collect::<Vec<_>>()
+        .await;
+    out.sort();
+    out
+}
+
+fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let cfg = dir.join("config.yml");
+    std::fs::write(&cfg, yaml).unwrap();
+    cfg
+}
+
+async fn json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.unwrap()
+}
+
+async fn status(r: reqwest::RequestBuilder) -> u16 {
+    r.send().await.unwrap().status().as_u16()
+}
+
+fn loc(server: &ServerProcess, r: &reqwest::Response) -> String {
+    let l = r.headers()["location"].to_str().unwrap().to_owned();
+    if l.starts_with("http") {
+        l
+    } else {
+        server.url(&l)
+    }
+}
+
+/// Pushes, pulls and deletes an image through the real binary serving a bucket: a
+/// monolithic blob, a chunked one spanning two S3 parts (multipart upload), a manifest
+/// under a tag; everything lands under Distribution's keys in the bucket, reads (whole
+/// and ranged) give back the bytes, the catalog and tag list follow, and deletes take
+/// the links out of the bucket (the pool stays for a collector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pushes_pulls_and_deletes_on_s3() {
+    let root = fresh_root("workflow");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY")),
+    );
+    let server = ServerProcess::spawn(&cfg);
+    let c = reqwest::Client::new();
+    let repo = "s3/app";
+
+    // A config blob, monolithic.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = digest_of(&config);
+    let r = c
+        .post(server.url(&format!("/v2/{repo}/blobs/uploads/?digest={config_digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // A 7 MiB layer in two chunks (5 MiB parts: two parts of a multipart upload).
+    let layer = random_bytes(7 * MIB, 18);
+    let layer_digest = digest_of(&layer);
+    let r = c
+        .post(server.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut at = loc(&server, &r);
+    for (from, to) in [(0, 3 * MIB), (3 * MIB, 7 * MIB)] {
+        let r = c
+            .patch(&at)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{from}-{}", to - 1))
+            .body(layer[from..to].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
+        at = loc(&server, &r);
+    }
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{at}{sep}digest={layer_digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // The manifest, under a tag.
+    let manifest = image_manifest(
+        (&config_digest, config.len()),
+        &[(&layer_digest, layer.len())],
+        "",
+    );
+    let manifest_digest = digest_of(manifest.as_bytes());
+    let r = c
+        .put(server.url(&format!("/v2/{repo}/manifests/v1")))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // In the bucket, under Distribution's keys.
+    let b = bucket(&root);
+    let stored = keys(&b).await;
+    let d = |s: &str| s.parse::<registry::Digest>().unwrap();
+    let name = registry::RepoName::parse(repo).unwrap();
+    let tag = registry::Tag::parse("v1").unwrap();
+    for want in [
+        path_for(PathSpec::BlobData(&d(&layer_digest))),
+        path_for(PathSpec::BlobData(&d(&config_digest))),
+        path_for(PathSpec::BlobData(&d(&manifest_digest))),
+        path_for(PathSpec::LayerLink(&name, &d(&layer_digest))),
+        path_for(PathSpec::ManifestRevisionLink(&name, &d(&manifest_digest))),
+        path_for(PathSpec::TagCurrentLink(&name, &tag)),
+    ] {
+        assert!(
+            stored.contains(&want),
+            "{want} not in the bucket: {stored:?}"
+        );
+    }
+    assert_eq!(
+        b.stat(&path_for(PathSpec::BlobData(&d(&layer_digest))))
+            .await
+            .unwrap()
+            .size,
+        layer.len() as u64
+    );
+    assert!(
+        !stored.iter().any(|k| k.contains("/_uploads/")),
+        "a completed upload left its session: {stored:?}"
+    );
+    assert!(b.multipart_uploads("").await.unwrap().is_empty());
+
+    // Pulled back: the manifest by tag, the blobs whole and by range.
+    let r = c
+        .get(server.url(&format!("/v2/{repo}/manifests/v1")))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        manifest_digest.as_str()
+    );
+    assert_eq!(r.text().await.unwrap(), manifest);
+    let r = c
+        .get(server.url(&format!("/v2/{repo}/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap() == layer,
+        "the layer read back differs"
+    );
+    let r = c
+        .get(server.url(&format!("/v2/{repo}/blobs/{layer_digest}")))
+        .header("range", format!("bytes={}-{}", 5 * MIB - 3, 5 * MIB + 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &layer[5 * MIB - 3..5 * MIB + 3]
+    );
+    let v = json(&c, &server.url("/v2/_catalog")).await;
+    assert_eq!(v["repositories"], serde_json::json!([repo]));
+    let v = json(&c, &server.url(&format!("/v2/{repo}/tags/list"))).await;
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
+
+    // Deleted: the manifest (with its tag) and the layer's link.
+    let url = |p: String| server.url(&p);
+    for u in [
+        format!("/v2/{repo}/manifests/{manifest_digest}"),
+        format!("/v2/{repo}/blobs/{layer_digest}"),
+        format!("/v2/{repo}/blobs/{config_digest}"),
+    ] {
+        assert_eq!(status(c.delete(url(u))).await, 202);
+    }
+    let by_tag = c
+        .get(url(format!("/v2/{repo}/manifests/v1")))
+        .header("accept", OCI_MANIFEST);
+    assert_eq!(status(by_tag).await, 404);
+    let layer_head = c.head(url(format!("/v2/{repo}/blobs/{layer_digest}")));
+    assert_eq!(status(layer_head).await, 404);
+    let v = json(&c, &server.url("/v2/_catalog")).await;
+    assert_eq!(v["repositories"], serde_json::json!([]));
+    let left = keys(&b).await;
+    assert!(
+        !left.iter().any(|k| k.contains("/repositories/")),
+        "links left in the bucket after the deletes: {left:?}"
+    );
+    drop(server);
+
+    // Cleanup: the pool (what a collector would remove) and anything else.
+    let all: Vec<String> = keys(&b).await;
+    for r in b.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
+    assert!(keys(&b).await.is_empty());
+}
+
+/// Credentials the bucket refuses stop start-up with one line naming `storage.s3` and
+/// the bucket; nothing is served.
+#[test]
+fn wrong_credentials_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s3_yaml(&fresh_root("badkey"), "not-the-secret-key"),
+    );
+    // `timeout` only guards against a server that would start and serve anyway.
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(registry_binary())
+        .arg("serve")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bucket = var("DRYDOCK_TEST_S3_BUCKET");
+    assert!(
+        stderr.contains(&format!("Error: storage.s3: bucket {bucket}: ")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
