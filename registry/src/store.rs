@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::liveness::Liveness;
+use crate::liveness::{InProcess, Liveness};
 use crate::storage::{Driver, FsDriver, PathSpec, PutMode, path_for};
 use crate::upload::Sessions;
 use crate::{Error, Result};
@@ -58,7 +58,7 @@ pub struct Store {
     pub(crate) fs: FsDriver,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
-    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) liveness: Arc<dyn Liveness>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
     /// Serialises the writes of one tag (push, delete, retention's conditional delete).
@@ -91,14 +91,19 @@ impl TagLocks {
     }
 }
 
+/// `fs` calling the `Appending` test hook of `liveness` before each batch it writes.
+fn hooked(fs: FsDriver, liveness: &Arc<dyn Liveness>) -> FsDriver {
+    let live = liveness.clone();
+    fs.with_append_hook(move || {
+        live.hooks()
+            .reach_blocking(crate::hooks::Point::Appending, None)
+    })
+}
+
 impl Store {
     pub fn new(fs: FsDriver, options: StoreOptions) -> Store {
-        let liveness = Arc::new(Liveness::new(options.pending_ttl));
-        let live = liveness.clone();
-        let fs = fs.with_append_hook(move || {
-            live.hooks()
-                .reach_blocking(crate::hooks::Point::Appending, None)
-        });
+        let liveness: Arc<dyn Liveness> = Arc::new(InProcess::new(options.pending_ttl));
+        let fs = hooked(fs, &liveness);
         Store {
             driver: fs.as_driver(),
             fs,
@@ -139,9 +144,19 @@ impl Store {
         &self.options
     }
 
-    /// The pins, journal and pending set shared with an in-process collector.
-    pub fn liveness(&self) -> &Arc<Liveness> {
+    /// The pins, journal and pending set shared with the removers (in this process, or
+    /// every replica's through the database).
+    pub fn liveness(&self) -> &Arc<dyn Liveness> {
         &self.liveness
+    }
+
+    /// This store coordinating its writers and removers through `liveness`.
+    pub fn with_liveness(mut self, liveness: Arc<dyn Liveness>) -> Store {
+        // The writers' test hook follows the protocol's hooks.
+        self.fs = hooked(self.fs.clone(), &liveness);
+        self.driver = self.fs.as_driver();
+        self.liveness = liveness;
+        self
     }
 
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.
