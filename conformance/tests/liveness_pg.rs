@@ -308,6 +308,35 @@ async fn gc_triggers_coalesce() {
     assert!(lease.take_requests().await.unwrap());
 }
 
+/// A lease holder waiting for work is woken by a request made on another replica
+/// (`NOTIFY`), and a lost lease ends the wait with an error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_another_replica_wakes_the_lease_holder() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let lease = Arc::new(a.try_gc_lease().await.unwrap().unwrap());
+    let waiting = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.next_request().await }
+    });
+    b.request_gc().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert!(
+        !lease.take_requests().await.unwrap(),
+        "one request, two cycles"
+    );
+    let waiting = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.next_request().await }
+    });
+    let db = client(&cfg.dbname).await;
+    assert_eq!(kill(&db, registry::coordination::LEASE_HOLDER).await, 1);
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "a lost lease still waited for work"
+    );
+}
+
 /// Migrations run once (a second replica finds the schema current), and a replica
 /// refuses a schema newer than it knows, with one line naming the `database` section.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::config::DatabaseConfig;
 use crate::digest::Digest;
@@ -238,7 +238,30 @@ impl Postgres {
     /// replicas. It is held until the value is dropped or its holder dies (it is a
     /// session lock on a connection of its own).
     pub async fn try_gc_lease(&self) -> Result<Option<GcLease>> {
-        let (client, task) = dedicated(&self.0.pg, LEASE_HOLDER).await?;
+        let mut pg = self.0.pg.clone();
+        pg.application_name(LEASE_HOLDER);
+        let (client, mut conn) = pg.connect(NoTls).await.map_err(db_err)?;
+        // This connection also hears `NOTIFY drydock_gc`: requests from any replica
+        // wake the holder waiting in `next_request`.
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn({
+            let wake = wake.clone();
+            async move {
+                loop {
+                    match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(_))) => wake.notify_waiters(),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "the GC lease's connection ended");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // Waiters wake to find the connection gone.
+                wake.notify_waiters();
+            }
+        });
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&NS_GLOBAL, &LEASE])
             .await
@@ -248,7 +271,11 @@ impl Postgres {
             task.abort();
             return Ok(None);
         }
-        Ok(Some(GcLease { client, task }))
+        client
+            .batch_execute("LISTEN drydock_gc")
+            .await
+            .map_err(db_err)?;
+        Ok(Some(GcLease { client, task, wake }))
     }
 
     /// Asks for a collection (a DELETE, the timer, SIGUSR1, the admin API on any
@@ -499,19 +526,20 @@ impl PgSession {
             .ok_or_else(|| db_err("the removal session has ended"))
     }
 
-    async fn close(owner: Postgres, conn: Option<Arc<SessionConn>>, id: i64) {
-        // Its journal first, then its connection (and with it every claim it holds).
-        let gone = async {
-            let client = owner.0.pool.get().await.map_err(db_err)?;
-            client
-                .execute("DELETE FROM drydock_removals WHERE id = $1", &[&id])
-                .await
-                .map_err(db_err)
+    async fn close(conn: Option<Arc<SessionConn>>, id: i64) {
+        // Its journal first, then its connection (and with it every claim it holds);
+        // on its own connection, so ending a session never waits for the pool.
+        let Some(conn) = conn else {
+            return;
         };
-        if let Err(e) = gone.await {
+        if let Err(e) = conn
+            .client
+            .execute("DELETE FROM drydock_removals WHERE id = $1", &[&id])
+            .await
+        {
+            // Its connection is gone: the rows go when this replica is found dead.
             tracing::warn!(error = %e, "could not close a removal session's journal");
         }
-        drop(conn);
     }
 }
 
@@ -598,8 +626,7 @@ impl Session for PgSession {
     }
 
     async fn end(mut self: Box<Self>) {
-        let conn = self.conn.take();
-        PgSession::close(self.owner.clone(), conn, self.id).await;
+        PgSession::close(self.conn.take(), self.id).await;
     }
 }
 
@@ -608,10 +635,10 @@ impl Drop for PgSession {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        let (owner, id) = (self.owner.clone(), self.id);
+        let id = self.id;
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(PgSession::close(owner, Some(conn), id));
+                rt.spawn(PgSession::close(Some(conn), id));
             }
             // No runtime: the connection (and its claims) ends at once; the journal rows
             // stay until this replica is found dead, refusing claims only this session
@@ -668,6 +695,7 @@ impl Drop for PgClaim {
 pub struct GcLease {
     client: Client,
     task: JoinHandle<()>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl GcLease {
@@ -685,6 +713,23 @@ impl GcLease {
             .await
             .map_err(db_err)?;
         Ok(row.is_some())
+    }
+
+    /// Waits until a collection is requested on any replica (or one waits already),
+    /// then takes the requests, as [`GcLease::take_requests`]. Woken by `NOTIFY`, not
+    /// by polling; fails when the lease's connection ends (the lease is lost).
+    pub async fn next_request(&self) -> Result<()> {
+        loop {
+            // Created before the check: a notification between the two still wakes it.
+            let notified = self.wake.notified();
+            if self.take_requests().await? {
+                return Ok(());
+            }
+            if self.client.is_closed() {
+                return Err(db_err("the GC lease's connection ended"));
+            }
+            notified.await;
+        }
     }
 }
 
