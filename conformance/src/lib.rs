@@ -4,6 +4,7 @@
 //! the real filesystem store.
 
 pub mod auth;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,17 @@ impl TestServer {
     }
 
     /// Starts a server on an existing root folder (kept alive by the returned server).
-    pub async fn start_on(root: tempfile::TempDir, mut config: Config) -> TestServer {
+    pub async fn start_on(root: tempfile::TempDir, config: Config) -> TestServer {
+        TestServer::start_coordinated(root, config, None).await
+    }
+
+    /// [`TestServer::start_on`], its writers and removers coordinating through
+    /// `liveness` (PostgreSQL, say) instead of the in-process protocol when given.
+    pub async fn start_coordinated(
+        root: tempfile::TempDir,
+        mut config: Config,
+        liveness: Option<std::sync::Arc<dyn registry::liveness::Liveness>>,
+    ) -> TestServer {
         config.storage.filesystem.rootdirectory = root.path().to_path_buf();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -101,7 +112,10 @@ impl TestServer {
             .tls
             .as_ref()
             .map(|t| registry::tls::Tls::from_config(t).expect("the test certificates load"));
-        let state = registry::server::state_from_config(&config);
+        let mut state = registry::server::state_from_config(&config);
+        if let Some(l) = liveness {
+            state.store = state.store.with_liveness(l);
+        }
         let store = state.store.clone();
         let metrics = state.metrics.clone();
         let options = registry::server::ServeOptions {

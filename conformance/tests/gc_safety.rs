@@ -81,7 +81,19 @@ async fn put(
 }
 
 /// Pushes the garbage, then restarts the server on the same root.
+/// Where the server under test keeps the liveness protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Coordination {
+    InProcess,
+    /// A replica on a fresh PostgreSQL database (`conformance::pg`).
+    Postgres,
+}
+
 async fn setup(seed: u64) -> (TestServer, Garbage) {
+    setup_on(seed, Coordination::InProcess).await
+}
+
+async fn setup_on(seed: u64, coordination: Coordination) -> (TestServer, Garbage) {
     let s = TestServer::start_with(quiet).await;
     let c = client();
     let cfg =
@@ -110,7 +122,11 @@ async fn setup(seed: u64) -> (TestServer, Garbage) {
     push_blob(&c, &s, OTHER, &sb.bytes).await;
     let config = s.config.clone();
     let root = s.stop().await;
-    let s = TestServer::start_on(root, config).await;
+    let liveness = match coordination {
+        Coordination::InProcess => None,
+        Coordination::Postgres => Some(conformance::pg::liveness(config.gc.pending_ttl).await),
+    };
+    let s = TestServer::start_coordinated(root, config, liveness).await;
     (
         s,
         Garbage {
@@ -549,10 +565,10 @@ enum Order {
     WriterMeetsClaim,
 }
 
-async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
-    let what = format!("{w:?} x {r:?} ({order:?})");
+async fn scenario(seed: u64, w: Writer, r: Remover, order: Order, coordination: Coordination) {
+    let what = format!("{w:?} x {r:?} ({order:?}, {coordination:?})");
     eprintln!("scenario {what}");
-    let (s, g) = setup(seed).await;
+    let (s, g) = setup_on(seed, coordination).await;
     let write = writer(&s, w, &g);
     let hooks = s.store.liveness().hooks();
     let acked = match order {
@@ -619,6 +635,18 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
 /// Every writer against every remover, in every dangerous order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told() {
+    every_interleaving(Coordination::InProcess).await;
+}
+
+/// The same, the server's writers and removers coordinating through PostgreSQL (the
+/// replicas' protocol, `registry::coordination`): its pins, journals, pending rows and
+/// claims under the real writers and the real sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interleaving_loses_anything_with_the_protocol_in_postgresql() {
+    every_interleaving(Coordination::Postgres).await;
+}
+
+async fn every_interleaving(coordination: Coordination) {
     let mut seed = 1000;
     for w in Writer::ALL {
         for r in Remover::ALL {
@@ -628,7 +656,7 @@ async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told(
                 Order::WriterMeetsClaim,
             ] {
                 seed += 7;
-                scenario(seed, w, r, order).await;
+                scenario(seed, w, r, order, coordination).await;
             }
         }
     }

@@ -11,72 +11,11 @@ mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conformance::pg::{client, replicas};
 use registry::Digest;
-use registry::coordination::{DatabaseConfig, Postgres, SCHEMA_VERSION};
+use registry::coordination::{Postgres, SCHEMA_VERSION};
 use registry::hooks::Point;
 use registry::liveness::Liveness;
-use tokio_postgres::NoTls;
-
-fn var(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| {
-        panic!(
-            "{k} is not set: the PostgreSQL tests need the server scripts/test.sh starts \
-             (or run `eval \"$(scripts/pg.sh env \"$(scripts/pg.sh start)\")\"` first)"
-        )
-    })
-}
-
-fn config(dbname: &str) -> DatabaseConfig {
-    DatabaseConfig {
-        host: var("DRYDOCK_TEST_PG_HOST"),
-        port: var("DRYDOCK_TEST_PG_PORT").parse().unwrap(),
-        user: var("DRYDOCK_TEST_PG_USER"),
-        dbname: dbname.into(),
-        sslmode: "disable".into(),
-        ..DatabaseConfig::default()
-    }
-}
-
-/// A client on `dbname`, its connection driven in the background.
-async fn client(dbname: &str) -> tokio_postgres::Client {
-    let (c, conn) = config(dbname).pg_config().connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
-}
-
-/// A fresh, empty database for one test.
-async fn fresh_db() -> DatabaseConfig {
-    let name = format!("t_{}", uuid_like());
-    client("postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    config(&name)
-}
-
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
-async fn replicas(n: usize, ttl: Duration) -> (DatabaseConfig, Vec<Postgres>) {
-    let cfg = fresh_db().await;
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(Postgres::connect(&cfg, ttl).await.unwrap());
-    }
-    (cfg, out)
-}
 
 fn parties(n: usize, ttl: Duration) -> suite::Parties {
     Box::pin(async move {
