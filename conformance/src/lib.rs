@@ -99,10 +99,38 @@ impl TestServer {
     /// `liveness` (PostgreSQL, say) instead of the in-process protocol when given.
     pub async fn start_coordinated(
         root: tempfile::TempDir,
+        config: Config,
+        liveness: Option<std::sync::Arc<dyn registry::liveness::Liveness>>,
+    ) -> TestServer {
+        TestServer::start_full(root, None, config, liveness).await
+    }
+
+    /// Another server on this one's storage root, coordinating through `liveness`: a
+    /// replica, as servers on one bucket are (the filesystem stands in for the bucket;
+    /// its one-server rule is the binary's, not the library's). Its admin socket is in
+    /// a folder of its own.
+    pub async fn start_replica(
+        &self,
+        liveness: std::sync::Arc<dyn registry::liveness::Liveness>,
+    ) -> TestServer {
+        let own = tempfile::tempdir().expect("temp dir");
+        TestServer::start_full(
+            own,
+            Some(self.root().to_path_buf()),
+            self.config.clone(),
+            Some(liveness),
+        )
+        .await
+    }
+
+    async fn start_full(
+        root: tempfile::TempDir,
+        storage: Option<PathBuf>,
         mut config: Config,
         liveness: Option<std::sync::Arc<dyn registry::liveness::Liveness>>,
     ) -> TestServer {
-        config.storage.filesystem.rootdirectory = root.path().to_path_buf();
+        config.storage.filesystem.rootdirectory =
+            storage.unwrap_or_else(|| root.path().to_path_buf());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");

@@ -63,6 +63,19 @@ pub async fn fresh_db() -> DatabaseConfig {
     config(&name)
 }
 
+/// Drops a test database, ending every connection still on it (servers a test has
+/// stopped may keep their pools until the runtime ends).
+pub async fn drop_db(cfg: &DatabaseConfig) {
+    client("postgres")
+        .await
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            cfg.dbname
+        ))
+        .await
+        .expect("drop a test database");
+}
+
 /// `n` replicas on one fresh database.
 pub async fn replicas(n: usize, ttl: Duration) -> (DatabaseConfig, Vec<Postgres>) {
     let cfg = fresh_db().await;
@@ -77,8 +90,12 @@ pub async fn replicas(n: usize, ttl: Duration) -> (DatabaseConfig, Vec<Postgres>
     (cfg, out)
 }
 
-/// One replica on a fresh database, as the protocol a server runs with.
-pub async fn liveness(ttl: Duration) -> Arc<dyn Liveness> {
-    let (_, mut r) = replicas(1, ttl).await;
-    Arc::new(r.remove(0))
+/// `n` replicas on one fresh database, as the protocols servers run with.
+pub async fn livenesses(n: usize, ttl: Duration) -> (DatabaseConfig, Vec<Arc<dyn Liveness>>) {
+    let (cfg, r) = replicas(n, ttl).await;
+    let l = r
+        .into_iter()
+        .map(|p| Arc::new(p) as Arc<dyn Liveness>)
+        .collect();
+    (cfg, l)
 }

@@ -126,6 +126,51 @@ async fn no_session_opens_while_a_pin_is_being_recorded() {
     rm.end().await;
 }
 
+/// A session ends (its row's deletion not yet committed) while replica A records a pin:
+/// the pin's journal insert saw the session open, waits for the deletion and must then
+/// skip the session, not fail (a foreign key error was a 500 on a push).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_recorded_while_a_session_ends_succeeds() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let rm = b.begin_removal().await.unwrap();
+    let mut db = client(&cfg.dbname).await;
+    let ending = db.transaction().await.unwrap();
+    ending
+        .execute("DELETE FROM drydock_removals", &[])
+        .await
+        .unwrap();
+    let pin = tokio::spawn({
+        let (a, x) = (a.clone(), x.clone());
+        async move { a.pin(vec![x]).await }
+    });
+    // Until the pin's statement waits on the deleted row (a lock wait in the database).
+    let watch = client(&cfg.dbname).await;
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    ending.commit().await.unwrap();
+    let g = pin
+        .await
+        .unwrap()
+        .expect("a pin recorded while a session ended");
+    g.release().await;
+    drop(rm);
+}
+
 /// A replica that dies holding a pin (its presence connection ends) protects nothing
 /// once the next removal session opens; before it dies, its pin is refused on every
 /// replica. A replica found dead cannot pin any more (its writes fail, never succeed

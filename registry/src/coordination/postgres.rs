@@ -67,8 +67,43 @@ pub const PRESENCE: &str = "drydock replica";
 pub const REMOVAL: &str = "drydock removal session";
 pub const LEASE_HOLDER: &str = "drydock gc lease";
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("database: {e}"))
+/// The error with its causes ("db error" alone says nothing), on one line.
+fn db_err(e: impl std::fmt::Display + DbCause) -> Error {
+    let mut msg = format!("database: {e}");
+    if let Some(cause) = e.cause() {
+        msg.push_str(": ");
+        msg.push_str(&cause);
+    }
+    Error::Internal(msg.replace('\n', " "))
+}
+
+/// What lies under an error, when it is the client's or the pool's.
+trait DbCause {
+    fn cause(&self) -> Option<String>;
+}
+
+impl DbCause for tokio_postgres::Error {
+    fn cause(&self) -> Option<String> {
+        std::error::Error::source(self).map(ToString::to_string)
+    }
+}
+
+impl DbCause for deadpool_postgres::PoolError {
+    fn cause(&self) -> Option<String> {
+        std::error::Error::source(self).map(ToString::to_string)
+    }
+}
+
+impl DbCause for deadpool_postgres::BuildError {
+    fn cause(&self) -> Option<String> {
+        None
+    }
+}
+
+impl DbCause for &str {
+    fn cause(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A digest's advisory lock key (single-key locks, a space apart from the two-key
@@ -339,9 +374,14 @@ impl Postgres {
         )
         .await
         .map_err(db_err)?;
+        // Into the journal of every session still open: a session ending meanwhile
+        // (its row deleted, uncommitted or just committed) is waited for and skipped by
+        // the row lock, where reading it from the statement's snapshot would insert
+        // rows naming a removal that is gone (a foreign key error, the write a 500).
         tx.execute(
-            "INSERT INTO drydock_journal (removal, digest)
-             SELECT r.id, t.d FROM drydock_removals r CROSS JOIN unnest($1::text[]) AS t(d)
+            "WITH open AS (SELECT id FROM drydock_removals FOR KEY SHARE)
+             INSERT INTO drydock_journal (removal, digest)
+             SELECT open.id, t.d FROM open CROSS JOIN unnest($1::text[]) AS t(d)
              ON CONFLICT DO NOTHING",
             &[&texts],
         )
