@@ -13,6 +13,7 @@
 mod common;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +21,9 @@ use conformance::{TestServer, client, digest_of, push_blob, random_bytes};
 use gc::Options;
 use gc::maintenance::Task;
 use registry::config::{Config, ImagePolicy};
+use registry::coordination::DatabaseConfig;
 use registry::hooks::Point;
+use registry::liveness::Liveness;
 
 const REPO: &str = "safe/app";
 const OTHER: &str = "safe/src";
@@ -81,7 +84,33 @@ async fn put(
 }
 
 /// Pushes the garbage, then restarts the server on the same root.
+/// Where the server under test keeps the liveness protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Coordination {
+    InProcess,
+    /// A replica on a fresh PostgreSQL database (`conformance::pg`).
+    Postgres,
+    /// Two replicas on one root and one database: the writes go through one, the
+    /// removers run on the other.
+    TwoReplicas,
+}
+
 async fn setup(seed: u64) -> (TestServer, Garbage) {
+    let (s, _, g, _) = setup_on(seed, Coordination::InProcess).await;
+    (s, g)
+}
+
+/// The server the writes go through, the other replica the removers run on (if any),
+/// the garbage, and the database (if any).
+async fn setup_on(
+    seed: u64,
+    coordination: Coordination,
+) -> (
+    TestServer,
+    Option<TestServer>,
+    Garbage,
+    Option<DatabaseConfig>,
+) {
     let s = TestServer::start_with(quiet).await;
     let c = client();
     let cfg =
@@ -110,9 +139,27 @@ async fn setup(seed: u64) -> (TestServer, Garbage) {
     push_blob(&c, &s, OTHER, &sb.bytes).await;
     let config = s.config.clone();
     let root = s.stop().await;
-    let s = TestServer::start_on(root, config).await;
+    let (db, mut replicas): (Option<DatabaseConfig>, Vec<Arc<dyn Liveness>>) = match coordination {
+        Coordination::InProcess => (None, Vec::new()),
+        Coordination::Postgres | Coordination::TwoReplicas => {
+            let n = if coordination == Coordination::Postgres {
+                1
+            } else {
+                2
+            };
+            let (cfg, l) = conformance::pg::livenesses(n, config.gc.pending_ttl).await;
+            (Some(cfg), l)
+        }
+    };
+    let other = (replicas.len() == 2).then(|| replicas.remove(1));
+    let s = TestServer::start_coordinated(root, config, replicas.pop()).await;
+    let other = match other {
+        Some(l) => Some(s.start_replica(l).await),
+        None => None,
+    };
     (
         s,
+        other,
         Garbage {
             m,
             c: cfg,
@@ -120,6 +167,7 @@ async fn setup(seed: u64) -> (TestServer, Garbage) {
             b,
             s: sb,
         },
+        db,
     )
 }
 
@@ -301,7 +349,7 @@ fn writer(s: &TestServer, w: Writer, g: &Garbage) -> Write {
                 match r.status().as_u16() {
                     201 => Some(vec![(REPO.into(), "blobs", g.s.digest.clone(), g.s.bytes)]),
                     202 => None, // not mounted: the client uploads it
-                    s => panic!("mount answered {s}"),
+                    s => panic!("mount answered {s}: {:?}", r.text().await),
                 }
             }),
         },
@@ -549,16 +597,21 @@ enum Order {
     WriterMeetsClaim,
 }
 
-async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
-    let what = format!("{w:?} x {r:?} ({order:?})");
+async fn scenario(seed: u64, w: Writer, r: Remover, order: Order, coordination: Coordination) {
+    let what = format!("{w:?} x {r:?} ({order:?}, {coordination:?})");
     eprintln!("scenario {what}");
-    let (s, g) = setup(seed).await;
+    let (s, other, g, db) = setup_on(seed, coordination).await;
     let write = writer(&s, w, &g);
+    // The remover's replica (the writer's own server when there is one server); every
+    // check reads through it: its sweep invalidated its own cache, not the writer's
+    // (caches coherent across replicas are not built yet).
+    let rs = other.as_ref().unwrap_or(&s);
     let hooks = s.store.liveness().hooks();
+    let rhooks = rs.store.liveness().hooks();
     let acked = match order {
         Order::RemoverMarkedFirst => {
-            let gate = hooks.arm(Point::Marked, None);
-            let remover = tokio::spawn(run_remover(&s, r));
+            let gate = rhooks.arm(Point::Marked, None);
+            let remover = tokio::spawn(run_remover(rs, r));
             gate.arrived().await;
             let acked = write.run.await;
             gate.release();
@@ -575,14 +628,14 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
             };
             assert!(held, "{what}: the write ended before its checks");
             // The write is held between its checks and its link: the remover runs whole.
-            run_remover(&s, r).await;
+            run_remover(rs, r).await;
             gate.release();
             writer.await.expect("writer")
         }
         Order::WriterMeetsClaim => {
             let digest: registry::Digest = write.claimed.parse().expect("digest");
-            let claimed = hooks.arm(Point::Claimed, Some(digest.clone()));
-            let mut remover = tokio::spawn(run_remover(&s, r));
+            let claimed = rhooks.arm(Point::Claimed, Some(digest.clone()));
+            let mut remover = tokio::spawn(run_remover(rs, r));
             let held = tokio::select! {
                 _ = claimed.arrived() => true,
                 done = &mut remover => { done.expect("remover"); false }
@@ -606,19 +659,46 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
         }
     };
     // A later full cycle must not take it either (pending or reachable by now).
-    s.cleaner
+    rs.cleaner
         .run_now(&gc_options(true))
         .await
         .expect("later cycle");
     if let Some(acked) = &acked {
-        check_acked(&s, &what, acked).await;
+        check_acked(rs, &what, acked).await;
     }
-    check_store_whole(&s, &what, &g).await;
+    check_store_whole(rs, &what, &g).await;
+    if let Some(db) = db {
+        conformance::pg::drop_db(&db).await;
+    }
 }
 
 /// Every writer against every remover, in every dangerous order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told() {
+    every_interleaving(Coordination::InProcess).await;
+}
+
+/// The same, the server's writers and removers coordinating through PostgreSQL (the
+/// replicas' protocol, `registry::coordination`): its pins, journals, pending rows and
+/// claims under the real writers and the real sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interleaving_loses_anything_with_the_protocol_in_postgresql() {
+    every_interleaving(Coordination::Postgres).await;
+}
+
+/// The same across two replicas on one database: every write goes through replica A,
+/// every remover runs on replica B, paused at the same points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interleaving_across_two_replicas_loses_anything() {
+    every_interleaving(Coordination::TwoReplicas).await;
+}
+
+async fn every_interleaving(coordination: Coordination) {
+    // The servers' warnings and errors (an internal error's cause) go with a failure.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let mut seed = 1000;
     for w in Writer::ALL {
         for r in Remover::ALL {
@@ -628,7 +708,7 @@ async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told(
                 Order::WriterMeetsClaim,
             ] {
                 seed += 7;
-                scenario(seed, w, r, order).await;
+                scenario(seed, w, r, order, coordination).await;
             }
         }
     }

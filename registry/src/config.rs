@@ -60,6 +60,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub auth: AuthConfig,
     pub access: crate::access::AccessConfig,
+    /// Replica mode's coordination database (GitLab's `database:` keys).
+    pub database: crate::coordination::DatabaseConfig,
 }
 
 /// Distribution's `notifications:` section: webhooks for push, pull, mount and delete.
@@ -1014,6 +1016,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
+        check_database(&config.database)?;
         unknown.sort();
         let warned = fail_closed(&read, unknown, &from_env, &config.ignore)?;
         Ok(Loaded {
@@ -1072,6 +1075,22 @@ impl Config {
 }
 
 /// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
+/// The `database:` section parses and is checked, but replica mode needs S3 storage,
+/// which drydock does not serve yet: enabling it stops start-up (fail closed).
+fn check_database(db: &crate::coordination::DatabaseConfig) -> Result<(), ConfigError> {
+    db.check()
+        .map_err(|(path, message)| ConfigError::Key { path, message })?;
+    if db.enabled {
+        return Err(ConfigError::Key {
+            path: "database.enabled".into(),
+            message: "replica mode needs storage.s3, which drydock does not serve yet; a \
+                      single server needs no database (set it to false)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
     let key = |i: usize, k: &str, message: String| ConfigError::Key {
         path: format!("notifications.endpoints[{i}].{k}"),

@@ -21,6 +21,9 @@ pub enum Point {
     /// A write found a digest it pins claimed by a remover and is about to wait for the
     /// claim to end.
     PinWaits,
+    /// In the database: a write holds its digests' locks and has recorded its pins (and
+    /// journal entries) in a transaction it has not committed yet.
+    PinRecorded,
     /// An upload batch is about to be written on the writer pool, by a writer that
     /// holds its session's lock.
     Appending,

@@ -99,10 +99,10 @@ impl Store {
         let Reference::Digest(d) = reference else {
             return self.get_manifest(name, reference).await;
         };
-        let _pin = self.liveness.pin(vec![d.clone()]).await;
+        let _pin = self.liveness.pin(vec![d.clone()]).await?;
         let m = self.get_manifest(name, reference).await?;
         self.liveness.hooks().reach(Point::Checked, Some(d)).await;
-        self.liveness.pending_add([d.clone()]);
+        self.liveness.pending_add(vec![d.clone()]).await?;
         Ok(m)
     }
 
@@ -135,7 +135,7 @@ impl Store {
         let mut pinned: Vec<Digest> = m.blobs.iter().chain(&m.children).cloned().collect();
         pinned.extend(m.subject.iter().cloned());
         pinned.push(digest.clone());
-        let pin = self.liveness.pin(pinned).await;
+        let pin = self.liveness.pin(pinned).await?;
         for b in &m.blobs {
             if self.blob_size(name, b).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(b.clone()));
@@ -165,7 +165,7 @@ impl Store {
                 .await?;
         }
         if let Reference::Digest(_) = reference {
-            self.liveness.pending_add([digest.clone()]);
+            self.liveness.pending_add(vec![digest.clone()]).await?;
         }
         drop(pin);
         Ok(PutManifest {

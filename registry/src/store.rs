@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::liveness::Liveness;
+use crate::liveness::{InProcess, Liveness};
 use crate::storage::{Driver, FsDriver, PathSpec, PutMode, path_for};
 use crate::upload::Sessions;
 use crate::{Error, Result};
@@ -59,7 +59,7 @@ pub struct Store {
     pub(crate) fs_root: Option<FsDriver>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
-    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) liveness: Arc<dyn Liveness>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
     /// Serialises the writes of one tag (push, delete, retention's conditional delete).
@@ -92,21 +92,26 @@ impl TagLocks {
     }
 }
 
+/// `fs` calling the `Appending` test hook of `liveness` before each batch it writes.
+fn hooked(fs: FsDriver, liveness: &Arc<dyn Liveness>) -> FsDriver {
+    let live = liveness.clone();
+    fs.with_append_hook(move || {
+        live.hooks()
+            .reach_blocking(crate::hooks::Point::Appending, None)
+    })
+}
+
 impl Store {
     pub fn new(fs: FsDriver, options: StoreOptions) -> Store {
-        let liveness = Arc::new(Liveness::new(options.pending_ttl));
-        let live = liveness.clone();
-        let fs = fs.with_append_hook(move || {
-            live.hooks()
-                .reach_blocking(crate::hooks::Point::Appending, None)
-        });
+        let liveness: Arc<dyn Liveness> = Arc::new(InProcess::new(options.pending_ttl));
+        let fs = hooked(fs, &liveness);
         Store::build(fs.as_driver(), Some(fs), options, liveness)
     }
 
     /// A store on any driver (an S3 bucket): the modules not yet on the trait answer
     /// [`Error::Unsupported`] (see the module docs).
     pub fn on_driver(driver: Arc<dyn Driver>, options: StoreOptions) -> Store {
-        let liveness = Arc::new(Liveness::new(options.pending_ttl));
+        let liveness: Arc<dyn Liveness> = Arc::new(InProcess::new(options.pending_ttl));
         Store::build(driver, None, options, liveness)
     }
 
@@ -114,7 +119,7 @@ impl Store {
         driver: Arc<dyn Driver>,
         fs_root: Option<FsDriver>,
         options: StoreOptions,
-        liveness: Arc<Liveness>,
+        liveness: Arc<dyn Liveness>,
     ) -> Store {
         Store {
             driver,
@@ -162,9 +167,22 @@ impl Store {
         &self.options
     }
 
-    /// The pins, journal and pending set shared with an in-process collector.
-    pub fn liveness(&self) -> &Arc<Liveness> {
+    /// The pins, journal and pending set shared with the removers (in this process, or
+    /// every replica's through the database).
+    pub fn liveness(&self) -> &Arc<dyn Liveness> {
         &self.liveness
+    }
+
+    /// This store coordinating its writers and removers through `liveness`.
+    pub fn with_liveness(mut self, liveness: Arc<dyn Liveness>) -> Store {
+        // The writers' test hook follows the protocol's hooks.
+        if let Some(fs) = self.fs_root.take() {
+            let fs = hooked(fs, &liveness);
+            self.driver = fs.as_driver();
+            self.fs_root = Some(fs);
+        }
+        self.liveness = liveness;
+        self
     }
 
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.

@@ -307,7 +307,7 @@ impl Store {
             }
         }
         let size = w.size();
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         match w
             .commit(digest, &path_for(PathSpec::BlobData(digest)))
             .await
@@ -327,7 +327,7 @@ impl Store {
             .reach(Point::Checked, Some(digest))
             .await;
         self.link_layer(name, digest).await?;
-        self.liveness.pending_add([digest.clone()]);
+        self.liveness.pending_add(vec![digest.clone()]).await?;
         drop(pin);
         self.discard_upload(name, id).await?;
         Ok(size)
@@ -432,7 +432,7 @@ impl Store {
         data: PathBuf,
         digest: &Digest,
     ) -> Result<(PinGuard, bool)> {
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let pool = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
         let reused = tokio::task::spawn_blocking(move || commit_to_pool(&data, &pool))
             .await
@@ -466,7 +466,7 @@ impl Store {
             Some(d) => d.clone(),
             None => w.sha256().await.map_err(write_err)?,
         };
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let committed = match w
             .commit(&digest, &path_for(PathSpec::BlobData(&digest)))
             .await

@@ -308,7 +308,7 @@ impl Store {
             let (pin, _) = self.commit_file_pinned(c.file, &c.digest).await?;
             self.write_link(PathSpec::ArtifactLink(f, &c.path), &c.digest)
                 .await?;
-            self.liveness.pending_add([c.digest.clone()]);
+            self.liveness.pending_add(vec![c.digest.clone()]).await?;
             drop(pin);
             if c.added {
                 out.added.push(c.path.to_string());

@@ -476,7 +476,7 @@ impl Store {
             self.write_json(PathSpec::ArtifactFormatMeta(f), &meta)
                 .await?;
         }
-        self.liveness.pending_add([digest.clone()]);
+        self.liveness.pending_add(vec![digest.clone()]).await?;
         drop(pin);
         tracing::info!(%digest, size, reused, "artifact stored");
         Ok(PutArtifact {
