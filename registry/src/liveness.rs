@@ -53,6 +53,12 @@ pub trait Liveness: Send + Sync + 'static {
 
     /// The test-only pause points of this server's writers and removers.
     fn hooks(&self) -> &Hooks;
+
+    /// Whether other servers write the same storage through this protocol (replicas on
+    /// one database): a store on it then keeps no cache (see [`crate::cache`]).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// One implementation's side of a removal session.

@@ -150,8 +150,13 @@ impl Store {
         &self.liveness
     }
 
-    /// This store coordinating its writers and removers through `liveness`.
+    /// This store coordinating its writers and removers through `liveness`. On a
+    /// protocol shared with other servers (replicas) it keeps no cache: another replica's
+    /// writes and removals would leave it stale (see [`crate::cache`]).
     pub fn with_liveness(mut self, liveness: Arc<dyn Liveness>) -> Store {
+        if liveness.shared() {
+            self.cache = Arc::new(Cache::off());
+        }
         // The writers' test hook follows the protocol's hooks.
         self.fs = hooked(self.fs.clone(), &liveness);
         self.driver = self.fs.as_driver();

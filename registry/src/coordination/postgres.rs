@@ -483,6 +483,10 @@ impl Liveness for Postgres {
     fn hooks(&self) -> &Hooks {
         &self.0.hooks
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 struct PgPins {
