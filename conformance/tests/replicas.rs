@@ -122,3 +122,65 @@ async fn a_blob_deleted_through_one_replica_is_absent_through_the_other() {
     assert_eq!(status(head(&b)).await, 404, "the layer deleted through A");
     conformance::pg::drop_db(&db).await;
 }
+
+/// Fencing: replica A checks a blob for a push (`HEAD`) and is held right after the
+/// check; its presence is lost (its connection ended, as in a partition) and a removal
+/// session on B finds it dead, dropping its pins. A's answer must not say the blob
+/// exists: what it checked was unprotected from that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_found_dead_mid_write_does_not_answer_it_as_succeeded() {
+    let (a, b, db) = conformance::pg::two_servers(|_| {}).await;
+    let c = client();
+    let d = push_blob(&c, &a, REPO, &random_bytes(2048, 9)).await;
+    let digest: registry::Digest = d.parse().expect("digest");
+    let gate = a
+        .store
+        .liveness()
+        .hooks()
+        .arm(registry::hooks::Point::Checked, Some(digest));
+    let head = tokio::spawn(c.head(a.url(&format!("/v2/{REPO}/blobs/{d}"))).send());
+    gate.arrived().await;
+    // A registered first: replica 1. Its presence ends; the lock wait returns once it
+    // has.
+    let (ns, id) = registry::coordination::Postgres::presence_lock(1);
+    let pg = conformance::pg::client(&db.dbname).await;
+    let killed: i64 = pg
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND classid = $1::int8::oid
+               AND objid = $2::int8::oid AND objsubid = 2
+               AND database = (SELECT oid FROM pg_database
+                               WHERE datname = current_database())",
+            &[&i64::from(ns), &i64::from(id)],
+        )
+        .await
+        .expect("end A's presence")
+        .get(0);
+    assert_eq!(killed, 1);
+    pg.execute("SELECT pg_advisory_lock($1, $2)", &[&ns, &id])
+        .await
+        .expect("A's presence lock");
+    pg.execute("SELECT pg_advisory_unlock($1, $2)", &[&ns, &id])
+        .await
+        .expect("A's presence lock");
+    b.store
+        .liveness()
+        .begin_removal()
+        .await
+        .expect("a removal session on B")
+        .end()
+        .await;
+    gate.release();
+    let r = head.await.expect("head").expect("head");
+    assert_eq!(
+        r.status(),
+        500,
+        "A answered a check its lost pins no longer protected"
+    );
+    // B, alive, answers it.
+    assert_eq!(
+        status(c.head(b.url(&format!("/v2/{REPO}/blobs/{d}")))).await,
+        200
+    );
+    conformance::pg::drop_db(&db).await;
+}

@@ -90,6 +90,13 @@ pub trait Held: Send + Sync {
 pub trait Pins: Held {
     /// Pins more digests under the same guard (waits like [`Liveness::pin`]).
     async fn extend(&mut self, digests: Vec<Digest>) -> Result<()>;
+
+    /// Releases them, failing if they did not hold until now: a write whose pins were
+    /// dropped by others (its replica found dead) must not be answered as succeeded.
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.release().await;
+        Ok(())
+    }
 }
 
 /// One remover's session (a collection, a retention run, a scrub): its journal lives as
@@ -186,6 +193,15 @@ impl PinGuard {
     /// Unpins, returning once removers can see it unpinned.
     pub async fn release(self) {
         self.0.release().await;
+    }
+
+    /// Unpins once what the write made reachable is linked (or pending), and fails if
+    /// the pins did not hold until now — the fencing check before a write is answered
+    /// as succeeded: a replica found dead (its presence lost, in a partition, say) had
+    /// its pins dropped by the next removal session, which may have deleted what the
+    /// write checked.
+    pub async fn finish(self) -> Result<()> {
+        self.0.finish().await
     }
 }
 

@@ -99,10 +99,11 @@ impl Store {
         let Reference::Digest(d) = reference else {
             return self.get_manifest(name, reference).await;
         };
-        let _pin = self.liveness.pin(vec![d.clone()]).await?;
+        let pin = self.liveness.pin(vec![d.clone()]).await?;
         let m = self.get_manifest(name, reference).await?;
         self.liveness.hooks().reach(Point::Checked, Some(d)).await;
         self.liveness.pending_add(vec![d.clone()]).await?;
+        pin.finish().await?;
         Ok(m)
     }
 
@@ -167,7 +168,7 @@ impl Store {
         if let Reference::Digest(_) = reference {
             self.liveness.pending_add(vec![digest.clone()]).await?;
         }
-        drop(pin);
+        pin.finish().await?;
         Ok(PutManifest {
             digest,
             subject: m.subject,

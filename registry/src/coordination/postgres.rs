@@ -407,6 +407,7 @@ impl Liveness for Postgres {
         Ok(PinGuard::new(Box::new(PgPins {
             owner: self.clone(),
             pin,
+            recorded: !digests.is_empty(),
             released: false,
         })))
     }
@@ -492,11 +493,14 @@ impl Liveness for Postgres {
 struct PgPins {
     owner: Postgres,
     pin: i64,
+    /// Whether any rows were recorded (a pin of no digest has none to find at the end).
+    recorded: bool,
     released: bool,
 }
 
 impl PgPins {
-    async fn unpin(owner: &Postgres, pin: i64) -> Result<()> {
+    /// Deletes the pin's rows; how many there were.
+    async fn unpin(owner: &Postgres, pin: i64) -> Result<u64> {
         let client = owner.0.pool.get().await.map_err(db_err)?;
         client
             .execute(
@@ -504,8 +508,7 @@ impl PgPins {
                 &[&owner.0.replica, &pin],
             )
             .await
-            .map_err(db_err)?;
-        Ok(())
+            .map_err(db_err)
     }
 }
 
@@ -523,7 +526,25 @@ impl Held for PgPins {
 #[async_trait]
 impl Pins for PgPins {
     async fn extend(&mut self, digests: Vec<Digest>) -> Result<()> {
-        self.owner.record_pins(self.pin, &digests).await
+        self.owner.record_pins(self.pin, &digests).await?;
+        self.recorded |= !digests.is_empty();
+        Ok(())
+    }
+
+    /// The rows are deleted only by this unpin or, with this replica's row, by a removal
+    /// session that found the replica dead: rows recorded and none left to delete means
+    /// they stopped protecting the write at some point.
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        self.released = true;
+        let deleted = PgPins::unpin(&self.owner, self.pin).await?;
+        if self.recorded && deleted == 0 {
+            return Err(Error::Internal(format!(
+                "database: replica {} was found dead while writing (its presence was \
+                 lost) and its pins dropped: the write is not answered as succeeded",
+                self.owner.0.replica
+            )));
+        }
+        Ok(())
     }
 }
 
