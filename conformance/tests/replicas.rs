@@ -184,3 +184,36 @@ async fn a_replica_found_dead_mid_write_does_not_answer_it_as_succeeded() {
     );
     conformance::pg::drop_db(&db).await;
 }
+
+/// A chunked upload whose POST, PATCHes and PUT alternate between the two replicas
+/// completes, byte-exact (the upload's state is in the store, not a replica's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_continues_on_either_replica() {
+    let (a, b, db) = conformance::pg::two_servers(|_| {}).await;
+    let c = client();
+    let data = random_bytes(3000, 11);
+    let d = digest_of(&data);
+    // A Location, on the other server.
+    let on = |s: &TestServer, loc: &str| s.url(&loc[loc.find("/v2/").unwrap_or(0)..]);
+    let mut loc = start_session(&c, &a, REPO).await;
+    for (s, from, to) in [(&b, 0usize, 1000usize), (&a, 1000, 2000), (&b, 2000, 3000)] {
+        let r = patch_chunk(&c, &on(s, &loc), from, &data[from..to]).await;
+        assert_eq!(r.status(), 202, "chunk {from} through {}", s.url(""));
+        assert_eq!(hdr(&r, "range"), format!("0-{}", to - 1));
+        loc = hdr(&r, "location");
+    }
+    let r = c
+        .put(with_query(&on(&a, &loc), &format!("digest={d}")))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(b.url(&format!("/v2/{REPO}/blobs/{d}")))
+        .send()
+        .await
+        .expect("get blob");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("blob body"), data);
+    conformance::pg::drop_db(&db).await;
+}
