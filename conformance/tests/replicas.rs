@@ -217,3 +217,70 @@ async fn a_chunked_upload_continues_on_either_replica() {
     assert_eq!(r.bytes().await.expect("blob body"), data);
     conformance::pg::drop_db(&db).await;
 }
+
+/// Retention on B has decided to remove tag `v1` (it still names what was listed) and
+/// is held before the removal; a push of `v1` to another manifest through A must wait
+/// for it (the tag's lock is in the database) and land after it, so the push A answers
+/// 201 is what `v1` names at the end. With the tag locks only in each process, A's push
+/// would land first and B's removal would take the tag the client was told it pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_pushed_through_one_replica_while_another_removes_it_stays() {
+    use registry::hooks::Point;
+    let (a, b, db) = conformance::pg::two_servers(|_| {}).await;
+    let c = client();
+    let (d1, _) = push_image(&c, &a, REPO, "v1", 1, 1).await;
+    let (d2, m2) = push_image(&c, &a, REPO, "v2", 2, 1).await;
+    let link = a.root().join(format!(
+        "docker/registry/v2/repositories/{REPO}/_manifests/tags/v1/current/link"
+    ));
+    let pushed = std::fs::metadata(&link)
+        .and_then(|m| m.modified())
+        .expect("the tag's time");
+    let checked = b.store.liveness().hooks().arm(Point::TagChecked, None);
+    let remove = tokio::spawn({
+        let store = b.store.clone();
+        let d1: registry::Digest = d1.parse().expect("digest");
+        async move {
+            let name = registry::RepoName::parse(REPO).expect("name");
+            let tag = registry::Tag::parse("v1").expect("tag");
+            store.delete_tag_if(&name, &tag, &d1, pushed).await
+        }
+    });
+    checked.arrived().await;
+    let waits = a.store.liveness().hooks().arm(Point::TagWaits, None);
+    let mut push = tokio::spawn({
+        let (c, url) = (c.clone(), a.url(&format!("/v2/{REPO}/manifests/v1")));
+        async move {
+            c.put(url)
+                .header("content-type", OCI_MANIFEST)
+                .body(m2)
+                .send()
+                .await
+                .expect("push")
+                .status()
+                .as_u16()
+        }
+    });
+    let early = tokio::select! {
+        _ = waits.arrived() => None,
+        s = &mut push => Some(s.expect("push")),
+    };
+    waits.release();
+    checked.release();
+    assert!(
+        remove.await.expect("remove").expect("remove"),
+        "B removed the tag it checked"
+    );
+    let status = match early {
+        Some(s) => s,
+        None => push.await.expect("push"),
+    };
+    assert_eq!(status, 201);
+    assert_eq!(
+        resolve(&c, &b, "v1").await,
+        Ok(d2.clone()),
+        "the pushed tag"
+    );
+    assert_eq!(resolve(&c, &a, "v1").await, Ok(d2), "the pushed tag");
+    conformance::pg::drop_db(&db).await;
+}

@@ -59,6 +59,14 @@ pub trait Liveness: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+
+    /// Serialises the writes of one tag (`key` names it) with those of every other
+    /// server on this protocol, until the returned value is released or dropped; `None`
+    /// where the store's own in-process tag locks are all there is.
+    async fn lock_tag(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// One implementation's side of a removal session.
