@@ -99,3 +99,19 @@ pub async fn livenesses(n: usize, ttl: Duration) -> (DatabaseConfig, Vec<Arc<dyn
         .collect();
     (cfg, l)
 }
+
+/// Two servers on one fresh database and one storage root (the filesystem standing in
+/// for the bucket), on the test configuration changed by `adjust`: replicas. The
+/// database, to drop at the end.
+pub async fn two_servers(
+    adjust: impl FnOnce(&mut registry::Config),
+) -> (crate::TestServer, crate::TestServer, DatabaseConfig) {
+    let root = tempfile::tempdir().expect("temp root");
+    let mut config = crate::test_config(root.path());
+    adjust(&mut config);
+    let (db, mut l) = livenesses(2, config.gc.pending_ttl).await;
+    let (second, first) = (l.remove(1), l.remove(0));
+    let a = crate::TestServer::start_coordinated(root, config, Some(first)).await;
+    let b = a.start_replica(second).await;
+    (a, b, db)
+}

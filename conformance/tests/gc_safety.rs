@@ -603,8 +603,7 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order, coordination: 
     let (s, other, g, db) = setup_on(seed, coordination).await;
     let write = writer(&s, w, &g);
     // The remover's replica (the writer's own server when there is one server); every
-    // check reads through it: its sweep invalidated its own cache, not the writer's
-    // (caches coherent across replicas are not built yet).
+    // check reads through it.
     let rs = other.as_ref().unwrap_or(&s);
     let hooks = s.store.liveness().hooks();
     let rhooks = rs.store.liveness().hooks();

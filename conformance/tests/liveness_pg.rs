@@ -173,8 +173,8 @@ async fn a_pin_recorded_while_a_session_ends_succeeds() {
 
 /// A replica that dies holding a pin (its presence connection ends) protects nothing
 /// once the next removal session opens; before it dies, its pin is refused on every
-/// replica. A replica found dead cannot pin any more (its writes fail, never succeed
-/// unprotected).
+/// replica. A replica found dead cannot pin any more, and the pins it held fail their
+/// fencing check (its writes fail, never succeed unprotected); a live replica's pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_pins_are_released() {
     let (cfg, r) = replicas(2, HOUR).await;
@@ -207,7 +207,12 @@ async fn a_dead_replicas_pins_are_released() {
         a.pin(vec![d("y")]).await.is_err(),
         "a replica found dead could still pin"
     );
-    drop(g);
+    assert!(
+        g.finish().await.is_err(),
+        "a write whose pins were dropped passed the fencing check"
+    );
+    let live = b.pin(vec![d("z")]).await.unwrap();
+    live.finish().await.expect("a live replica's pins hold");
 }
 
 /// A remover that dies holding a claim (its session's connection ends) releases it: the

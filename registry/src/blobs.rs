@@ -50,7 +50,7 @@ impl Store {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
-        let _pin = self.liveness.pin(vec![digest.clone()]).await?;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let size = self.blob_size(name, digest).await?;
         if size.is_some() {
             self.liveness
@@ -59,6 +59,7 @@ impl Store {
                 .await;
             self.liveness.pending_add(vec![digest.clone()]).await?;
         }
+        pin.finish().await?;
         Ok(size)
     }
 
@@ -123,7 +124,7 @@ impl Store {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<Option<u64>> {
-        let _pin = self.liveness.pin(vec![digest.clone()]).await?;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let size = match from {
             Some(from) => self.blob_size(from, digest).await?,
             None if self.options.mount_without_from => self.pool_blob_size(digest).await?,
@@ -140,6 +141,7 @@ impl Store {
             self.link_layer(name, digest).await?;
             self.liveness.pending_add(vec![digest.clone()]).await?;
         }
+        pin.finish().await?;
         Ok(size)
     }
 

@@ -32,6 +32,12 @@ pub enum Point {
     /// A post-process command has exited and its outputs are hashed; nothing is in the
     /// pool yet.
     PostProcessed,
+    /// A tag's conditional removal (retention) has found the tag still what it decided
+    /// on, holds the tag's lock, and has not removed it yet.
+    TagChecked,
+    /// In the database: a tag's write or removal found the tag's lock held (by another
+    /// replica) and is about to wait for it.
+    TagWaits,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -53,6 +53,20 @@ pub trait Liveness: Send + Sync + 'static {
 
     /// The test-only pause points of this server's writers and removers.
     fn hooks(&self) -> &Hooks;
+
+    /// Whether other servers write the same storage through this protocol (replicas on
+    /// one database): a store on it then keeps no cache (see [`crate::cache`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Serialises the writes of one tag (`key` names it) with those of every other
+    /// server on this protocol, until the returned value is released or dropped; `None`
+    /// where the store's own in-process tag locks are all there is.
+    async fn lock_tag(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// One implementation's side of a removal session.
@@ -84,6 +98,13 @@ pub trait Held: Send + Sync {
 pub trait Pins: Held {
     /// Pins more digests under the same guard (waits like [`Liveness::pin`]).
     async fn extend(&mut self, digests: Vec<Digest>) -> Result<()>;
+
+    /// Releases them, failing if they did not hold until now: a write whose pins were
+    /// dropped by others (its replica found dead) must not be answered as succeeded.
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.release().await;
+        Ok(())
+    }
 }
 
 /// One remover's session (a collection, a retention run, a scrub): its journal lives as
@@ -180,6 +201,15 @@ impl PinGuard {
     /// Unpins, returning once removers can see it unpinned.
     pub async fn release(self) {
         self.0.release().await;
+    }
+
+    /// Unpins once what the write made reachable is linked (or pending), and fails if
+    /// the pins did not hold until now — the fencing check before a write is answered
+    /// as succeeded: a replica found dead (its presence lost, in a partition, say) had
+    /// its pins dropped by the next removal session, which may have deleted what the
+    /// write checked.
+    pub async fn finish(self) -> Result<()> {
+        self.0.finish().await
     }
 }
 

@@ -79,6 +79,21 @@ impl Default for TagLocks {
     }
 }
 
+/// A tag's locks: this process's stripe, and the database's when replicas share the
+/// store. Released on drop; [`TagGuard::release`] returns once other replicas can take it.
+pub(crate) struct TagGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<Box<dyn crate::liveness::Held>>,
+}
+
+impl TagGuard<'_> {
+    pub(crate) async fn release(mut self) {
+        if let Some(h) = self.shared.take() {
+            h.release().await;
+        }
+    }
+}
+
 impl TagLocks {
     pub(crate) async fn lock(
         &self,
@@ -173,8 +188,13 @@ impl Store {
         &self.liveness
     }
 
-    /// This store coordinating its writers and removers through `liveness`.
+    /// This store coordinating its writers and removers through `liveness`. On a
+    /// protocol shared with other servers (replicas) it keeps no cache: another replica's
+    /// writes and removals would leave it stale (see [`crate::cache`]).
     pub fn with_liveness(mut self, liveness: Arc<dyn Liveness>) -> Store {
+        if liveness.shared() {
+            self.cache = Arc::new(Cache::off());
+        }
         // The writers' test hook follows the protocol's hooks.
         if let Some(fs) = self.fs_root.take() {
             let fs = hooked(fs, &liveness);
@@ -183,6 +203,24 @@ impl Store {
         }
         self.liveness = liveness;
         self
+    }
+
+    /// Serialises the writes of `name:tag` within this process and, for replicas, with
+    /// every other replica (retention's check-then-remove against a push elsewhere).
+    pub(crate) async fn lock_tag(
+        &self,
+        name: &crate::names::RepoName,
+        tag: &crate::names::Tag,
+    ) -> Result<TagGuard<'_>> {
+        let local = self.tag_locks.lock(name, tag).await;
+        let shared = self
+            .liveness
+            .lock_tag(&format!("{}:{}", name.as_str(), tag.as_str()))
+            .await?;
+        Ok(TagGuard {
+            _local: local,
+            shared,
+        })
     }
 
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.

@@ -328,7 +328,7 @@ impl Store {
             .await;
         self.link_layer(name, digest).await?;
         self.liveness.pending_add(vec![digest.clone()]).await?;
-        drop(pin);
+        pin.finish().await?;
         self.discard_upload(name, id).await?;
         Ok(size)
     }

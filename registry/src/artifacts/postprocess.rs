@@ -309,7 +309,7 @@ impl Store {
             self.write_link(PathSpec::ArtifactLink(f, &c.path), &c.digest)
                 .await?;
             self.liveness.pending_add(vec![c.digest.clone()]).await?;
-            drop(pin);
+            pin.finish().await?;
             if c.added {
                 out.added.push(c.path.to_string());
             } else {

@@ -477,7 +477,7 @@ impl Store {
                 .await?;
         }
         self.liveness.pending_add(vec![digest.clone()]).await?;
-        drop(pin);
+        pin.finish().await?;
         tracing::info!(%digest, size, reused, "artifact stored");
         Ok(PutArtifact {
             digest,

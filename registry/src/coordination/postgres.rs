@@ -54,6 +54,8 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 const NS_REPLICA: i32 = 0x6464_0001;
 /// The first key of drydock's other two-key advisory locks, by second key.
 const NS_GLOBAL: i32 = 0x6464_0002;
+/// The first key of the tag locks; the second is from the tag's name ([`tag_key`]).
+const NS_TAG: i32 = 0x6464_0003;
 /// Pins (shared) against the opening of removal sessions (exclusive).
 const ORDER: i32 = 0;
 /// Schema migrations, one replica at a time.
@@ -114,6 +116,13 @@ fn lock_key(d: &str) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
     i64::from_be_bytes(b)
+}
+
+/// A tag's lock key: the first four bytes of the SHA-256 of `repository:tag`. Two tags
+/// sharing a key only wait for each other.
+fn tag_key(key: &str) -> i32 {
+    let h = Sha256::digest(key.as_bytes());
+    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
 }
 
 struct Inner {
@@ -407,6 +416,7 @@ impl Liveness for Postgres {
         Ok(PinGuard::new(Box::new(PgPins {
             owner: self.clone(),
             pin,
+            recorded: !digests.is_empty(),
             released: false,
         })))
     }
@@ -483,16 +493,98 @@ impl Liveness for Postgres {
     fn hooks(&self) -> &Hooks {
         &self.0.hooks
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// A session lock on a pooled connection, held with the connection until released.
+    async fn lock_tag(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        let client = self.0.pool.get().await.map_err(db_err)?;
+        let mut held = PgTagLock {
+            client: Some(client),
+            key: tag_key(key),
+            locked: false,
+        };
+        let c = held.client()?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&NS_TAG, &held.key])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if !got {
+            self.0.hooks.reach(Point::TagWaits, None).await;
+            c.execute("SELECT pg_advisory_lock($1, $2)", &[&NS_TAG, &held.key])
+                .await
+                .map_err(db_err)?;
+        }
+        held.locked = true;
+        Ok(Some(Box::new(held)))
+    }
+}
+
+/// A tag's lock: its pooled connection goes back to the pool only unlocked. One that
+/// may hold or be waiting for the lock otherwise (an error, a request dropped while it
+/// waited) is taken out of the pool and closed, which ends the lock with it.
+struct PgTagLock {
+    client: Option<deadpool_postgres::Object>,
+    key: i32,
+    locked: bool,
+}
+
+impl PgTagLock {
+    fn client(&self) -> Result<&deadpool_postgres::Object> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| db_err("the tag lock was released"))
+    }
+
+    async fn unlock(client: deadpool_postgres::Object, key: i32) {
+        let unlocked = client
+            .query_one("SELECT pg_advisory_unlock($1, $2)", &[&NS_TAG, &key])
+            .await
+            .map(|r| r.get::<_, bool>(0));
+        if !matches!(unlocked, Ok(true)) {
+            tracing::warn!(?unlocked, "could not unlock a tag: closing its connection");
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+#[async_trait]
+impl Held for PgTagLock {
+    async fn release(mut self: Box<Self>) {
+        if let Some(c) = self.client.take() {
+            PgTagLock::unlock(c, self.key).await;
+        }
+    }
+}
+
+impl Drop for PgTagLock {
+    fn drop(&mut self) {
+        let Some(c) = self.client.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if self.locked => {
+                rt.spawn(PgTagLock::unlock(c, self.key));
+            }
+            _ => drop(deadpool_postgres::Object::take(c)),
+        }
+    }
 }
 
 struct PgPins {
     owner: Postgres,
     pin: i64,
+    /// Whether any rows were recorded (a pin of no digest has none to find at the end).
+    recorded: bool,
     released: bool,
 }
 
 impl PgPins {
-    async fn unpin(owner: &Postgres, pin: i64) -> Result<()> {
+    /// Deletes the pin's rows; how many there were.
+    async fn unpin(owner: &Postgres, pin: i64) -> Result<u64> {
         let client = owner.0.pool.get().await.map_err(db_err)?;
         client
             .execute(
@@ -500,8 +592,7 @@ impl PgPins {
                 &[&owner.0.replica, &pin],
             )
             .await
-            .map_err(db_err)?;
-        Ok(())
+            .map_err(db_err)
     }
 }
 
@@ -519,7 +610,25 @@ impl Held for PgPins {
 #[async_trait]
 impl Pins for PgPins {
     async fn extend(&mut self, digests: Vec<Digest>) -> Result<()> {
-        self.owner.record_pins(self.pin, &digests).await
+        self.owner.record_pins(self.pin, &digests).await?;
+        self.recorded |= !digests.is_empty();
+        Ok(())
+    }
+
+    /// The rows are deleted only by this unpin or, with this replica's row, by a removal
+    /// session that found the replica dead: rows recorded and none left to delete means
+    /// they stopped protecting the write at some point.
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        self.released = true;
+        let deleted = PgPins::unpin(&self.owner, self.pin).await?;
+        if self.recorded && deleted == 0 {
+            return Err(Error::Internal(format!(
+                "database: replica {} was found dead while writing (its presence was \
+                 lost) and its pins dropped: the write is not answered as succeeded",
+                self.owner.0.replica
+            )));
+        }
+        Ok(())
     }
 }
 
