@@ -63,6 +63,16 @@ async fn keys(d: &S3Driver) -> Vec<String> {
     out
 }
 
+/// The real binary serving a fresh root in the bucket (its config file lives in the
+/// returned folder).
+fn serve(what: &str) -> (String, tempfile::TempDir, ServerProcess) {
+    let root = fresh_root(what);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let server = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    (root, dir, server)
+}
+
 fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
     let cfg = dir.join("config.yml");
     std::fs::write(&cfg, yaml).unwrap();
@@ -95,13 +105,7 @@ fn loc(server: &ServerProcess, r: &reqwest::Response) -> String {
 /// the links out of the bucket (the pool stays for a collector).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_pushes_pulls_and_deletes_on_s3() {
-    let root = fresh_root("workflow");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY")),
-    );
-    let server = ServerProcess::spawn(&cfg);
+    let (root, _dir, server) = serve("workflow");
     let c = reqwest::Client::new();
     let repo = "s3/app";
 
@@ -265,6 +269,41 @@ async fn the_server_pushes_pulls_and_deletes_on_s3() {
         r.unwrap();
     }
     assert!(keys(&b).await.is_empty());
+}
+
+/// A chunked upload that is cancelled (`DELETE` on its session) after a part went to
+/// S3 leaves nothing in the bucket: not its keys, and not the multipart upload, which
+/// no listing shows but the bucket keeps (and bills) until it is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_upload_leaves_no_multipart_upload() {
+    let (root, _dir, server) = serve("cancel");
+    let c = reqwest::Client::new();
+    let r = c
+        .post(server.url("/v2/s3/cancel/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let at = loc(&server, &r);
+    let r = c
+        .patch(&at)
+        .header("content-type", "application/octet-stream")
+        .body(random_bytes(6 * MIB, 7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let b = bucket(&root);
+    assert_eq!(
+        b.multipart_uploads("").await.unwrap().len(),
+        1,
+        "a 6 MiB chunk sends a 5 MiB part"
+    );
+    assert_eq!(status(c.delete(&at)).await, 204);
+    assert!(b.multipart_uploads("").await.unwrap().is_empty());
+    assert_eq!(keys(&b).await, Vec::<String>::new());
+    assert_eq!(status(c.get(&at)).await, 404);
+    assert_eq!(status(c.delete(&at)).await, 404);
 }
 
 /// Credentials the bucket refuses stop start-up with one line naming `storage.s3` and

@@ -338,11 +338,22 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let _guard = self.lock_session(session).await;
-        if !self.remove(PathSpec::UploadDir(name, &id)).await? {
-            self.sessions.forget(name, &id);
+        // A flushed writer may hold state outside the folder's keys (a multipart upload
+        // on S3, which no listing shows and which the bucket bills): cancel it first.
+        let data = path_for(PathSpec::UploadData(name, &id));
+        let cancelled = match self.driver.writer(&data, WriterStart::Resume).await {
+            Ok(w) => {
+                w.cancel().await?;
+                true
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        let removed = self.remove(PathSpec::UploadDir(name, &id)).await?;
+        self.sessions.forget(name, &id);
+        if !(removed || cancelled) {
             return Err(Error::BlobUploadUnknown);
         }
-        self.sessions.forget(name, &id);
         Ok(())
     }
 

@@ -39,8 +39,8 @@
 //!   state with its own state. Completion is [`Writer::commit`] with the digest and the
 //!   pool key (verify, fsync/complete, move into the pool; when the pool has the blob
 //!   already, touch it and drop the copy). Artifact uploads take the same writer.
-//!   Still open: `cancel_upload` deletes the session folder without cancelling the
-//!   writer (on S3 that leaves the multipart upload for the uploads task to abort).
+//!   `cancel_upload` cancels the writer (on S3: aborts the multipart upload) before
+//!   it deletes the session folder.
 //! - `blobs.rs`: [`Driver::reader`] (mapped windows stay the filesystem reader; a
 //!   ranged GET on S3), [`Driver::touch`], [`Driver::stat`]/[`Driver::get`]/
 //!   [`Driver::put`]; `store.rs` (`read_link`, `write_link`, `remove`, `list`): the same
