@@ -254,14 +254,31 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     // A filesystem root is created, locked (one server per root) and holds the admin
     // socket; a bucket is checked (reachable, credentials accepted) and has neither lock
     // nor socket yet (issue 18).
-    let (root, _lock) = match &config.storage.s3 {
+    let (root, _lock, bucket_lock) = match &config.storage.s3 {
         Some(c) => {
-            registry::storage::s3::S3Driver::new(c.clone())
-                .map_err(anyhow::Error::msg)?
-                .check()
+            let s3 = registry::storage::s3::S3Driver::new(c.clone()).map_err(anyhow::Error::msg)?;
+            s3.check()
                 .await
                 .map_err(|e| anyhow::anyhow!("storage.s3: bucket {}: {e}", c.bucket))?;
-            (None, None)
+            let lost = |why: String| {
+                tracing::error!("{why}; stopping: another server owns the root now");
+                std::process::exit(1);
+            };
+            let lock = gc::lock::BucketLock::acquire(
+                std::sync::Arc::new(s3),
+                gc::lock::BUCKET_LOCK_TTL,
+                lost,
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "storage.s3: bucket root s3://{}/{} is owned by another drydock process \
+                     ({e}); one server per root",
+                    c.bucket,
+                    c.rootdirectory
+                )
+            })?;
+            (None, None, Some(lock))
         }
         None => {
             let root = config.storage.filesystem.rootdirectory.clone();
@@ -278,7 +295,7 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
                     root.display(),
                 );
             };
-            (Some(root), Some(lock))
+            (Some(root), Some(lock), None)
         }
     };
     let listener = match activated {
@@ -397,6 +414,9 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     .await?;
     if let Some(root) = &root {
         let _ = std::fs::remove_file(admin_socket(root));
+    }
+    if let Some(lock) = bucket_lock {
+        lock.release().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -515,6 +515,13 @@ impl ServerProcess {
         format!("{}{path}", self.base)
     }
 
+    /// SIGTERM, and waits for the process to exit (a clean stop).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().expect("wait for the registry")
+    }
+
     /// kill -9.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -301,20 +301,19 @@ async fn a_cancelled_upload_leaves_no_multipart_upload() {
     );
     assert_eq!(status(c.delete(&at)).await, 204);
     assert!(b.multipart_uploads("").await.unwrap().is_empty());
-    assert_eq!(keys(&b).await, Vec::<String>::new());
+    let left = keys(&b).await;
+    assert!(
+        left.iter().all(|k| k.starts_with("drydock/")),
+        "only the server's own state (its lock) is left: {left:?}"
+    );
     assert_eq!(status(c.get(&at)).await, 404);
     assert_eq!(status(c.delete(&at)).await, 404);
 }
 
-/// Credentials the bucket refuses stop start-up with one line naming `storage.s3` and
-/// the bucket; nothing is served.
-#[test]
-fn wrong_credentials_refuse_to_start() {
+/// Runs `registry serve` on `yaml` expecting it to refuse to start; its stderr.
+fn refused_start(yaml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &s3_yaml(&fresh_root("badkey"), "not-the-secret-key"),
-    );
+    let cfg = write_config(dir.path(), yaml);
     // `timeout` only guards against a server that would start and serve anyway.
     let out = std::process::Command::new("timeout")
         .arg("120")
@@ -324,12 +323,78 @@ fn wrong_credentials_refuse_to_start() {
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    stderr
+}
+
+/// Credentials the bucket refuses stop start-up with one line naming `storage.s3` and
+/// the bucket; nothing is served.
+#[test]
+fn wrong_credentials_refuse_to_start() {
+    let stderr = refused_start(&s3_yaml(&fresh_root("badkey"), "not-the-secret-key"));
     let bucket = var("DRYDOCK_TEST_S3_BUCKET");
     assert!(
         stderr.contains(&format!("Error: storage.s3: bucket {bucket}: ")),
         "{stderr}"
     );
-    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+/// One server per bucket root: a second one refuses to start, naming the holder; a
+/// clean stop lets the next start at once; a server killed with -9 keeps the root until
+/// its lock expires, and an expired lock is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_per_bucket_root() {
+    let (root, _dir, mut first) = serve("lock");
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let stderr = refused_start(&yaml);
+    assert!(
+        stderr.contains("is owned by another drydock process")
+            && stderr.contains(&format!(":{}:", first.child.id())),
+        "{stderr}"
+    );
+    assert!(first.terminate().success());
+
+    // Stopped cleanly: the next server takes the root at once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    let c = reqwest::Client::new();
+    assert_eq!(status(c.get(second.url("/v2/"))).await, 200);
+    second.kill();
+    // Killed: the lock outlives it until it expires.
+    let stderr = refused_start(&yaml);
+    assert!(
+        stderr.contains(&format!(":{}:", second.child.id())),
+        "{stderr}"
+    );
+    // Expired (as it will be 30 s after the kill): taken over.
+    let b = bucket(&root);
+    let key = path_for(PathSpec::ServerLock);
+    let expired = br#"{"owner":"a-dead-server","expires":1}"#;
+    b.put(
+        &key,
+        expired.to_vec().into(),
+        registry::storage::PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    let mut third = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    assert_eq!(status(c.get(third.url("/v2/"))).await, 200);
+    let (held, _) = b.get(&key).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&held).contains(&format!(":{}:", third.child.id())),
+        "the lock names the new holder"
+    );
+    assert!(third.terminate().success());
+    let all = keys(&b).await;
+    // (The readiness probe's object too, when the stop came while it was written.)
+    let probe = path_for(PathSpec::HealthProbe);
+    let state: Vec<&String> = all.iter().filter(|k| **k != probe).collect();
+    assert_eq!(state, [&key], "a clean stop leaves only the expired lock");
+    let (held, _) = b.get(&key).await.unwrap();
+    assert!(String::from_utf8_lossy(&held).contains(r#""expires":0"#));
+    for r in b.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
 }
