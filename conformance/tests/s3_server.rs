@@ -310,6 +310,111 @@ async fn a_cancelled_upload_leaves_no_multipart_upload() {
     assert_eq!(status(c.delete(&at)).await, 404);
 }
 
+/// A TCP forwarder from `listener` to `target` (the RGW): aborting the task it returns
+/// drops the listener and every connection, as a bucket endpoint that went away.
+fn forward(
+    listener: tokio::net::TcpListener,
+    target: std::net::SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            conns.spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    })
+}
+
+/// The bucket's endpoint goes away under a running server: storage requests answer 503
+/// `UNAVAILABLE` and the log names the endpoint, `/v2/` still answers, a manifest push
+/// that could not be written leaves nothing behind, and everything works again once the
+/// endpoint is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_bucket_is_503_and_leaves_nothing_half_written() {
+    let rgw: std::net::SocketAddr = var("DRYDOCK_TEST_S3_ENDPOINT")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the RGW endpoint is http://<ip>:<port>");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
+    let proxy = forward(listener, rgw);
+    let root = fresh_root("outage");
+    let endpoint = format!("http://{front}");
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY")).replace(
+        &format!("regionendpoint: {}", var("DRYDOCK_TEST_S3_ENDPOINT")),
+        &format!("regionendpoint: {endpoint}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    let c = reqwest::Client::new();
+    let blob = b"kept through an outage".to_vec();
+    let digest = digest_of(&blob);
+    let r = c
+        .post(server.url(&format!("/v2/s3/outage/blobs/uploads/?digest={digest}")))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    proxy.abort();
+    assert!(proxy.await.unwrap_err().is_cancelled());
+    let r = c
+        .get(server.url(&format!("/v2/s3/outage/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(r#""code":"UNAVAILABLE""#), "{body}");
+    assert!(
+        !body.contains(&endpoint),
+        "the client is not told the endpoint: {body}"
+    );
+    assert!(
+        server.wait_for_log("storage backend unavailable", 1)
+            && server.log_text().contains(&format!("endpoint={endpoint}")),
+        "{}",
+        server.log_text()
+    );
+    let manifest = image_manifest((&digest, blob.len()), &[], "");
+    let put = c
+        .put(server.url("/v2/s3/outage/manifests/during"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone());
+    assert_eq!(status(put).await, 503);
+    assert_eq!(status(c.get(server.url("/v2/"))).await, 200);
+
+    // Back on the same address.
+    let proxy = forward(tokio::net::TcpListener::bind(front).await.unwrap(), rgw);
+    let r = c
+        .get(server.url(&format!("/v2/s3/outage/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), blob);
+    let by_tag = c
+        .get(server.url("/v2/s3/outage/manifests/during"))
+        .header("accept", OCI_MANIFEST);
+    assert_eq!(status(by_tag).await, 404, "the failed push left its tag");
+    let b = bucket(&root);
+    let m = digest_of(manifest.as_bytes()).parse().unwrap();
+    let keys_now = keys(&b).await;
+    assert!(
+        !keys_now.contains(&path_for(PathSpec::BlobData(&m))),
+        "the failed push left its manifest in the pool: {keys_now:?}"
+    );
+    drop(server);
+    for r in b.delete_many(&keys_now).await.unwrap() {
+        r.unwrap();
+    }
+    proxy.abort();
+}
+
 /// Runs `registry serve` on `yaml` expecting it to refuse to start; its stderr.
 fn refused_start(yaml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
