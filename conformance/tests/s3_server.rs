@@ -89,6 +89,30 @@ async fn status(r: reqwest::RequestBuilder) -> u16 {
     r.send().await.unwrap().status().as_u16()
 }
 
+/// Completes the upload at `at` with `digest` (201).
+async fn complete(c: &reqwest::Client, at: &str, digest: &str) {
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{at}{sep}digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+/// Writes the root's lock object as a dead server's that has expired (what 30 s after
+/// a kill -9 leaves).
+async fn expire_lock(b: &S3Driver) {
+    let expired = br#"{"owner":"a-dead-server","expires":1}"#;
+    b.put(
+        &path_for(PathSpec::ServerLock),
+        expired.to_vec().into(),
+        registry::storage::PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+}
+
 fn loc(server: &ServerProcess, r: &reqwest::Response) -> String {
     let l = r.headers()["location"].to_str().unwrap().to_owned();
     if l.starts_with("http") {
@@ -144,13 +168,7 @@ async fn the_server_pushes_pulls_and_deletes_on_s3() {
         assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
         at = loc(&server, &r);
     }
-    let sep = if at.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(format!("{at}{sep}digest={layer_digest}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    complete(&c, &at, &layer_digest).await;
 
     // The manifest, under a tag.
     let manifest = image_manifest(
@@ -308,6 +326,74 @@ async fn a_cancelled_upload_leaves_no_multipart_upload() {
     );
     assert_eq!(status(c.get(&at)).await, 404);
     assert_eq!(status(c.delete(&at)).await, 404);
+}
+
+/// A chunked push whose server is killed (-9) after a part went to S3 continues on the
+/// next server: the session, its multipart upload and its hash state are in the
+/// bucket, the status says how much arrived, and the completed blob has every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_push_continues_after_the_server_is_killed() {
+    let (root, dir, mut first) = serve("killed");
+    let c = reqwest::Client::new();
+    let data = random_bytes(9 * MIB, 9);
+    let digest = digest_of(&data);
+    let r = c
+        .post(first.url("/v2/s3/killed/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let path = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(loc(&first, &r))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("0-{}", 6 * MIB - 1))
+        .body(data[..6 * MIB].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    first.kill();
+
+    // The killed server's lock lasts until it expires: expire it, as 30 s would.
+    let b = bucket(&root);
+    expire_lock(&b).await;
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let second = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    let at = if path.starts_with("http") {
+        path.replacen(&first.base, &second.base, 1)
+    } else {
+        second.url(&path)
+    };
+    let r = c.get(&at).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["range"], format!("0-{}", 6 * MIB - 1).as_str());
+    let r = c
+        .patch(&at)
+        .header("content-type", "application/octet-stream")
+        .header("content-range", format!("{}-{}", 6 * MIB, 9 * MIB - 1))
+        .body(data[6 * MIB..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let at = loc(&second, &r);
+    complete(&c, &at, &digest).await;
+    let r = c
+        .get(second.url(&format!("/v2/s3/killed/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.bytes().await.unwrap() == data,
+        "the blob read back differs"
+    );
+    assert!(b.multipart_uploads("").await.unwrap().is_empty());
+    drop(second);
+    let all = keys(&b).await;
+    for r in b.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
 }
 
 /// A TCP forwarder from `listener` to `target` (the RGW): aborting the task it returns
@@ -476,14 +562,7 @@ async fn one_server_per_bucket_root() {
     // Expired (as it will be 30 s after the kill): taken over.
     let b = bucket(&root);
     let key = path_for(PathSpec::ServerLock);
-    let expired = br#"{"owner":"a-dead-server","expires":1}"#;
-    b.put(
-        &key,
-        expired.to_vec().into(),
-        registry::storage::PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
+    expire_lock(&b).await;
     let mut third = ServerProcess::spawn(&write_config(dir.path(), &yaml));
     assert_eq!(status(c.get(third.url("/v2/"))).await, 200);
     let (held, _) = b.get(&key).await.unwrap();
