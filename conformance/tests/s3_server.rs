@@ -3,6 +3,8 @@
 //! Without them these tests fail: they are never skipped. Each test works under a root
 //! directory of its own in the bucket and removes it at the end.
 
+mod clients;
+
 use std::path::Path;
 
 use conformance::{ServerProcess, digest_of, image_manifest, random_bytes, registry_binary};
@@ -578,6 +580,163 @@ async fn one_server_per_bucket_root() {
     assert_eq!(state, [&key], "a clean stop leaves only the expired lock");
     let (held, _) = b.get(&key).await.unwrap();
     assert!(String::from_utf8_lossy(&held).contains(r#""expires":0"#));
+    for r in b.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// CNCF Distribution (Debian's `docker-registry`) serving the same bucket root, on a
+/// free port, with its S3 driver (`AWS_CA_BUNDLE` unset: its driver panics on it).
+async fn distribution_on(root: &str) -> (clients::Daemon, String, tempfile::TempDir) {
+    clients::require("docker-registry");
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("127.0.0.1:{}", clients::free_port());
+    let yaml = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  s3:\n    region: {}\n    \
+         regionendpoint: {}\n    bucket: {}\n    rootdirectory: /{root}\n    \
+         accesskey: {}\n    secretkey: {}\n    forcepathstyle: true\n    secure: false\n    \
+         v4auth: true\n  delete:\n    enabled: true\n  redirect:\n    disable: true\n\
+         http:\n  addr: {host}\n  secret: drydock-s3-interop\n",
+        var("DRYDOCK_TEST_S3_REGION"),
+        var("DRYDOCK_TEST_S3_ENDPOINT"),
+        var("DRYDOCK_TEST_S3_BUCKET"),
+        var("DRYDOCK_TEST_S3_ACCESS_KEY"),
+        var("DRYDOCK_TEST_S3_SECRET_KEY"),
+    );
+    let cfg = write_config(dir.path(), &yaml);
+    let cmd = clients::Cmd::new("env")
+        .args(["-u", "AWS_CA_BUNDLE", "docker-registry", "serve"])
+        .arg(&cfg);
+    let mut daemon = clients::Daemon::spawn("docker-registry", &cmd, &dir.path().join("log"));
+    let line = format!("listening on {host}");
+    match clients::wait_ready(
+        &mut daemon,
+        &line,
+        &host,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    {
+        clients::Readiness::Ready => (daemon, host, dir),
+        clients::Readiness::Exited(log) => panic!("docker-registry on S3 did not start: {log}"),
+    }
+}
+
+/// Pushes a small image (a config, one layer) under `repo:tag` to `base` over plain
+/// HTTP; returns the manifest and the blobs by digest.
+async fn push_small_image(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+) -> (String, Vec<(String, Vec<u8>)>) {
+    let mut blobs = Vec::new();
+    for (i, len) in [(0, 200), (1, 70_000)] {
+        let data = random_bytes(len, seed * 10 + i);
+        let d = digest_of(&data);
+        // POST, then PUT with the body (Distribution 2.8 has no one-step POST).
+        let r = c
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{base}");
+        let at = r.headers()["location"].to_str().unwrap().to_owned();
+        let at = if at.starts_with("http") {
+            at
+        } else {
+            format!("{base}{at}")
+        };
+        let sep = if at.contains('?') { '&' } else { '?' };
+        let put = c
+            .put(format!("{at}{sep}digest={d}"))
+            .header("content-type", "application/octet-stream")
+            .body(data.clone());
+        assert_eq!(status(put).await, 201, "{base}: blob PUT");
+        blobs.push((d, data));
+    }
+    let manifest = image_manifest(
+        (&blobs[0].0, blobs[0].1.len()),
+        &[(&blobs[1].0, blobs[1].1.len())],
+        "",
+    );
+    let put = c
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone());
+    assert_eq!(status(put).await, 201, "{base}: manifest PUT");
+    (manifest, blobs)
+}
+
+/// `base` serves `repo:tag` as pushed: the manifest by tag (same digest), every blob.
+async fn assert_serves(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    (manifest, blobs): &(String, Vec<(String, Vec<u8>)>),
+) {
+    let r = c
+        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{base}: {repo}:{tag}");
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        digest_of(manifest.as_bytes()).as_str()
+    );
+    assert_eq!(&r.text().await.unwrap(), manifest);
+    for (d, data) in blobs {
+        let r = c
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base}: {d}");
+        assert!(r.bytes().await.unwrap() == *data, "{base}: {d} differs");
+    }
+}
+
+/// One bucket root, both ways: what Distribution's S3 driver wrote, drydock serves
+/// (manifest, blobs, tags, catalog); what drydock then writes beside it, Distribution
+/// serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_and_drydock_serve_each_others_bucket() {
+    let root = fresh_root("interop");
+    let c = reqwest::Client::new();
+    let (mut dist, host, _d) = distribution_on(&root).await;
+    let from_dist = push_small_image(&c, &format!("http://{host}"), "interop/a", "v1", 1).await;
+    dist.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let mut ours = ServerProcess::spawn(&write_config(dir.path(), &yaml));
+    assert_serves(&c, &ours.base, "interop/a", "v1", &from_dist).await;
+    let v = json(&c, &ours.url("/v2/interop/a/tags/list")).await;
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
+    let from_ours = push_small_image(&c, &ours.base, "interop/b", "v2", 2).await;
+    let v = json(&c, &ours.url("/v2/_catalog")).await;
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["interop/a", "interop/b"])
+    );
+    assert!(ours.terminate().success());
+
+    let (mut dist, host, _d) = distribution_on(&root).await;
+    let base = format!("http://{host}");
+    assert_serves(&c, &base, "interop/b", "v2", &from_ours).await;
+    assert_serves(&c, &base, "interop/a", "v1", &from_dist).await;
+    let v = json(&c, &format!("{base}/v2/_catalog")).await;
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["interop/a", "interop/b"])
+    );
+    dist.stop();
+    let b = bucket(&root);
+    let all = keys(&b).await;
     for r in b.delete_many(&all).await.unwrap() {
         r.unwrap();
     }
