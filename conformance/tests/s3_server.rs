@@ -741,3 +741,36 @@ async fn distribution_and_drydock_serve_each_others_bucket() {
         r.unwrap();
     }
 }
+
+/// skopeo against the server on S3: an image and a multi-platform index (real tar
+/// layers) go in and come back byte for byte, also after a copy (`--all`) between two
+/// of its repositories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_round_trips_images_on_s3() {
+    clients::require("skopeo");
+    let fx = clients::blocking(|| clients::fixture(180)).await;
+    let (root, _dir, server) = serve("skopeo");
+    let host = server.addr.to_string();
+    clients::push_fixture(&fx, &host, "e2e/img").await;
+    clients::assert_pulls_back(&host, "e2e/img", "v1", fx.dir.path(), "v1").await;
+    clients::assert_pulls_back(&host, "e2e/img", "multi", fx.dir.path(), "multi").await;
+    clients::skopeo([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ])
+    .arg(format!("docker://{host}/e2e/img:multi"))
+    .arg(format!("docker://{host}/e2e/copy:multi"))
+    .run()
+    .await;
+    clients::assert_pulls_back(&host, "e2e/copy", "multi", fx.dir.path(), "multi").await;
+    assert_eq!(clients::list_tags(&host, "e2e/img").await, ["multi", "v1"]);
+    drop(server);
+    let b = bucket(&root);
+    let all = keys(&b).await;
+    for r in b.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
+}
