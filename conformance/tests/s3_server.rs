@@ -774,3 +774,58 @@ async fn skopeo_round_trips_images_on_s3() {
         r.unwrap();
     }
 }
+
+/// What does not run on S3 yet is refused, never half done against a local folder: the
+/// CLI's collector and maintenance exit with the reason, a configuration that turns the
+/// collector on does not start, and an artifact upload answers `405 UNSUPPORTED`
+/// leaving nothing in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_does_not_run_on_s3_yet_is_refused() {
+    let (root, dir, server) = serve("refused");
+    let cfg = dir.path().join("config.yml");
+    for args in [
+        &["garbage-collect"][..],
+        &["maintenance", "run"],
+        &["maintenance", "status"],
+    ] {
+        let out = std::process::Command::new(registry_binary())
+            .args(args)
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("does not run on storage.s3 yet"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
+    let stderr = refused_start(&format!("{yaml}gc:\n  enabled: true\n"));
+    assert!(
+        stderr.contains("configuration key gc.enabled: "),
+        "{stderr}"
+    );
+
+    let c = reqwest::Client::new();
+    let body = b"an artifact".to_vec();
+    let r = c
+        .put(server.url("/artifacts/main/t1/job/bin/file.bin"))
+        .header("digest", digest_of(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.text().await.unwrap().contains(r#""code":"UNSUPPORTED""#));
+    let b = bucket(&root);
+    let left = keys(&b).await;
+    assert!(
+        left.iter().all(|k| k.starts_with("drydock/")),
+        "the refused upload left {left:?}"
+    );
+    drop(server);
+    for r in b.delete_many(&left).await.unwrap() {
+        r.unwrap();
+    }
+}
