@@ -51,6 +51,9 @@
 //!   [`Driver::get`]/[`Driver::put`]/[`Driver::list`]/[`Driver::delete`]. With these, a
 //!   `Store` can stand on any driver (`Store::on_driver`); what still needs the
 //!   filesystem reaches it through `Store::fs`, which answers `Unsupported` on S3.
+//! - `gc/src/lock.rs`: on S3, `BucketLock`, a lock object taken with a create-only
+//!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, marked
+//!   expired on exit; the filesystem keeps `flock` (which a crash releases).
 //!
 //! Next:
 //! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
@@ -73,12 +76,10 @@
 //! - `artifacts/postprocess.rs`: copies inputs to local scratch with [`Driver::reader`],
 //!   runs the command there (scratch is always a local temp folder, outside the store),
 //!   and re-ingests the results with [`Driver::writer`].
-//! - `gc/src/lock.rs` (`flock` on `server.lock`): a lock object taken with a create-only
-//!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, removed
-//!   on exit; the filesystem keeps `flock` (which a crash releases).
 //! - `src/main.rs` (`create_dir_all` of the root, the admin socket): the root is created
 //!   by the filesystem driver's constructor; the admin socket stays a local file beside a
-//!   filesystem root (on S3 the CLI talks to the server's admin endpoint).
+//!   filesystem root (on S3 the CLI is to talk to the server's admin endpoint; today it
+//!   refuses).
 
 use std::fmt;
 use std::pin::Pin;
