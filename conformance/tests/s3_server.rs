@@ -417,7 +417,8 @@ fn forward(
 }
 
 /// The bucket's endpoint goes away under a running server: storage requests answer 503
-/// `UNAVAILABLE` and the log names the endpoint, `/v2/` still answers, a manifest push
+/// `UNAVAILABLE` and the log names the endpoint, `/v2/` and a manifest pulled before
+/// (held in memory) still answer, a manifest push
 /// that could not be written leaves nothing behind, and everything works again once the
 /// endpoint is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,9 +448,25 @@ async fn an_unreachable_bucket_is_503_and_leaves_nothing_half_written() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // A manifest pulled once before the outage (so the server holds it in memory).
+    let before = image_manifest((&digest, blob.len()), &[], r#","annotations":{"a":"b"}"#);
+    let put = c
+        .put(server.url("/v2/s3/outage/manifests/before"))
+        .header("content-type", OCI_MANIFEST)
+        .body(before.clone());
+    assert_eq!(status(put).await, 201);
+    let pull_before = || {
+        c.get(server.url("/v2/s3/outage/manifests/before"))
+            .header("accept", OCI_MANIFEST)
+    };
+    assert_eq!(status(pull_before()).await, 200);
 
     proxy.abort();
     assert!(proxy.await.unwrap_err().is_cancelled());
+    // Served from memory while the bucket is away.
+    let r = pull_before().send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), before);
     let r = c
         .get(server.url(&format!("/v2/s3/outage/blobs/{digest}")))
         .send()
