@@ -136,8 +136,9 @@ pub fn router(cleaner: Cleaner, maintenance: Maintenance) -> Router {
 
 /// Serves `router` on a unix socket at `path` (a stale socket file is replaced).
 pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> {
-    if path.exists() {
-        std::fs::remove_file(&path)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
     // Bound under a temporary name, made owner-only, then renamed into place: nobody
     // else can connect at any moment.
@@ -145,7 +146,11 @@ pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("sock.{}", std::process::id()));
+    // Unique per call, not only per process: servers started in one process on one root
+    // (the replica tests) bind at the same moment.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("sock.{}.{n}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener = tokio::net::UnixListener::bind(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
