@@ -559,15 +559,36 @@ async fn a_full_disk_turns_readyz_red() {
     let s = TestServer::start_on(root, config).await;
     let c = client();
     until_status(&c, &s.url("/readyz"), 200).await;
-    // Fill it: write until the filesystem refuses.
+    // Fill it: write until the filesystem refuses, and again after each look at
+    // /readyz: a probe caught mid-write when the disk filled removes its own file,
+    // and the page it frees must go to the filler, not to the next probe.
     let filler = s.root().join("filler");
-    {
+    let fill = || {
         use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&filler)
+            .unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
-    }
-    let body = until_status(&c, &s.url("/readyz"), 503).await;
+    };
+    fill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let body = loop {
+        let r = c.get(s.url("/readyz")).send().await.unwrap();
+        let got = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        if got == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz stayed at {got} ({body}) on a full disk, want 503"
+        );
+        fill();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(body.contains("No space left"), "{body}");
     std::fs::remove_file(&filler).unwrap();
     until_status(&c, &s.url("/readyz"), 200).await;
