@@ -264,21 +264,28 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
                 tracing::error!("{why}; stopping: another server owns the root now");
                 std::process::exit(1);
             };
-            let lock = gc::lock::BucketLock::acquire(
-                std::sync::Arc::new(s3),
-                gc::lock::BUCKET_LOCK_TTL,
-                lost,
-            )
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "storage.s3: bucket root s3://{}/{} is owned by another drydock process \
-                     ({e}); one server per root",
-                    c.bucket,
-                    c.rootdirectory
+            // Replicas share the root on purpose (replica mode): the database
+            // coordinates them, so the one-server lock is not taken.
+            let lock = if config.database.enabled {
+                None
+            } else {
+                let lock = gc::lock::BucketLock::acquire(
+                    std::sync::Arc::new(s3),
+                    gc::lock::BUCKET_LOCK_TTL,
+                    lost,
                 )
-            })?;
-            (None, None, Some(lock))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "storage.s3: bucket root s3://{}/{} is owned by another drydock \
+                         process ({e}); one server per root",
+                        c.bucket,
+                        c.rootdirectory
+                    )
+                })?;
+                Some(lock)
+            };
+            (None, None, lock)
         }
         None => {
             let root = config.storage.filesystem.rootdirectory.clone();
@@ -310,7 +317,9 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     let local = listener.local_addr()?;
     raise_open_files_limit(config.http.max_connections);
 
-    let state = registry::server::state_from_config(&config).map_err(anyhow::Error::msg)?;
+    let liveness = replica_liveness(&config).await?;
+    let state =
+        registry::server::state_coordinated(&config, liveness).map_err(anyhow::Error::msg)?;
     let metrics = state.metrics.clone();
     let gc::online::Online {
         router: app,
@@ -420,6 +429,26 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Replica mode (`database.enabled`, on a bucket: the configuration checks it): connects,
+/// migrates and registers before serving; the store's writers and removers then
+/// coordinate with every other replica through the database. `None` for one server.
+async fn replica_liveness(
+    config: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<dyn registry::liveness::Liveness>>> {
+    let db = &config.database;
+    if !db.enabled {
+        return Ok(None);
+    }
+    let pg = registry::coordination::Postgres::connect(db, config.gc.pending_ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("database: {}:{}/{}: {e}", db.host, db.port, db.dbname))?;
+    tracing::info!(
+        replica = pg.replica(),
+        "replica mode: coordinating through the database"
+    );
+    Ok(Some(std::sync::Arc::new(pg)))
 }
 
 /// Start-up warning when the registry is reachable from other hosts without TLS or

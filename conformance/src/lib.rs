@@ -140,11 +140,8 @@ impl TestServer {
             .tls
             .as_ref()
             .map(|t| registry::tls::Tls::from_config(t).expect("the test certificates load"));
-        let mut state = registry::server::state_from_config(&config)
+        let state = registry::server::state_coordinated(&config, liveness)
             .expect("the test configuration builds a store");
-        if let Some(l) = liveness {
-            state.store = state.store.with_liveness(l);
-        }
         let store = state.store.clone();
         let metrics = state.metrics.clone();
         let options = registry::server::ServeOptions {

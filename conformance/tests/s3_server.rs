@@ -846,3 +846,141 @@ async fn what_does_not_run_on_s3_yet_is_refused() {
         r.unwrap();
     }
 }
+
+/// `location` (absolute or a path) sent to `server` instead: another replica.
+fn on(server: &ServerProcess, location: &str) -> String {
+    let path = match location.strip_prefix("http://") {
+        Some(rest) => &rest[rest.find('/').unwrap_or(rest.len())..],
+        None => location,
+    };
+    server.url(path)
+}
+
+/// Replica mode in the binary: two `registry serve` processes on one bucket root and one
+/// PostgreSQL database (`database.enabled`). Both register with the database; a chunked
+/// upload whose POST, PATCHes and PUT alternate between them completes byte-exact; a
+/// manifest pushed through one is pulled at once through the other; a tag read through
+/// one and deleted through the other is gone on the first (no cache kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_a_bucket_and_a_database() {
+    let root = fresh_root("replicas");
+    let db = conformance::pg::fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  dbname: {}\n  \
+         sslmode: disable\n",
+        s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY")),
+        db.host,
+        db.port,
+        db.user,
+        db.dbname,
+    );
+    let cfg = write_config(dir.path(), &yaml);
+    let a = ServerProcess::spawn(&cfg);
+    let b = ServerProcess::spawn(&cfg);
+    for s in [&a, &b] {
+        assert!(
+            s.log_text()
+                .contains("replica mode: coordinating through the database"),
+            "{}",
+            s.log_text()
+        );
+    }
+    let replicas: i64 = conformance::pg::client(&db.dbname)
+        .await
+        .query_one("SELECT count(*) FROM drydock_replicas", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replicas, 2);
+    let c = reqwest::Client::new();
+    let repo = "replicas/app";
+
+    // A 7 MiB layer: POST on A, a PATCH on B, a PATCH on A, the PUT on B.
+    let layer = random_bytes(7 * MIB, 19);
+    let layer_digest = digest_of(&layer);
+    let r = c
+        .post(a.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut at = loc(&a, &r);
+    for (server, from, to) in [(&b, 0, 3 * MIB), (&a, 3 * MIB, 7 * MIB)] {
+        let r = c
+            .patch(on(server, &at))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{from}-{}", to - 1))
+            .body(layer[from..to].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
+        at = loc(server, &r);
+    }
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{}{sep}digest={layer_digest}", on(&b, &at)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // The config blob and the manifest through A, pulled at once through B.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = digest_of(&config);
+    let r = c
+        .post(a.url(&format!("/v2/{repo}/blobs/uploads/?digest={config_digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let manifest = image_manifest(
+        (&config_digest, config.len()),
+        &[(&layer_digest, layer.len())],
+        "",
+    );
+    let r = c
+        .put(a.url(&format!("/v2/{repo}/manifests/v1")))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let get = |s: &ServerProcess| {
+        c.get(s.url(&format!("/v2/{repo}/manifests/v1")))
+            .header("accept", OCI_MANIFEST)
+    };
+    let r = get(&b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), manifest);
+    let r = c
+        .get(b.url(&format!("/v2/{repo}/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == layer, "the layer differs on B");
+
+    // The tag, read through A (a cache would now hold it), deleted through B: gone on A.
+    let tags = |v: serde_json::Value| v["tags"].as_array().cloned().unwrap_or_default();
+    let list = a.url(&format!("/v2/{repo}/tags/list"));
+    assert_eq!(tags(json(&c, &list).await), ["v1"]);
+    assert_eq!(status(get(&a)).await, 200);
+    let del = c.delete(b.url(&format!("/v2/{repo}/manifests/v1")));
+    assert_eq!(status(del).await, 202);
+    assert_eq!(status(get(&a)).await, 404);
+    assert!(tags(json(&c, &list).await).is_empty());
+    drop((a, b));
+
+    let bk = bucket(&root);
+    let all: Vec<String> = keys(&bk).await;
+    for r in bk.delete_many(&all).await.unwrap() {
+        r.unwrap();
+    }
+    conformance::pg::drop_db(&db).await;
+}

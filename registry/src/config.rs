@@ -1016,7 +1016,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
-        check_database(&config.database)?;
+        check_database(&config)?;
         unknown.sort();
         let warned = fail_closed(&read, unknown, &from_env, &config.ignore)?;
         Ok(Loaded {
@@ -1074,23 +1074,24 @@ impl Config {
     }
 }
 
-/// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
-/// The `database:` section parses and is checked, but replica mode needs S3 storage,
-/// which drydock does not serve yet: enabling it stops start-up (fail closed).
-fn check_database(db: &crate::coordination::DatabaseConfig) -> Result<(), ConfigError> {
+/// The `database:` section is checked; replica mode (`database.enabled`) needs
+/// `storage.s3`: replicas share a bucket, and a filesystem root stays one server's.
+fn check_database(config: &Config) -> Result<(), ConfigError> {
+    let db = &config.database;
     db.check()
         .map_err(|(path, message)| ConfigError::Key { path, message })?;
-    if db.enabled {
+    if db.enabled && config.storage.s3.is_none() {
         return Err(ConfigError::Key {
             path: "database.enabled".into(),
-            message: "replica mode needs storage.s3, which drydock does not serve yet; a \
-                      single server needs no database (set it to false)"
+            message: "replica mode needs storage.s3 (replicas share a bucket; a filesystem \
+                      root is one server's and needs no database: set it to false)"
                 .into(),
         });
     }
     Ok(())
 }
 
+/// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
 fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
     let key = |i: usize, k: &str, message: String| ConfigError::Key {
         path: format!("notifications.endpoints[{i}].{k}"),

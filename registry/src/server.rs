@@ -41,6 +41,16 @@ use crate::store::{Store, StoreOptions};
 /// bucket (the binary checks it before it serves); an error says why the driver could
 /// not be built.
 pub fn state_from_config(config: &Config) -> Result<AppState, String> {
+    state_coordinated(config, None)
+}
+
+/// [`state_from_config`], the store's writers and removers coordinating through
+/// `liveness` when given (replica mode: PostgreSQL, shared by every replica, so the
+/// store keeps no cache).
+pub fn state_coordinated(
+    config: &Config,
+    liveness: Option<Arc<dyn crate::liveness::Liveness>>,
+) -> Result<AppState, String> {
     let metrics = config.metrics_enabled().then(crate::metrics::Metrics::new);
     let options = StoreOptions {
         manifest_max_bytes: config.oci.manifest_max_bytes,
@@ -66,6 +76,10 @@ pub fn state_from_config(config: &Config) -> Result<AppState, String> {
             }
             Store::new(driver, options)
         }
+    };
+    let store = match liveness {
+        Some(l) => store.with_liveness(l),
+        None => store,
     };
     let mut extra = Vec::new();
     for (k, values) in &config.http.headers {

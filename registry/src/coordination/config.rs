@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn the_section_parses_and_enabling_it_stops_start_up() {
+    fn the_section_parses_and_needs_s3_when_enabled() {
         use crate::config::{Config, ConfigError};
         let yaml = |enabled: bool| {
             format!(
@@ -222,6 +222,13 @@ mod tests {
         assert_eq!(path, "database.enabled");
         assert!(message.contains("storage.s3"), "{message}");
         assert!(!err.to_string().contains('\n'), "one line: {err}");
+        // On a bucket, replica mode is accepted.
+        let on_s3 = yaml(true).replace(
+            "  filesystem:\n    rootdirectory: /r\n",
+            "  s3:\n    region: r\n    bucket: b\n    accesskey: a\n    secretkey: s\n",
+        );
+        let l = Config::from_yaml(&on_s3, "t", Vec::<(String, String)>::new()).unwrap();
+        assert!(l.config.database.enabled && l.config.storage.s3.is_some());
         let bad = yaml(false).replace("sslmode: disable", "sslmode: verify-full");
         let err = Config::from_yaml(&bad, "t", Vec::<(String, String)>::new()).unwrap_err();
         assert!(err.to_string().contains("database.sslmode"), "{err}");
