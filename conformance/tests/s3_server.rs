@@ -124,6 +124,72 @@ fn loc(server: &ServerProcess, r: &reqwest::Response) -> String {
     }
 }
 
+/// A config blob pushed monolithically through `s`: its bytes and digest.
+async fn push_config(c: &reqwest::Client, s: &ServerProcess, repo: &str) -> (Vec<u8>, String) {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let digest = digest_of(&config);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    (config, digest)
+}
+
+/// `layer` (7 MiB) pushed in two chunks (3 and 4 MiB; 5 MiB parts: two parts of a
+/// multipart upload), its POST, two PATCHes and PUT sent to `via` in turn: its digest.
+async fn push_chunked(
+    c: &reqwest::Client,
+    via: [&ServerProcess; 4],
+    repo: &str,
+    layer: &[u8],
+) -> String {
+    let digest = digest_of(layer);
+    let r = c
+        .post(via[0].url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut at = loc(via[0], &r);
+    for (server, from, to) in [(via[1], 0, 3 * MIB), (via[2], 3 * MIB, 7 * MIB)] {
+        let r = c
+            .patch(on(server, &at))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{from}-{}", to - 1))
+            .body(layer[from..to].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
+        at = loc(server, &r);
+    }
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{}{sep}digest={digest}", on(via[3], &at)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    digest
+}
+
+/// `manifest` put through `s` under the tag `v1`.
+async fn put_manifest(c: &reqwest::Client, s: &ServerProcess, repo: &str, manifest: &str) {
+    let r = c
+        .put(s.url(&format!("/v2/{repo}/manifests/v1")))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
 /// Pushes, pulls and deletes an image through the real binary serving a bucket: a
 /// monolithic blob, a chunked one spanning two S3 parts (multipart upload), a manifest
 /// under a tag; everything lands under Distribution's keys in the bucket, reads (whole
@@ -135,58 +201,17 @@ async fn the_server_pushes_pulls_and_deletes_on_s3() {
     let c = reqwest::Client::new();
     let repo = "s3/app";
 
-    // A config blob, monolithic.
-    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-    let config_digest = digest_of(&config);
-    let r = c
-        .post(server.url(&format!("/v2/{repo}/blobs/uploads/?digest={config_digest}")))
-        .header("content-type", "application/octet-stream")
-        .body(config.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-
-    // A 7 MiB layer in two chunks (5 MiB parts: two parts of a multipart upload).
+    // A config blob, monolithic; a 7 MiB layer in two chunks; the manifest, under a tag.
+    let (config, config_digest) = push_config(&c, &server, repo).await;
     let layer = random_bytes(7 * MIB, 18);
-    let layer_digest = digest_of(&layer);
-    let r = c
-        .post(server.url(&format!("/v2/{repo}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut at = loc(&server, &r);
-    for (from, to) in [(0, 3 * MIB), (3 * MIB, 7 * MIB)] {
-        let r = c
-            .patch(&at)
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{from}-{}", to - 1))
-            .body(layer[from..to].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
-        at = loc(&server, &r);
-    }
-    complete(&c, &at, &layer_digest).await;
-
-    // The manifest, under a tag.
+    let layer_digest = push_chunked(&c, [&server; 4], repo, &layer).await;
     let manifest = image_manifest(
         (&config_digest, config.len()),
         &[(&layer_digest, layer.len())],
         "",
     );
     let manifest_digest = digest_of(manifest.as_bytes());
-    let r = c
-        .put(server.url(&format!("/v2/{repo}/manifests/v1")))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    put_manifest(&c, &server, repo, &manifest).await;
 
     // In the bucket, under Distribution's keys.
     let b = bucket(&root);
@@ -898,59 +923,15 @@ async fn two_replicas_share_a_bucket_and_a_database() {
 
     // A 7 MiB layer: POST on A, a PATCH on B, a PATCH on A, the PUT on B.
     let layer = random_bytes(7 * MIB, 19);
-    let layer_digest = digest_of(&layer);
-    let r = c
-        .post(a.url(&format!("/v2/{repo}/blobs/uploads/")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let mut at = loc(&a, &r);
-    for (server, from, to) in [(&b, 0, 3 * MIB), (&a, 3 * MIB, 7 * MIB)] {
-        let r = c
-            .patch(on(server, &at))
-            .header("content-type", "application/octet-stream")
-            .header("content-range", format!("{from}-{}", to - 1))
-            .body(layer[from..to].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-        assert_eq!(r.headers()["range"], format!("0-{}", to - 1).as_str());
-        at = loc(server, &r);
-    }
-    let sep = if at.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(format!("{}{sep}digest={layer_digest}", on(&b, &at)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-
+    let layer_digest = push_chunked(&c, [&a, &b, &a, &b], repo, &layer).await;
     // The config blob and the manifest through A, pulled at once through B.
-    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-    let config_digest = digest_of(&config);
-    let r = c
-        .post(a.url(&format!("/v2/{repo}/blobs/uploads/?digest={config_digest}")))
-        .header("content-type", "application/octet-stream")
-        .body(config.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let (config, config_digest) = push_config(&c, &a, repo).await;
     let manifest = image_manifest(
         (&config_digest, config.len()),
         &[(&layer_digest, layer.len())],
         "",
     );
-    let r = c
-        .put(a.url(&format!("/v2/{repo}/manifests/v1")))
-        .header("content-type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    put_manifest(&c, &a, repo, &manifest).await;
     let get = |s: &ServerProcess| {
         c.get(s.url(&format!("/v2/{repo}/manifests/v1")))
             .header("accept", OCI_MANIFEST)
