@@ -965,3 +965,36 @@ async fn two_replicas_share_a_bucket_and_a_database() {
     }
     conformance::pg::drop_db(&db).await;
 }
+
+/// Replica mode on a filesystem root is refused by the binary with one line naming
+/// `database.enabled` and `storage.s3`; nothing is served (filesystem replicas are not a
+/// supported deployment).
+#[test]
+fn a_database_without_s3_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n\
+         database:\n  enabled: true\n  host: 127.0.0.1\n  user: u\n  dbname: d\n",
+        dir.path().join("root").display()
+    );
+    let cfg = write_config(dir.path(), &yaml);
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(registry_binary())
+        .arg("serve")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("database.enabled"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("replica mode needs storage.s3"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(
+        !dir.path().join("root").exists(),
+        "a root was created: {stderr}"
+    );
+}
