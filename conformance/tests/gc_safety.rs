@@ -713,6 +713,132 @@ async fn every_interleaving(coordination: Coordination) {
     }
 }
 
+/// Two removers at once: retention's manifest pass holds its claim on the untagged M;
+/// meanwhile a collection that removes untagged manifests marks M unreached too. Its
+/// claim must be refused: were it granted, retention's release would let a push of M
+/// through (M present, 201) while the collection still deleted M after it.
+async fn two_removers_at_once(coordination: Coordination) {
+    let what = format!("retention and a collection claim M ({coordination:?})");
+    let (s, other, g, db) = setup_on(11, coordination).await;
+    // Retention on the writer's server, the collection on the other replica (if any).
+    let rs = other.as_ref().unwrap_or(&s);
+    let m: registry::Digest = g.m.digest.parse().expect("digest");
+    let retention_claimed = s
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::Claimed, Some(m.clone()));
+    let retention = tokio::spawn(run_remover(&s, Remover::Retention));
+    retention_claimed.arrived().await;
+    let gc_claimed = rs
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::Claimed, Some(m.clone()));
+    let mut cycle = tokio::spawn(run_remover(rs, Remover::GcUntagged));
+    let both = tokio::select! {
+        _ = gc_claimed.arrived() => true,
+        done = &mut cycle => { done.expect("cycle"); false }
+    };
+    retention_claimed.release();
+    retention.await.expect("retention");
+    // M's revision is gone with retention; the client puts M again by tag.
+    let acked = writer(&s, Writer::Retag, &g).run.await;
+    gc_claimed.release();
+    if both {
+        cycle.await.expect("cycle");
+    }
+    let acked = acked.expect("M put again after retention (its blobs are kept)");
+    check_acked(rs, &what, &acked).await;
+    assert!(!both, "{what}: two sessions held a claim on M at once");
+    check_store_whole(rs, &what, &g).await;
+    if let Some(db) = db {
+        conformance::pg::drop_db(&db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removers_never_hold_a_claim_on_one_digest_at_once() {
+    two_removers_at_once(Coordination::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removers_never_hold_one_claim_in_postgresql_or_across_replicas() {
+    two_removers_at_once(Coordination::Postgres).await;
+    two_removers_at_once(Coordination::TwoReplicas).await;
+}
+
+/// One collection removes the links of a blob shared by two repositories on two workers
+/// at once: its session claims the digest twice. A `HEAD` of the blob in either
+/// repository waits until both links are gone (then 404), never answering 200 between
+/// the first removal and the second (the retention soak saw a referrer's push refused
+/// for the empty config blob it had `HEAD`ed 84 ms before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_claimed_twice_by_one_collection_is_absent_until_both_links_are_gone() {
+    let s = TestServer::start_with(quiet).await;
+    let c = client();
+    let x = random_bytes(1024, 4242);
+    let digest = push_blob(&c, &s, REPO, &x).await;
+    push_blob(&c, &s, OTHER, &x).await;
+    let config = s.config.clone();
+    let root = s.stop().await;
+    let s = TestServer::start_on(root, config).await; // nothing pending
+    let hooks = s.store.liveness().hooks();
+    let d: registry::Digest = digest.parse().expect("digest");
+    let first = hooks.arm(Point::Claimed, Some(d.clone()));
+    let second = hooks.arm(Point::Claimed, Some(d.clone()));
+    let cycle = tokio::spawn(run_remover(&s, Remover::GcLinksAndBlobs));
+    first.arrived().await;
+    second.arrived().await;
+    // Both links are claimed; a HEAD in each repository meets the claims.
+    let waits: Vec<_> = (0..2)
+        .map(|_| hooks.arm(Point::PinWaits, Some(d.clone())))
+        .collect();
+    let head = |repo: &'static str| {
+        let (c, url) = (c.clone(), s.url(&format!("/v2/{repo}/blobs/{digest}")));
+        tokio::spawn(async move { c.head(url).send().await.expect("head").status().as_u16() })
+    };
+    let (mut h0, mut h1) = (head(REPO), head(OTHER));
+    for w in &waits {
+        w.arrived().await;
+    }
+    let again: Vec<_> = (0..2)
+        .map(|_| hooks.arm(Point::PinWaits, Some(d.clone())))
+        .collect();
+    for w in &waits {
+        w.release();
+    }
+    // The first link goes and its claim ends; the second is still claimed.
+    first.release();
+    let (mut a0, mut a1) = (None, None);
+    tokio::select! {
+        _ = async { again[0].arrived().await; again[1].arrived().await } => {}
+        r = &mut h0 => a0 = Some(r.expect("head")),
+        r = &mut h1 => a1 = Some(r.expect("head")),
+    }
+    let still_waiting = a0.is_none() && a1.is_none();
+    for w in &again {
+        w.release();
+    }
+    second.release();
+    cycle.await.expect("cycle");
+    let answers = [
+        match a0 {
+            Some(a) => a,
+            None => h0.await.expect("head"),
+        },
+        match a1 {
+            Some(a) => a,
+            None => h1.await.expect("head"),
+        },
+    ];
+    assert!(
+        still_waiting,
+        "a HEAD went on while the collection still held a claim on the blob (answers {answers:?})"
+    );
+    assert_eq!(answers, [404, 404], "the blob's links were both removed");
+}
+
 /// Issue 15, flow 1, as reported: an image's tag is deleted; a cycle that removes
 /// untagged manifests marks (M unreached); the client HEADs M and pushes an index over
 /// it as a new tag; the cycle goes on. M's config and layer must stay.

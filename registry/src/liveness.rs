@@ -13,8 +13,8 @@
 //!   not end it early: another client may have been told the same shared layer exists
 //!   and not have pushed its manifest yet.
 //! - A remover [`claims`](Removal::claim) a digest before deleting anything named by
-//!   it; the claim is refused for a pinned, journaled or pending digest, under the same
-//!   lock. A writer that pins a digest being deleted waits for the deletion to finish
+//!   it; the claim is refused for a pinned, journaled or pending digest, and for one
+//!   another session has claimed, under the same lock. A writer that pins a digest being deleted waits for the deletion to finish
 //!   and then finds it absent, so the client uploads it again.
 //!
 //! Protection is per digest here; the collector turns it into protection of everything
@@ -128,13 +128,13 @@ impl Removal {
     }
 
     /// Claims `digest` before deleting what it names. Refused (`None`) when the digest is
-    /// pinned, journaled in this session, or pending. Writers that pin the digest wait
+    /// pinned, claimed by another session, journaled in this session, or pending. Writers that pin the digest wait
     /// until the claim is released.
     pub async fn claim(&self, digest: &Digest) -> Result<Option<Claim>> {
         self.session().claim(digest, false).await
     }
 
-    /// A claim that only pinned digests refuse (the scrubber quarantining corrupt
+    /// A claim that only pinned (or elsewhere claimed) digests refuse (the scrubber quarantining corrupt
     /// content: recent or announced content is no less corrupt).
     pub async fn claim_unpinned(&self, digest: &Digest) -> Result<Option<Claim>> {
         self.session().claim(digest, true).await
@@ -219,7 +219,11 @@ struct State {
     /// The journals of the removal sessions open now, by session id.
     journals: HashMap<u64, HashSet<Digest>>,
     next_session: u64,
-    deleting: HashSet<Digest>,
+    /// Digests claimed now: the session holding them and how many claims it holds on
+    /// each. Another session's claim is refused (as PostgreSQL's advisory lock refuses
+    /// it): two holders would let the first release open the digest to writers while
+    /// the second still deletes it.
+    deleting: HashMap<Digest, (u64, usize)>,
     pending: HashMap<Digest, Instant>,
 }
 
@@ -243,7 +247,10 @@ impl Shared {
             let notified = self.released.notified();
             let busy = {
                 let mut st = self.lock();
-                let busy = digests.iter().find(|d| st.deleting.contains(*d)).cloned();
+                let busy = digests
+                    .iter()
+                    .find(|d| st.deleting.contains_key(*d))
+                    .cloned();
                 if busy.is_none() {
                     for d in digests {
                         *st.pins.entry(d.clone()).or_insert(0) += 1;
@@ -282,7 +289,14 @@ impl Shared {
     }
 
     fn release(&self, digest: &Digest) {
-        self.lock().deleting.remove(digest);
+        let mut st = self.lock();
+        if let Some((_, n)) = st.deleting.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                st.deleting.remove(digest);
+            }
+        }
+        drop(st);
         self.released.notify_waiters();
     }
 }
@@ -359,6 +373,10 @@ impl Session for LocalSession {
         let ttl = self.owner.pending_ttl;
         let mut st = self.owner.lock();
         let busy = st.pins.contains_key(digest)
+            || st
+                .deleting
+                .get(digest)
+                .is_some_and(|(session, _)| *session != self.id)
             || (!only_pins
                 && (st
                     .journals
@@ -368,7 +386,7 @@ impl Session for LocalSession {
         if busy {
             return Ok(None);
         }
-        st.deleting.insert(digest.clone());
+        st.deleting.entry(digest.clone()).or_insert((self.id, 0)).1 += 1;
         drop(st);
         Ok(Some(Claim::new(Box::new(LocalClaim {
             owner: self.owner.clone(),
@@ -453,6 +471,27 @@ mod tests {
 
     async fn claim_unpinned(r: &Removal, d: &Digest) -> Option<Claim> {
         r.claim_unpinned(d).await.unwrap()
+    }
+
+    /// A pin meets a digest one session claimed twice: it waits until both claims end.
+    #[tokio::test]
+    async fn a_pin_waits_for_every_claim_of_its_session() {
+        use futures::FutureExt;
+        let l = InProcess::new(Duration::from_secs(60));
+        let a = Digest::sha256(b"a");
+        let r = l.begin_removal().await.unwrap();
+        let c1 = claim(&r, &a).await.unwrap();
+        let c2 = claim(&r, &a).await.unwrap();
+        drop(c1);
+        assert!(
+            l.pin(vec![a.clone()]).now_or_never().is_none(),
+            "a pin went through while a claim was held"
+        );
+        drop(c2);
+        assert!(
+            l.pin(vec![a.clone()]).now_or_never().is_some(),
+            "a pin waited with no claim held"
+        );
     }
 
     #[tokio::test]

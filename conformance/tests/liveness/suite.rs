@@ -197,6 +197,76 @@ pub async fn a_writer_waits_for_a_deletion_and_finds_it_absent(make: Make) {
     r.end().await;
 }
 
+/// Two removal sessions at once (a collection and retention's manifest pass, say) may
+/// both want a digest: while one holds its claim the other is refused. Were both
+/// granted, the first release would let writers pin the digest and find it present
+/// while the second session still deletes it: an acknowledged push would lose it.
+pub async fn a_claimed_digest_is_refused_to_another_session(make: Make) {
+    let (a, b) = two(make, HOUR).await;
+    let x = d("x");
+    let r1 = a.begin_removal().await.unwrap();
+    let r2 = b.begin_removal().await.unwrap();
+    let c1 = r1
+        .claim(&x)
+        .await
+        .unwrap()
+        .expect("an unprotected digest is claimable");
+    let c2 = r2.claim(&x).await.unwrap();
+    let scrub = r2.claim_unpinned(&x).await.unwrap();
+    let (granted, scrub_granted) = (c2.is_some(), scrub.is_some());
+    for c in [c2, scrub].into_iter().flatten() {
+        c.release().await;
+    }
+    c1.release().await;
+    assert!(
+        !granted,
+        "a digest claimed by one session was claimed by another"
+    );
+    assert!(
+        !scrub_granted,
+        "a digest claimed by one session was claimed by another's scrubber"
+    );
+    // Once released, the other session may claim it.
+    let c2 = r2.claim(&x).await.unwrap();
+    assert!(
+        c2.is_some(),
+        "a released claim still refused another session"
+    );
+    c2.unwrap().release().await;
+    r1.end().await;
+    r2.end().await;
+}
+
+/// One session claiming a digest twice (its sweep removes the layer links of a shared
+/// blob in several repositories at once) holds it until both claims end: the first
+/// release must not open it to writers or to other sessions while the second still
+/// deletes (a HEAD answered 200 for a link deleted right after: the retention soak).
+pub async fn a_digest_claimed_twice_in_a_session_is_held_until_both_end(make: Make) {
+    let (a, b) = two(make, HOUR).await;
+    let x = d("x");
+    let r = a.begin_removal().await.unwrap();
+    let c1 = r.claim(&x).await.unwrap().expect("first claim");
+    let c2 = r
+        .claim(&x)
+        .await
+        .unwrap()
+        .expect("the session's second claim");
+    c1.release().await;
+    let r2 = b.begin_removal().await.unwrap();
+    let other = r2.claim(&x).await.unwrap();
+    let held = other.is_none();
+    if let Some(c) = other {
+        c.release().await;
+    }
+    c2.release().await;
+    assert!(held, "the first of two claims released the digest");
+    let c = r2.claim(&x).await.unwrap();
+    assert!(c.is_some(), "both claims released, the digest still held");
+    c.unwrap().release().await;
+    r.end().await;
+    r2.end().await;
+}
+
 /// A released claim lets a later pin through at once, and a remover's claim of a
 /// digest no one holds succeeds on any party.
 pub async fn released_claims_let_pins_through(make: Make) {
@@ -222,6 +292,8 @@ macro_rules! all_liveness_tests {
             extended_guards_release_everything,
             a_writer_waits_for_a_deletion_and_finds_it_absent,
             released_claims_let_pins_through,
+            a_claimed_digest_is_refused_to_another_session,
+            a_digest_claimed_twice_in_a_session_is_held_until_both_end,
         );
     };
 }
