@@ -3,7 +3,8 @@
 # podman, docker, CNCF Distribution's docker-registry, systemd-analyze, nginx, mkfs.ext4,
 # python3-venv),
 # puts oras-py in a virtual environment under target/ (never a global pip install),
-# starts a Ceph RGW on loopback for the S3 tests (scripts/rgw.sh; stopped on exit),
+# starts a Ceph RGW on loopback for the S3 tests (scripts/rgw.sh) and a PostgreSQL 15 for
+# the replica coordination tests (scripts/pg.sh), both stopped on exit,
 # builds the binaries the process tests spawn, then runs the whole workspace's tests
 # with --no-fail-fast and prints one line of totals at the end.
 # Fails loudly when something cannot be installed; no test is skipped.
@@ -51,10 +52,20 @@ if ! RGW_DIR=$(bash scripts/rgw.sh start); then
   echo "FATAL: could not start Ceph RGW (scripts/rgw.sh start); the S3 tests need it" >&2
   exit 1
 fi
-trap 'bash scripts/rgw.sh stop "$RGW_DIR"' EXIT
+PG_DIR=""
+trap 'bash scripts/rgw.sh stop "$RGW_DIR"; [ -z "$PG_DIR" ] || bash scripts/pg.sh stop "$PG_DIR"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
+
+# A real PostgreSQL 15 for the replica coordination tests (scripts/pg.sh): a fresh
+# cluster on a loopback port, its address exported for them, stopped by PID on exit.
+echo "== starting PostgreSQL"
+if ! PG_DIR=$(bash scripts/pg.sh start); then
+  echo "FATAL: could not start PostgreSQL (scripts/pg.sh start); the replica tests need it" >&2
+  exit 1
+fi
+eval "$(bash scripts/pg.sh env "$PG_DIR")"
 
 echo "== building"
 cargo build --workspace --bins

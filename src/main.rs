@@ -251,19 +251,59 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
         None => None,
     };
     gc::maintenance::validate(&config).map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
-    let root = config.storage.filesystem.rootdirectory.clone();
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create storage root {}", root.display()))?;
-    let Some(_lock) = RootLock::try_acquire(&root)
-        .with_context(|| format!("cannot lock storage root {}", root.display()))?
-    else {
-        let holder = RootLock::holder_pid(&root)
-            .map(|p| format!("pid {p}"))
-            .unwrap_or_else(|| "pid unknown".into());
-        bail!(
-            "storage root {} is owned by another drydock process ({holder}); one server per root",
-            root.display(),
-        );
+    // A filesystem root is created, locked (one server per root) and holds the admin
+    // socket; a bucket is checked (reachable, credentials accepted) and has neither lock
+    // nor socket yet (issue 18).
+    let (root, _lock, bucket_lock) = match &config.storage.s3 {
+        Some(c) => {
+            let s3 = registry::storage::s3::S3Driver::new(c.clone()).map_err(anyhow::Error::msg)?;
+            s3.check()
+                .await
+                .map_err(|e| anyhow::anyhow!("storage.s3: bucket {}: {e}", c.bucket))?;
+            let lost = |why: String| {
+                tracing::error!("{why}; stopping: another server owns the root now");
+                std::process::exit(1);
+            };
+            // Replicas share the root on purpose (replica mode): the database
+            // coordinates them, so the one-server lock is not taken.
+            let lock = if config.database.enabled {
+                None
+            } else {
+                let lock = gc::lock::BucketLock::acquire(
+                    std::sync::Arc::new(s3),
+                    gc::lock::BUCKET_LOCK_TTL,
+                    lost,
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "storage.s3: bucket root s3://{}/{} is owned by another drydock \
+                         process ({e}); one server per root",
+                        c.bucket,
+                        c.rootdirectory
+                    )
+                })?;
+                Some(lock)
+            };
+            (None, None, lock)
+        }
+        None => {
+            let root = config.storage.filesystem.rootdirectory.clone();
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("cannot create storage root {}", root.display()))?;
+            let Some(lock) = RootLock::try_acquire(&root)
+                .with_context(|| format!("cannot lock storage root {}", root.display()))?
+            else {
+                let holder = RootLock::holder_pid(&root)
+                    .map(|p| format!("pid {p}"))
+                    .unwrap_or_else(|| "pid unknown".into());
+                bail!(
+                    "storage root {} is owned by another drydock process ({holder}); one server per root",
+                    root.display(),
+                );
+            };
+            (Some(root), Some(lock), None)
+        }
     };
     let listener = match activated {
         Some(l) => tokio::net::TcpListener::from_std(l).context("socket-activated listener")?,
@@ -277,7 +317,9 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
     let local = listener.local_addr()?;
     raise_open_files_limit(config.http.max_connections);
 
-    let state = registry::server::state_from_config(&config);
+    let liveness = replica_liveness(&config).await?;
+    let state =
+        registry::server::state_coordinated(&config, liveness).map_err(anyhow::Error::msg)?;
     let metrics = state.metrics.clone();
     let gc::online::Online {
         router: app,
@@ -352,11 +394,18 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
             }
         });
     }
-    gc::admin::serve_socket(admin_socket(&root), gc::admin::router(cleaner, maintenance))
-        .await
-        .context("cannot open the admin socket")?;
+    if let Some(root) = &root {
+        gc::admin::serve_socket(admin_socket(root), gc::admin::router(cleaner, maintenance))
+            .await
+            .context("cannot open the admin socket")?;
+    }
     let shutdown = shutdown_signal()?;
-    tracing::info!(addr = %local, root = %root.display(), "drydock registry listening");
+    let storage = match (&root, &config.storage.s3) {
+        (Some(root), _) => root.display().to_string(),
+        (None, Some(c)) => format!("s3://{}/{}", c.bucket, c.rootdirectory),
+        (None, None) => String::new(),
+    };
+    tracing::info!(addr = %local, storage = %storage, "drydock registry listening");
     // The listener is bound (or was passed) and accepts into its backlog from here on.
     notify(&[sd_notify::NotifyState::Ready]);
     start_watchdog();
@@ -372,9 +421,34 @@ async fn serve(config: Config, activated: Option<std::net::TcpListener>) -> anyh
         drain_on_signal(health, delay, shutdown),
     )
     .await?;
-    let _ = std::fs::remove_file(admin_socket(&root));
+    if let Some(root) = &root {
+        let _ = std::fs::remove_file(admin_socket(root));
+    }
+    if let Some(lock) = bucket_lock {
+        lock.release().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Replica mode (`database.enabled`, on a bucket: the configuration checks it): connects,
+/// migrates and registers before serving; the store's writers and removers then
+/// coordinate with every other replica through the database. `None` for one server.
+async fn replica_liveness(
+    config: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<dyn registry::liveness::Liveness>>> {
+    let db = &config.database;
+    if !db.enabled {
+        return Ok(None);
+    }
+    let pg = registry::coordination::Postgres::connect(db, config.gc.pending_ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("database: {}:{}/{}: {e}", db.host, db.port, db.dbname))?;
+    tracing::info!(
+        replica = pg.replica(),
+        "replica mode: coordinating through the database"
+    );
+    Ok(Some(std::sync::Arc::new(pg)))
 }
 
 /// Start-up warning when the registry is reachable from other hosts without TLS or
@@ -409,13 +483,24 @@ struct GcArgs {
 
 /// The store of a CLI command that holds the root lock itself: it serves no reads, so
 /// it keeps no cache (and its removals invalidate nothing).
-fn offline_store(config: &Config) -> registry::Store {
-    registry::server::state_from_config(config)
+fn offline_store(config: &Config) -> anyhow::Result<registry::Store> {
+    Ok(registry::server::state_from_config(config)
+        .map_err(anyhow::Error::msg)?
         .store
-        .without_cache()
+        .without_cache())
+}
+
+/// The CLI's collector and maintenance work on a local root (its lock, its admin
+/// socket, the collector's walk): refused, with the reason, on `storage.s3` (issue 18).
+fn refuse_on_s3(config: &Config, what: &str) -> anyhow::Result<()> {
+    if config.storage.s3.is_some() {
+        bail!("{what} does not run on storage.s3 yet; the configuration names a bucket");
+    }
+    Ok(())
 }
 
 async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
+    refuse_on_s3(&config, "garbage-collect")?;
     let mut opts = gc::online::options(&config);
     opts.dry_run = args.dry_run;
     opts.remove_untagged = args.remove_untagged;
@@ -429,7 +514,7 @@ async fn garbage_collect(config: Config, args: GcArgs) -> anyhow::Result<()> {
     let lock = RootLock::try_acquire(&root)
         .with_context(|| format!("cannot lock storage root {}", root.display()))?;
     let report = match lock {
-        Some(_held) => gc::collect(&offline_store(&config), &opts, None).await?,
+        Some(_held) => gc::collect(&offline_store(&config)?, &opts, None).await?,
         None => {
             let socket = admin_socket(&root);
             tracing::info!(socket = %socket.display(), "a server owns this root; asking it to collect");
@@ -497,6 +582,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
             config,
         } => {
             let config = load_config(config.as_deref(), Some("info"))?;
+            refuse_on_s3(&config, "maintenance run")?;
             gc::maintenance::validate(&config)
                 .map_err(|e| anyhow::anyhow!("configuration key {e}"))?;
             let mut chosen = Vec::new();
@@ -514,7 +600,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot lock storage root {}", root.display()))?;
             let records: Vec<gc::maintenance::Record> = match lock {
                 Some(_held) => {
-                    let m = Maintenance::new(offline_store(&config), config.clone(), None);
+                    let m = Maintenance::new(offline_store(&config)?, config.clone(), None);
                     if chosen.is_empty() {
                         chosen = if auto || schedule.is_some() {
                             m.due(schedule.as_deref(), auto)
@@ -566,6 +652,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
         }
         MaintenanceAction::Status { json, config } => {
             let config = load_config(config.as_deref(), Some("warn"))?;
+            refuse_on_s3(&config, "maintenance status")?;
             let root = config.storage.filesystem.rootdirectory.clone();
             let records: Vec<_> = Task::ALL
                 .into_iter()

@@ -4,6 +4,7 @@
 //! the real filesystem store.
 
 pub mod auth;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,8 +91,46 @@ impl TestServer {
     }
 
     /// Starts a server on an existing root folder (kept alive by the returned server).
-    pub async fn start_on(root: tempfile::TempDir, mut config: Config) -> TestServer {
-        config.storage.filesystem.rootdirectory = root.path().to_path_buf();
+    pub async fn start_on(root: tempfile::TempDir, config: Config) -> TestServer {
+        TestServer::start_coordinated(root, config, None).await
+    }
+
+    /// [`TestServer::start_on`], its writers and removers coordinating through
+    /// `liveness` (PostgreSQL, say) instead of the in-process protocol when given.
+    pub async fn start_coordinated(
+        root: tempfile::TempDir,
+        config: Config,
+        liveness: Option<std::sync::Arc<dyn registry::liveness::Liveness>>,
+    ) -> TestServer {
+        TestServer::start_full(root, None, config, liveness).await
+    }
+
+    /// Another server on this one's storage root, coordinating through `liveness`: a
+    /// replica, as servers on one bucket are (the filesystem stands in for the bucket;
+    /// its one-server rule is the binary's, not the library's). Its admin socket is in
+    /// a folder of its own.
+    pub async fn start_replica(
+        &self,
+        liveness: std::sync::Arc<dyn registry::liveness::Liveness>,
+    ) -> TestServer {
+        let own = tempfile::tempdir().expect("temp dir");
+        TestServer::start_full(
+            own,
+            Some(self.root().to_path_buf()),
+            self.config.clone(),
+            Some(liveness),
+        )
+        .await
+    }
+
+    async fn start_full(
+        root: tempfile::TempDir,
+        storage: Option<PathBuf>,
+        mut config: Config,
+        liveness: Option<std::sync::Arc<dyn registry::liveness::Liveness>>,
+    ) -> TestServer {
+        config.storage.filesystem.rootdirectory =
+            storage.unwrap_or_else(|| root.path().to_path_buf());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -101,7 +140,8 @@ impl TestServer {
             .tls
             .as_ref()
             .map(|t| registry::tls::Tls::from_config(t).expect("the test certificates load"));
-        let state = registry::server::state_from_config(&config);
+        let state = registry::server::state_coordinated(&config, liveness)
+            .expect("the test configuration builds a store");
         let store = state.store.clone();
         let metrics = state.metrics.clone();
         let options = registry::server::ServeOptions {
@@ -470,6 +510,13 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, and waits for the process to exit (a clean stop).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().expect("wait for the registry")
     }
 
     /// kill -9.

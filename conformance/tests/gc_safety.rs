@@ -13,6 +13,7 @@
 mod common;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +21,9 @@ use conformance::{TestServer, client, digest_of, push_blob, random_bytes};
 use gc::Options;
 use gc::maintenance::Task;
 use registry::config::{Config, ImagePolicy};
+use registry::coordination::DatabaseConfig;
 use registry::hooks::Point;
+use registry::liveness::Liveness;
 
 const REPO: &str = "safe/app";
 const OTHER: &str = "safe/src";
@@ -81,7 +84,33 @@ async fn put(
 }
 
 /// Pushes the garbage, then restarts the server on the same root.
+/// Where the server under test keeps the liveness protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Coordination {
+    InProcess,
+    /// A replica on a fresh PostgreSQL database (`conformance::pg`).
+    Postgres,
+    /// Two replicas on one root and one database: the writes go through one, the
+    /// removers run on the other.
+    TwoReplicas,
+}
+
 async fn setup(seed: u64) -> (TestServer, Garbage) {
+    let (s, _, g, _) = setup_on(seed, Coordination::InProcess).await;
+    (s, g)
+}
+
+/// The server the writes go through, the other replica the removers run on (if any),
+/// the garbage, and the database (if any).
+async fn setup_on(
+    seed: u64,
+    coordination: Coordination,
+) -> (
+    TestServer,
+    Option<TestServer>,
+    Garbage,
+    Option<DatabaseConfig>,
+) {
     let s = TestServer::start_with(quiet).await;
     let c = client();
     let cfg =
@@ -110,9 +139,27 @@ async fn setup(seed: u64) -> (TestServer, Garbage) {
     push_blob(&c, &s, OTHER, &sb.bytes).await;
     let config = s.config.clone();
     let root = s.stop().await;
-    let s = TestServer::start_on(root, config).await;
+    let (db, mut replicas): (Option<DatabaseConfig>, Vec<Arc<dyn Liveness>>) = match coordination {
+        Coordination::InProcess => (None, Vec::new()),
+        Coordination::Postgres | Coordination::TwoReplicas => {
+            let n = if coordination == Coordination::Postgres {
+                1
+            } else {
+                2
+            };
+            let (cfg, l) = conformance::pg::livenesses(n, config.gc.pending_ttl).await;
+            (Some(cfg), l)
+        }
+    };
+    let other = (replicas.len() == 2).then(|| replicas.remove(1));
+    let s = TestServer::start_coordinated(root, config, replicas.pop()).await;
+    let other = match other {
+        Some(l) => Some(s.start_replica(l).await),
+        None => None,
+    };
     (
         s,
+        other,
         Garbage {
             m,
             c: cfg,
@@ -120,6 +167,7 @@ async fn setup(seed: u64) -> (TestServer, Garbage) {
             b,
             s: sb,
         },
+        db,
     )
 }
 
@@ -301,7 +349,7 @@ fn writer(s: &TestServer, w: Writer, g: &Garbage) -> Write {
                 match r.status().as_u16() {
                     201 => Some(vec![(REPO.into(), "blobs", g.s.digest.clone(), g.s.bytes)]),
                     202 => None, // not mounted: the client uploads it
-                    s => panic!("mount answered {s}"),
+                    s => panic!("mount answered {s}: {:?}", r.text().await),
                 }
             }),
         },
@@ -549,16 +597,20 @@ enum Order {
     WriterMeetsClaim,
 }
 
-async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
-    let what = format!("{w:?} x {r:?} ({order:?})");
+async fn scenario(seed: u64, w: Writer, r: Remover, order: Order, coordination: Coordination) {
+    let what = format!("{w:?} x {r:?} ({order:?}, {coordination:?})");
     eprintln!("scenario {what}");
-    let (s, g) = setup(seed).await;
+    let (s, other, g, db) = setup_on(seed, coordination).await;
     let write = writer(&s, w, &g);
+    // The remover's replica (the writer's own server when there is one server); every
+    // check reads through it.
+    let rs = other.as_ref().unwrap_or(&s);
     let hooks = s.store.liveness().hooks();
+    let rhooks = rs.store.liveness().hooks();
     let acked = match order {
         Order::RemoverMarkedFirst => {
-            let gate = hooks.arm(Point::Marked, None);
-            let remover = tokio::spawn(run_remover(&s, r));
+            let gate = rhooks.arm(Point::Marked, None);
+            let remover = tokio::spawn(run_remover(rs, r));
             gate.arrived().await;
             let acked = write.run.await;
             gate.release();
@@ -575,14 +627,14 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
             };
             assert!(held, "{what}: the write ended before its checks");
             // The write is held between its checks and its link: the remover runs whole.
-            run_remover(&s, r).await;
+            run_remover(rs, r).await;
             gate.release();
             writer.await.expect("writer")
         }
         Order::WriterMeetsClaim => {
             let digest: registry::Digest = write.claimed.parse().expect("digest");
-            let claimed = hooks.arm(Point::Claimed, Some(digest.clone()));
-            let mut remover = tokio::spawn(run_remover(&s, r));
+            let claimed = rhooks.arm(Point::Claimed, Some(digest.clone()));
+            let mut remover = tokio::spawn(run_remover(rs, r));
             let held = tokio::select! {
                 _ = claimed.arrived() => true,
                 done = &mut remover => { done.expect("remover"); false }
@@ -606,19 +658,46 @@ async fn scenario(seed: u64, w: Writer, r: Remover, order: Order) {
         }
     };
     // A later full cycle must not take it either (pending or reachable by now).
-    s.cleaner
+    rs.cleaner
         .run_now(&gc_options(true))
         .await
         .expect("later cycle");
     if let Some(acked) = &acked {
-        check_acked(&s, &what, acked).await;
+        check_acked(rs, &what, acked).await;
     }
-    check_store_whole(&s, &what, &g).await;
+    check_store_whole(rs, &what, &g).await;
+    if let Some(db) = db {
+        conformance::pg::drop_db(&db).await;
+    }
 }
 
 /// Every writer against every remover, in every dangerous order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told() {
+    every_interleaving(Coordination::InProcess).await;
+}
+
+/// The same, the server's writers and removers coordinating through PostgreSQL (the
+/// replicas' protocol, `registry::coordination`): its pins, journals, pending rows and
+/// claims under the real writers and the real sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interleaving_loses_anything_with_the_protocol_in_postgresql() {
+    every_interleaving(Coordination::Postgres).await;
+}
+
+/// The same across two replicas on one database: every write goes through replica A,
+/// every remover runs on replica B, paused at the same points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_interleaving_across_two_replicas_loses_anything() {
+    every_interleaving(Coordination::TwoReplicas).await;
+}
+
+async fn every_interleaving(coordination: Coordination) {
+    // The servers' warnings and errors (an internal error's cause) go with a failure.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let mut seed = 1000;
     for w in Writer::ALL {
         for r in Remover::ALL {
@@ -628,10 +707,136 @@ async fn no_interleaving_of_a_write_and_a_remover_loses_what_the_write_was_told(
                 Order::WriterMeetsClaim,
             ] {
                 seed += 7;
-                scenario(seed, w, r, order).await;
+                scenario(seed, w, r, order, coordination).await;
             }
         }
     }
+}
+
+/// Two removers at once: retention's manifest pass holds its claim on the untagged M;
+/// meanwhile a collection that removes untagged manifests marks M unreached too. Its
+/// claim must be refused: were it granted, retention's release would let a push of M
+/// through (M present, 201) while the collection still deleted M after it.
+async fn two_removers_at_once(coordination: Coordination) {
+    let what = format!("retention and a collection claim M ({coordination:?})");
+    let (s, other, g, db) = setup_on(11, coordination).await;
+    // Retention on the writer's server, the collection on the other replica (if any).
+    let rs = other.as_ref().unwrap_or(&s);
+    let m: registry::Digest = g.m.digest.parse().expect("digest");
+    let retention_claimed = s
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::Claimed, Some(m.clone()));
+    let retention = tokio::spawn(run_remover(&s, Remover::Retention));
+    retention_claimed.arrived().await;
+    let gc_claimed = rs
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::Claimed, Some(m.clone()));
+    let mut cycle = tokio::spawn(run_remover(rs, Remover::GcUntagged));
+    let both = tokio::select! {
+        _ = gc_claimed.arrived() => true,
+        done = &mut cycle => { done.expect("cycle"); false }
+    };
+    retention_claimed.release();
+    retention.await.expect("retention");
+    // M's revision is gone with retention; the client puts M again by tag.
+    let acked = writer(&s, Writer::Retag, &g).run.await;
+    gc_claimed.release();
+    if both {
+        cycle.await.expect("cycle");
+    }
+    let acked = acked.expect("M put again after retention (its blobs are kept)");
+    check_acked(rs, &what, &acked).await;
+    assert!(!both, "{what}: two sessions held a claim on M at once");
+    check_store_whole(rs, &what, &g).await;
+    if let Some(db) = db {
+        conformance::pg::drop_db(&db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removers_never_hold_a_claim_on_one_digest_at_once() {
+    two_removers_at_once(Coordination::InProcess).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removers_never_hold_one_claim_in_postgresql_or_across_replicas() {
+    two_removers_at_once(Coordination::Postgres).await;
+    two_removers_at_once(Coordination::TwoReplicas).await;
+}
+
+/// One collection removes the links of a blob shared by two repositories on two workers
+/// at once: its session claims the digest twice. A `HEAD` of the blob in either
+/// repository waits until both links are gone (then 404), never answering 200 between
+/// the first removal and the second (the retention soak saw a referrer's push refused
+/// for the empty config blob it had `HEAD`ed 84 ms before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_claimed_twice_by_one_collection_is_absent_until_both_links_are_gone() {
+    let s = TestServer::start_with(quiet).await;
+    let c = client();
+    let x = random_bytes(1024, 4242);
+    let digest = push_blob(&c, &s, REPO, &x).await;
+    push_blob(&c, &s, OTHER, &x).await;
+    let config = s.config.clone();
+    let root = s.stop().await;
+    let s = TestServer::start_on(root, config).await; // nothing pending
+    let hooks = s.store.liveness().hooks();
+    let d: registry::Digest = digest.parse().expect("digest");
+    let first = hooks.arm(Point::Claimed, Some(d.clone()));
+    let second = hooks.arm(Point::Claimed, Some(d.clone()));
+    let cycle = tokio::spawn(run_remover(&s, Remover::GcLinksAndBlobs));
+    first.arrived().await;
+    second.arrived().await;
+    // Both links are claimed; a HEAD in each repository meets the claims.
+    let waits: Vec<_> = (0..2)
+        .map(|_| hooks.arm(Point::PinWaits, Some(d.clone())))
+        .collect();
+    let head = |repo: &'static str| {
+        let (c, url) = (c.clone(), s.url(&format!("/v2/{repo}/blobs/{digest}")));
+        tokio::spawn(async move { c.head(url).send().await.expect("head").status().as_u16() })
+    };
+    let (mut h0, mut h1) = (head(REPO), head(OTHER));
+    for w in &waits {
+        w.arrived().await;
+    }
+    let again: Vec<_> = (0..2)
+        .map(|_| hooks.arm(Point::PinWaits, Some(d.clone())))
+        .collect();
+    for w in &waits {
+        w.release();
+    }
+    // The first link goes and its claim ends; the second is still claimed.
+    first.release();
+    let (mut a0, mut a1) = (None, None);
+    tokio::select! {
+        _ = async { again[0].arrived().await; again[1].arrived().await } => {}
+        r = &mut h0 => a0 = Some(r.expect("head")),
+        r = &mut h1 => a1 = Some(r.expect("head")),
+    }
+    let still_waiting = a0.is_none() && a1.is_none();
+    for w in &again {
+        w.release();
+    }
+    second.release();
+    cycle.await.expect("cycle");
+    let answers = [
+        match a0 {
+            Some(a) => a,
+            None => h0.await.expect("head"),
+        },
+        match a1 {
+            Some(a) => a,
+            None => h1.await.expect("head"),
+        },
+    ];
+    assert!(
+        still_waiting,
+        "a HEAD went on while the collection still held a claim on the blob (answers {answers:?})"
+    );
+    assert_eq!(answers, [404, 404], "the blob's links were both removed");
 }
 
 /// Issue 15, flow 1, as reported: an image's tag is deleted; a cycle that removes

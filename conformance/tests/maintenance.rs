@@ -766,7 +766,9 @@ async fn a_first_start_runs_no_task_until_its_period_has_passed() {
     );
     // The start is remembered in the root: another process (a restart) agrees.
     let again = Maintenance::new(
-        registry::server::state_from_config(&s.config).store,
+        registry::server::state_from_config(&s.config)
+            .expect("store")
+            .store,
         s.config.clone(),
         None,
     );

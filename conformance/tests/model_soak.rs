@@ -1515,9 +1515,12 @@ impl Client {
         }
         self.referrers.remove(&(repo, digest.clone()));
         self.settle();
-        // Gone for good: no flow may reuse it.
+        // Gone for good: no flow may reuse it, and what told the client it existed (a
+        // HEAD, a push by digest) no longer holds: a referrer of it made reachable
+        // again later does not bring it back.
         let k = (repo, digest);
         self.candidates.retain(|c| c != &k);
+        self.confirmed.remove(&k);
     }
 
     /// A referrer (an SBOM-like artifact: empty config, one unique layer) onto a live or

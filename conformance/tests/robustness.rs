@@ -95,7 +95,7 @@ async fn gc_disabled_starts_no_cycle_by_itself() {
     config.gc.enabled = false;
     config.gc.interval = Duration::from_secs(60);
     config.maintenance.enabled = false;
-    let state = registry::server::state_from_config(&config);
+    let state = registry::server::state_from_config(&config).expect("store");
     let online = gc::online::app(state, &config).unwrap();
     for _ in 0..3 {
         tokio::time::advance(Duration::from_secs(61)).await;

@@ -77,10 +77,11 @@ mod secs {
 
 /// The digests the server holds pending, read once the session is open (so a digest
 /// pending before it began is either here or journaled).
-fn liveness_pending(removal: Option<&liveness::Removal>) -> HashSet<Digest> {
-    removal
-        .map(|r| r.pending().into_iter().collect())
-        .unwrap_or_default()
+async fn liveness_pending(removal: Option<&liveness::Removal>) -> Result<HashSet<Digest>, GcError> {
+    Ok(match removal {
+        Some(r) => r.pending().await?.into_iter().collect(),
+        None => HashSet::default(),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,7 @@ pub(crate) fn is_young(modified: SystemTime, now: SystemTime, grace: Duration) -
 pub async fn collect(
     store: &Store,
     opts: &Options,
-    liveness: Option<&Arc<Liveness>>,
+    liveness: Option<&Arc<dyn Liveness>>,
 ) -> Result<Report, GcError> {
     collect_in(store, opts, liveness, &Scope::default()).await
 }
@@ -132,7 +133,7 @@ pub async fn collect(
 pub async fn collect_in(
     store: &Store,
     opts: &Options,
-    liveness: Option<&Arc<Liveness>>,
+    liveness: Option<&Arc<dyn Liveness>>,
     scope: &Scope,
 ) -> Result<Report, GcError> {
     let started = SystemTime::now();
@@ -146,17 +147,20 @@ pub async fn collect_in(
     }
     // The session (and its journal) opens before anything is looked at, and closes when
     // the blocking work returns, however the cycle ends.
-    let removal = liveness.map(|l| l.begin_removal());
+    let removal = match liveness {
+        Some(l) => Some(l.begin_removal().await?),
+        None => None,
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let artifact_roots = mark::artifact_roots(store).await?;
-    let inv = store.inventory();
+    let inv = store.inventory()?;
     let opts_owned = opts.clone();
     let scope = scope.clone();
+    let pending: HashSet<Digest> = liveness_pending(removal.as_ref()).await?;
     let result = tokio::task::spawn_blocking(move || {
         let opts = &opts_owned;
         let removal = removal.as_ref();
-        let pending: HashSet<Digest> = liveness_pending(removal);
         let marked = mark::mark_blocking(
             &inv,
             opts,

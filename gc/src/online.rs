@@ -72,7 +72,7 @@ pub fn app(mut state: AppState, config: &Config) -> Result<Online, String> {
         maintenance.set_notifier(n.clone());
     }
     let health = registry::health::Health::new(config);
-    health.start(config, state.store.fs().clone());
+    health.start(config, state.store.driver().clone());
     if let Some(m) = &metrics {
         cleaner.observe(Arc::new(GcMetrics(m.clone())));
         maintenance.set_metrics(m.clone());

@@ -74,9 +74,9 @@ struct Sweeper<'a> {
 }
 
 /// What a remover may do with one candidate.
-enum Decision<'a> {
+enum Decision {
     /// Remove it (the claim, in a server, ends when this is dropped).
-    Remove(Option<Claim<'a>>),
+    Remove(Option<Claim>),
     /// A write holds it: leave it.
     Refused,
 }
@@ -96,14 +96,14 @@ impl Sweeper<'_> {
     }
 
     /// Claims `digest` in a server; offline and in a dry run there is nothing to claim.
-    fn decide(&self, digest: &Digest) -> Decision<'_> {
-        match self.removal {
-            Some(r) if !self.opts.dry_run => match r.claim(digest) {
+    fn decide(&self, digest: &Digest) -> Result<Decision, GcError> {
+        Ok(match self.removal {
+            Some(r) if !self.opts.dry_run => match r.claim_blocking(digest)? {
                 Some(c) => Decision::Remove(Some(c)),
                 None => Decision::Refused,
             },
             _ => Decision::Remove(None),
-        }
+        })
     }
 
     /// Runs `delete` holding the claim `decision` (none offline); in a dry run, only
@@ -111,7 +111,7 @@ impl Sweeper<'_> {
     fn remove(
         &self,
         digest: &Digest,
-        claim: Option<Claim<'_>>,
+        claim: Option<Claim>,
         delete: impl FnOnce() -> registry::Result<()>,
     ) -> Result<(), GcError> {
         if self.opts.dry_run {
@@ -132,7 +132,7 @@ impl Sweeper<'_> {
         digest: &Digest,
         delete: impl FnOnce() -> registry::Result<()>,
     ) -> Result<bool, GcError> {
-        match self.decide(digest) {
+        match self.decide(digest)? {
             Decision::Remove(claim) => {
                 self.remove(digest, claim, delete)?;
                 Ok(true)
@@ -173,7 +173,7 @@ impl Sweeper<'_> {
         let mut claimed = Vec::new();
         let mut refused = Vec::new();
         for d in todo {
-            match self.decide(d) {
+            match self.decide(d)? {
                 Decision::Remove(c) => claimed.push((d, c)),
                 Decision::Refused => refused.push(d.clone()),
             }

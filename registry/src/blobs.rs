@@ -50,15 +50,16 @@ impl Store {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
-        let _pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let size = self.blob_size(name, digest).await?;
         if size.is_some() {
             self.liveness
                 .hooks()
                 .reach(Point::Checked, Some(digest))
                 .await;
-            self.liveness.pending_add([digest.clone()]);
+            self.liveness.pending_add(vec![digest.clone()]).await?;
         }
+        pin.finish().await?;
         Ok(size)
     }
 
@@ -123,7 +124,7 @@ impl Store {
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<Option<u64>> {
-        let _pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let size = match from {
             Some(from) => self.blob_size(from, digest).await?,
             None if self.options.mount_without_from => self.pool_blob_size(digest).await?,
@@ -138,8 +139,9 @@ impl Store {
                 .touch(&path_for(PathSpec::BlobData(digest)))
                 .await?;
             self.link_layer(name, digest).await?;
-            self.liveness.pending_add([digest.clone()]);
+            self.liveness.pending_add(vec![digest.clone()]).await?;
         }
+        pin.finish().await?;
         Ok(size)
     }
 

@@ -10,6 +10,10 @@
 //! Each map is bounded; when full it is emptied (entries are cheap to refill).
 //!
 //! Correct only while one process writes the root — the root lock guarantees it.
+//! Replicas on one bucket keep none ([`crate::Store::with_liveness`] on a shared
+//! protocol): a tag moved, a manifest deleted or a blob swept by another replica would
+//! be answered from a stale entry (and a stale blob size is a HEAD that says a swept
+//! blob exists, which the claim protocol relies on never happening).
 //!
 //! A process that serves no reads (the offline collector, CLI maintenance) uses
 //! [`Cache::off`]: it holds nothing, so its removals have nothing to invalidate.

@@ -60,6 +60,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub auth: AuthConfig,
     pub access: crate::access::AccessConfig,
+    /// Replica mode's coordination database (GitLab's `database:` keys).
+    pub database: crate::coordination::DatabaseConfig,
 }
 
 /// Distribution's `notifications:` section: webhooks for push, pull, mount and delete.
@@ -451,8 +453,13 @@ pub struct StorageConfig {
     /// Distribution's blob descriptor cache settings (accepted; drydock's caches are
     /// always on and always coherent).
     pub cache: BTreeMap<String, Value>,
-    /// Accepted for compatibility; the filesystem driver never redirects.
+    /// Accepted for compatibility; blob reads are served by drydock itself (no
+    /// redirect, on either driver).
     pub redirect: BTreeMap<String, Value>,
+    /// `storage.s3`, Distribution's keys, parsed once (see [`Config::from_yaml`]); when
+    /// set it is the driver and `filesystem` is not used.
+    #[serde(skip)]
+    pub s3: Option<crate::storage::s3::S3Config>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -787,7 +794,7 @@ pub enum NotHonoured {
 pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
     use NotHonoured::{Hint, Refuse};
     const DRIVER: NotHonoured =
-        Refuse("drydock has no such storage driver; it serves storage.filesystem");
+        Refuse("drydock has no such storage driver; it serves storage.filesystem and storage.s3");
     &[
         (
             "proxy",
@@ -821,7 +828,6 @@ pub const DISTRIBUTION_KEYS: &[(&str, NotHonoured)] = {
             "health.tcp",
             Refuse("drydock has no tcp health checks; an upstream failure would not show"),
         ),
-        ("storage.s3", DRIVER),
         ("storage.s3-aws", DRIVER),
         ("storage.azure", DRIVER),
         ("storage.gcs", DRIVER),
@@ -892,6 +898,21 @@ impl Config {
         let mut file: Value =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(source.to_owned(), e))?;
         normalize_auth(&mut file);
+        let given = |path: &[&str]| {
+            let mut v = &file;
+            path.iter().all(|k| match v.get(*k) {
+                Some(next) => {
+                    v = next;
+                    true
+                }
+                None => false,
+            })
+        };
+        let file_gives = [
+            given(&["storage", "filesystem"]),
+            given(&["gc", "enabled"]),
+            given(&["maintenance", "enabled"]),
+        ];
         let mut tree =
             serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
                 path: String::new(),
@@ -901,9 +922,11 @@ impl Config {
         let mut from_env: Vec<String> = Vec::new();
         // Shorter names first, so `REGISTRY_AUTH=htpasswd` selects the section before
         // `REGISTRY_AUTH_HTPASSWD_PATH` fills it in, whatever the environment's order.
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
+        let all_env: Vec<(String, String)> = env.into_iter().collect();
+        let mut env: Vec<(String, String)> = all_env
+            .iter()
             .filter(|(k, _)| k.starts_with("REGISTRY_"))
+            .cloned()
             .collect();
         env.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
         for (k, v) in env {
@@ -919,11 +942,21 @@ impl Config {
         let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string().replace("?.", ""));
         let read = tree.clone();
         let de = serde_ignored::Deserializer::new(tree, &mut note);
-        let config: Config =
+        let mut config: Config =
             serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
                 path: e.path().to_string(),
                 message: e.inner().to_string(),
             })?;
+        if let Some(v) = read.get("storage").and_then(|s| s.get("s3")) {
+            let explicit = |i: usize, key: &str| {
+                file_gives[i]
+                    || from_env
+                        .iter()
+                        .any(|e| is_under(e, key) || is_under(key, e))
+            };
+            config.storage.s3 = Some(s3_storage(&mut config, v, &all_env, explicit)?);
+            unknown.retain(|k| !is_under(k, "storage.s3"));
+        }
         crate::access::Policy::from_config(&config.access)
             .map_err(|(path, message)| ConfigError::Key { path, message })?;
         check_security(&config)?;
@@ -983,6 +1016,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
+        check_database(&config)?;
         unknown.sort();
         let warned = fail_closed(&read, unknown, &from_env, &config.ignore)?;
         Ok(Loaded {
@@ -1038,6 +1072,23 @@ impl Config {
             a.to_owned()
         }
     }
+}
+
+/// The `database:` section is checked; replica mode (`database.enabled`) needs
+/// `storage.s3`: replicas share a bucket, and a filesystem root stays one server's.
+fn check_database(config: &Config) -> Result<(), ConfigError> {
+    let db = &config.database;
+    db.check()
+        .map_err(|(path, message)| ConfigError::Key { path, message })?;
+    if db.enabled && config.storage.s3.is_none() {
+        return Err(ConfigError::Key {
+            path: "database.enabled".into(),
+            message: "replica mode needs storage.s3 (replicas share a bucket; a filesystem \
+                      root is one server's and needs no database: set it to false)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks `notifications.endpoints`: named uniquely, an http URL, durations that parse.
@@ -1104,6 +1155,59 @@ fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
 /// what was read): returns the keys to warn about, or the error naming the first key
 /// that stops start-up. An unread section whose parts the table decides one by one
 /// (`health`: `http` and `tcp` are refused, the rest is read) is looked into.
+/// Parses `storage.s3` and settles what a store on S3 cannot do yet (issue 18): the
+/// collector and the maintenance tasks still walk a local root, so they are off on S3
+/// when the configuration does not mention them and a start-up error when it turns them
+/// on; so is an artifact post-process command, and a `storage.filesystem` beside it
+/// (one driver, as in Distribution). `explicit(i, key)` tells whether the file (`i`
+/// indexes the keys checked in [`Config::from_yaml`]) or the environment set `key`.
+fn s3_storage(
+    config: &mut Config,
+    v: &Value,
+    env: &[(String, String)],
+    explicit: impl Fn(usize, &str) -> bool,
+) -> Result<crate::storage::s3::S3Config, ConfigError> {
+    let s3 = crate::storage::s3::S3Config::from_yaml(v, env.iter().cloned()).map_err(|e| {
+        ConfigError::Key {
+            path: e.key,
+            message: e.message,
+        }
+    })?;
+    let refuse = |path: &str, message: &str| ConfigError::Key {
+        path: path.into(),
+        message: message.into(),
+    };
+    if explicit(0, "storage.filesystem") {
+        return Err(refuse(
+            "storage.filesystem",
+            "is set beside storage.s3; give one storage driver",
+        ));
+    }
+    if explicit(1, "gc.enabled") && config.gc.enabled {
+        return Err(refuse(
+            "gc.enabled",
+            "the online collector does not run on storage.s3 yet; remove the key or set it \
+             to false",
+        ));
+    }
+    if explicit(2, "maintenance.enabled") && config.maintenance.enabled {
+        return Err(refuse(
+            "maintenance.enabled",
+            "maintenance tasks (gc, retention, uploads, scrub) do not run on storage.s3 yet; \
+             remove the key or set it to false",
+        ));
+    }
+    if config.artifacts.post_process.command.is_some() {
+        return Err(refuse(
+            "artifacts.post_process.command",
+            "artifact post-processing does not run on storage.s3 yet",
+        ));
+    }
+    config.gc.enabled = false;
+    config.maintenance.enabled = false;
+    Ok(s3)
+}
+
 fn fail_closed(
     tree: &Value,
     unknown: Vec<String>,
@@ -1613,6 +1717,71 @@ mod tests {
         assert!(e.contains("artifacts.post_process.filter"), "{e}");
     }
 
+    #[test]
+    fn storage_s3_is_the_driver_and_turns_off_what_does_not_run_on_it() {
+        const S3: &str = "storage:\n  s3:\n    region: r\n    bucket: b\n    \
+                          regionendpoint: http://127.0.0.1:9\n    accesskey: a\n    \
+                          secretkey: s\n    forcepathstyle: true\n";
+        let c = Config::from_yaml(S3, "t", env(&[])).unwrap().config;
+        let s3 = c.storage.s3.expect("storage.s3 parsed");
+        assert_eq!((s3.bucket.as_str(), s3.forcepathstyle), ("b", true));
+        assert!(!c.gc.enabled && !c.maintenance.enabled);
+        // From the environment, with credentials from AWS_* (Distribution's names).
+        let c = Config::from_yaml(
+            "",
+            "t",
+            env(&[
+                ("REGISTRY_STORAGE_S3_REGION", "r"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "env-b"),
+                ("AWS_ACCESS_KEY_ID", "a"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        let s3 = c.storage.s3.expect("storage.s3 from the environment");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.accesskey.as_deref()),
+            ("env-b", Some("a"))
+        );
+        for (extra, vars, key) in [
+            ("gc:\n  enabled: true\n", &[][..], "gc.enabled"),
+            ("", &[("REGISTRY_GC_ENABLED", "true")][..], "gc.enabled"),
+            (
+                "maintenance:\n  enabled: true\n",
+                &[],
+                "maintenance.enabled",
+            ),
+            (
+                "  filesystem:\n    rootdirectory: /x\n",
+                &[],
+                "storage.filesystem",
+            ),
+            (
+                "artifacts:\n  post_process:\n    command: 'true'\n",
+                &[],
+                "artifacts.post_process.command",
+            ),
+            (
+                "",
+                &[("REGISTRY_STORAGE_S3_ENCRYPT", "true")],
+                "storage.s3.encrypt",
+            ),
+            (
+                "",
+                &[("REGISTRY_STORAGE_S3_CHUNKSIZE", "1")],
+                "storage.s3.chunksize",
+            ),
+        ] {
+            let yaml = format!("{S3}{extra}");
+            let e = refusal(&yaml, vars).unwrap_or_else(|| panic!("{extra} {vars:?} started"));
+            assert!(e.starts_with(&format!("configuration key {key}: ")), "{e}");
+        }
+        // Turned off explicitly: fine.
+        let yaml = format!("{S3}gc:\n  enabled: false\nmaintenance:\n  enabled: false\n");
+        assert!(refusal(&yaml, &[]).is_none());
+    }
+
     fn refusal(yaml: &str, vars: &[(&str, &str)]) -> Option<String> {
         Config::from_yaml(yaml, "t", env(vars))
             .err()
@@ -1638,9 +1807,13 @@ mod tests {
                 &[],
                 "validation",
             ),
-            ("storage:\n  s3:\n    bucket: b\n", &[], "storage.s3"),
+            (
+                "storage:\n  azure:\n    container: b\n",
+                &[],
+                "storage.azure",
+            ),
             ("", &[("REGISTRY_PROXY_REMOTEURL", "https://x")], "proxy"),
-            ("", &[("REGISTRY_STORAGE_S3_BUCKET", "b")], "storage.s3"),
+            ("", &[("REGISTRY_STORAGE_GCS_BUCKET", "b")], "storage.gcs"),
             // A typo in the file is refused too.
             (
                 "storage:\n  delete:\n    enbled: true\n",

@@ -3,9 +3,10 @@
 //! otherwise; both are cheap (no disk access on the request) and unauthenticated:
 //!
 //! - `storage`: a background probe every `health.storagedriver.interval` writes a small
-//!   file under the root (temp name, fsync, rename: the real write path), reads it back
-//!   and removes it, within `timeout`; `threshold` consecutive failures turn it red (a
-//!   full disk, a read-only remount, a hung NFS mount). The answer is the last probe's.
+//!   object through the storage driver (on disk: temp name, fsync, rename, the real
+//!   write path; on S3: a PUT), reads it back and removes it, within `timeout`;
+//!   `threshold` consecutive failures turn it red (a full disk, a read-only remount, a
+//!   hung NFS mount, an unreachable bucket). The answer is the last probe's.
 //! - `file:<path>`: Distribution's file check: while the file exists, out of rotation.
 //! - `draining`: set on SIGTERM, before the listener stops accepting.
 //!
@@ -21,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::Config;
-use crate::storage::{FsDriver, PathSpec, path_for};
+use crate::storage::{Driver, PathSpec, PutMode, path_for};
 
 /// The readiness state of one server.
 pub struct Health {
@@ -46,7 +47,7 @@ impl Health {
 
     /// Starts the storage probe (when enabled) on the current runtime; the first probe
     /// runs at once.
-    pub fn start(self: &Arc<Self>, config: &Config, driver: FsDriver) {
+    pub fn start(self: &Arc<Self>, config: &Config, driver: Arc<dyn Driver>) {
         let c = &config.health.storagedriver;
         if !c.enabled {
             return;
@@ -55,7 +56,7 @@ impl Health {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let r = match tokio::time::timeout(timeout, probe(&driver)).await {
+                let r = match tokio::time::timeout(timeout, probe(driver.as_ref())).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {timeout:?}")),
                 };
@@ -139,17 +140,14 @@ impl Health {
 }
 
 /// Writes, reads back and removes the probe file.
-async fn probe(driver: &FsDriver) -> Result<(), String> {
+async fn probe(driver: &dyn Driver) -> Result<(), String> {
     let path = path_for(PathSpec::HealthProbe);
     let token = format!("{}\n", uuid::Uuid::new_v4());
     driver
-        .put_content(&path, token.clone().into_bytes())
+        .put(&path, token.clone().into(), PutMode::Overwrite)
         .await
         .map_err(|e| format!("write: {e}"))?;
-    let back = driver
-        .get_content(&path)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    let (back, _) = driver.get(&path).await.map_err(|e| format!("read: {e}"))?;
     if back != token.as_bytes() {
         return Err("read back something else than was written".into());
     }

@@ -21,6 +21,9 @@ pub enum Point {
     /// A write found a digest it pins claimed by a remover and is about to wait for the
     /// claim to end.
     PinWaits,
+    /// In the database: a write holds its digests' locks and has recorded its pins (and
+    /// journal entries) in a transaction it has not committed yet.
+    PinRecorded,
     /// An upload batch is about to be written on the writer pool, by a writer that
     /// holds its session's lock.
     Appending,
@@ -29,6 +32,12 @@ pub enum Point {
     /// A post-process command has exited and its outputs are hashed; nothing is in the
     /// pool yet.
     PostProcessed,
+    /// A tag's conditional removal (retention) has found the tag still what it decided
+    /// on, holds the tag's lock, and has not removed it yet.
+    TagChecked,
+    /// In the database: a tag's write or removal found the tag's lock held (by another
+    /// replica) and is about to wait for it.
+    TagWaits,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod blobs;
 pub mod cache;
 pub mod config;
+pub mod coordination;
 pub mod digest;
 #[cfg(test)]
 mod fuzz;

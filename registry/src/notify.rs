@@ -351,7 +351,7 @@ async fn write_batches(mut rx: mpsc::Receiver<Event>, endpoints: Vec<Arc<Endpoin
             if e.target.size.is_none()
                 && e.target.media_type.as_deref() == Some(BLOB_MEDIA_TYPE)
                 && let Some(d) = e.target.digest.as_deref().and_then(|d| d.parse().ok())
-                && let Ok(info) = store.fs().stat(&path_for(PathSpec::BlobData(&d))).await
+                && let Ok(info) = store.driver.stat(&path_for(PathSpec::BlobData(&d))).await
             {
                 e.target.size = Some(info.size);
                 e.target.length = Some(info.size);
@@ -470,14 +470,17 @@ impl Endpoint {
 
     /// Finds the queue files left by an earlier run (a restart, a crash).
     async fn load(&self) {
-        let names = self.store.fs().list(&self.dir).await.unwrap_or_default();
+        let names: Vec<String> = match self.store.driver.list(&self.dir).await {
+            Ok(entries) => entries.into_iter().map(|e| e.name).collect(),
+            Err(_) => Vec::new(),
+        };
         let mut found = Vec::new();
         for n in names {
             let Some(seq) = n.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) else {
                 continue;
             };
-            match self.store.fs().get_content(&self.file(seq)).await {
-                Ok(bytes) => match serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
+            match self.store.driver.get(&self.file(seq)).await {
+                Ok((bytes, _)) => match serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
                     Ok(events) => found.push((seq, events.len())),
                     Err(e) => {
                         tracing::error!(endpoint = %self.name, file = %self.file(seq), error = %e, "unreadable notification queue file left in place")
@@ -534,7 +537,16 @@ impl Endpoint {
             }
         };
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.store.fs().put_content(&self.file(seq), bytes).await {
+        if let Err(e) = self
+            .store
+            .driver
+            .put(
+                &self.file(seq),
+                bytes.into(),
+                crate::storage::PutMode::Overwrite,
+            )
+            .await
+        {
             tracing::error!(endpoint = %self.name, error = %e, "cannot queue notification events: dropped");
             return;
         }
@@ -553,8 +565,8 @@ impl Endpoint {
                 continue;
             };
             let path = self.file(seq);
-            let events: Vec<serde_json::Value> = match self.store.fs().get_content(&path).await {
-                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            let events: Vec<serde_json::Value> = match self.store.driver.get(&path).await {
+                Ok((b, _)) => serde_json::from_slice(&b).unwrap_or_default(),
                 Err(e) => {
                     tracing::error!(endpoint = %self.name, error = %e, "cannot read a queued notification file; skipped");
                     Vec::new()
@@ -580,7 +592,7 @@ impl Endpoint {
                 tracing::info!(endpoint = %self.name, "notification delivery works again");
             }
             failures = 0;
-            if let Err(e) = self.store.fs().delete(&path).await
+            if let Err(e) = self.store.driver.delete(&path).await
                 && !e.is_not_found()
             {
                 tracing::error!(endpoint = %self.name, error = %e, "cannot remove a delivered notification file");

@@ -99,10 +99,11 @@ impl Store {
         let Reference::Digest(d) = reference else {
             return self.get_manifest(name, reference).await;
         };
-        let _pin = self.liveness.pin(vec![d.clone()]).await;
+        let pin = self.liveness.pin(vec![d.clone()]).await?;
         let m = self.get_manifest(name, reference).await?;
         self.liveness.hooks().reach(Point::Checked, Some(d)).await;
-        self.liveness.pending_add([d.clone()]);
+        self.liveness.pending_add(vec![d.clone()]).await?;
+        pin.finish().await?;
         Ok(m)
     }
 
@@ -135,7 +136,7 @@ impl Store {
         let mut pinned: Vec<Digest> = m.blobs.iter().chain(&m.children).cloned().collect();
         pinned.extend(m.subject.iter().cloned());
         pinned.push(digest.clone());
-        let pin = self.liveness.pin(pinned).await;
+        let pin = self.liveness.pin(pinned).await?;
         for b in &m.blobs {
             if self.blob_size(name, b).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(b.clone()));
@@ -158,16 +159,17 @@ impl Store {
                 .await?;
         }
         if let Reference::Tag(tag) = reference {
-            let _tag = self.tag_locks.lock(name, tag).await;
+            let lock = self.lock_tag(name, tag).await?;
             self.write_link(PathSpec::TagIndexLink(name, tag, &digest), &digest)
                 .await?;
             self.write_link(PathSpec::TagCurrentLink(name, tag), &digest)
                 .await?;
+            lock.release().await;
         }
         if let Reference::Digest(_) = reference {
-            self.liveness.pending_add([digest.clone()]);
+            self.liveness.pending_add(vec![digest.clone()]).await?;
         }
-        drop(pin);
+        pin.finish().await?;
         Ok(PutManifest {
             digest,
             subject: m.subject,
@@ -179,11 +181,12 @@ impl Store {
     pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
         match reference {
             Reference::Tag(tag) => {
-                let _tag = self.tag_locks.lock(name, tag).await;
+                let lock = self.lock_tag(name, tag).await?;
                 if self.resolve_tag(name, tag).await?.is_none() {
                     return Err(Error::ManifestUnknown(tag.to_string()));
                 }
                 self.remove(PathSpec::TagDir(name, tag)).await?;
+                lock.release().await;
                 Ok(())
             }
             Reference::Digest(digest) => {
@@ -191,10 +194,11 @@ impl Store {
                     return Err(Error::ManifestUnknown(digest.to_string()));
                 }
                 for tag in self.tags(name).await? {
-                    let _tag = self.tag_locks.lock(name, &tag).await;
+                    let lock = self.lock_tag(name, &tag).await?;
                     if self.resolve_tag(name, &tag).await?.as_ref() == Some(digest) {
                         self.remove(PathSpec::TagDir(name, &tag)).await?;
                     }
+                    lock.release().await;
                 }
                 if let Some(body) = self.get_pool_content(digest).await?
                     && let Ok(m) = manifest::parse(&body, None)
@@ -220,7 +224,7 @@ impl Store {
         digest: &Digest,
         pushed: std::time::SystemTime,
     ) -> Result<bool> {
-        let _tag = self.tag_locks.lock(name, tag).await;
+        let lock = self.lock_tag(name, tag).await?;
         let link = path_for(PathSpec::TagCurrentLink(name, tag));
         let now = match self.driver.stat(&link).await {
             Ok(info) => info.modified,
@@ -228,9 +232,12 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         if now != pushed || self.resolve_tag(name, tag).await?.as_ref() != Some(digest) {
+            lock.release().await;
             return Ok(false);
         }
+        self.liveness.hooks().reach(Point::TagChecked, None).await;
         self.remove(PathSpec::TagDir(name, tag)).await?;
+        lock.release().await;
         Ok(true)
     }
 

@@ -31,29 +31,56 @@ use tower::ServiceExt;
 use crate::api::AppState;
 use crate::config::{Config, TimeoutsConfig};
 use crate::metrics::Metrics;
-use crate::storage::FsDriver;
+use crate::storage::metered::Metered;
+use crate::storage::s3::S3Driver;
+use crate::storage::{Driver, FsDriver};
 use crate::store::{Store, StoreOptions};
 
-/// Builds the shared state of a server from its configuration.
-pub fn state_from_config(config: &Config) -> AppState {
+/// Builds the shared state of a server from its configuration: a store on the S3
+/// driver when `storage.s3` is set, else on the filesystem root. Makes no request to a
+/// bucket (the binary checks it before it serves); an error says why the driver could
+/// not be built.
+pub fn state_from_config(config: &Config) -> Result<AppState, String> {
+    state_coordinated(config, None)
+}
+
+/// [`state_from_config`], the store's writers and removers coordinating through
+/// `liveness` when given (replica mode: PostgreSQL, shared by every replica, so the
+/// store keeps no cache).
+pub fn state_coordinated(
+    config: &Config,
+    liveness: Option<Arc<dyn crate::liveness::Liveness>>,
+) -> Result<AppState, String> {
     let metrics = config.metrics_enabled().then(crate::metrics::Metrics::new);
-    let mut driver = FsDriver::new(config.storage.filesystem.rootdirectory.clone());
-    if let Some(m) = &metrics {
-        driver = driver.with_metrics(m.storage.clone());
-    }
-    let store = Store::new(
-        driver,
-        StoreOptions {
-            manifest_max_bytes: config.oci.manifest_max_bytes,
-            mount_without_from: config.oci.mount_without_from,
-            pending_ttl: config.gc.pending_ttl,
-            post_process: crate::artifacts::PostProcess::from_config(
-                &config.artifacts.post_process,
-            ),
-            direct_writes: config.storage.filesystem.directwrites,
-            max_uploads: config.oci.max_uploads,
-        },
-    );
+    let options = StoreOptions {
+        manifest_max_bytes: config.oci.manifest_max_bytes,
+        mount_without_from: config.oci.mount_without_from,
+        pending_ttl: config.gc.pending_ttl,
+        post_process: crate::artifacts::PostProcess::from_config(&config.artifacts.post_process),
+        direct_writes: config.storage.filesystem.directwrites,
+        max_uploads: config.oci.max_uploads,
+    };
+    let store = match &config.storage.s3 {
+        Some(c) => {
+            let s3 = S3Driver::new(c.clone()).map_err(|e| format!("storage.s3: {e}"))?;
+            let mut driver: Arc<dyn Driver> = Arc::new(s3);
+            if let Some(m) = &metrics {
+                driver = Arc::new(Metered::new(driver, m.storage.clone()));
+            }
+            Store::on_driver(driver, options)
+        }
+        None => {
+            let mut driver = FsDriver::new(config.storage.filesystem.rootdirectory.clone());
+            if let Some(m) = &metrics {
+                driver = driver.with_metrics(m.storage.clone());
+            }
+            Store::new(driver, options)
+        }
+    };
+    let store = match liveness {
+        Some(l) => store.with_liveness(l),
+        None => store,
+    };
     let mut extra = Vec::new();
     for (k, values) in &config.http.headers {
         for v in values {
@@ -71,7 +98,7 @@ pub fn state_from_config(config: &Config) -> AppState {
     if let Some(m) = &metrics {
         m.watch_cache(store.cache().clone());
     }
-    AppState {
+    Ok(AppState {
         store,
         metrics,
         delete_enabled: config.storage.delete.enabled,
@@ -80,7 +107,7 @@ pub fn state_from_config(config: &Config) -> AppState {
         extra_headers: Arc::new(extra),
         on_delete: None,
         manifest_memory: crate::api::manifest_memory(config.oci.manifest_memory),
-    }
+    })
 }
 
 /// How [`serve`] serves connections.

@@ -5,14 +5,14 @@
 //! Blobs, manifests, tag and layer links and upload sessions are read and written
 //! through the trait only. The modules not yet moved onto it (issue 18: `inventory`,
 //! the catalog walk, `artifacts` beyond their uploads, notifications, maintenance
-//! records, the health probe) still call the filesystem driver's own methods through
-//! [`Store::fs`].
+//! records) still call the filesystem driver's own methods through [`Store::fs`], which
+//! a store on S3 does not have: there they answer [`Error::Unsupported`].
 
 use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::liveness::Liveness;
+use crate::liveness::{InProcess, Liveness};
 use crate::storage::{Driver, FsDriver, PathSpec, PutMode, path_for};
 use crate::upload::Sessions;
 use crate::{Error, Result};
@@ -54,11 +54,12 @@ pub struct Store {
     /// metrics).
     pub(crate) driver: Arc<dyn Driver>,
     /// The same filesystem root through its own methods, for the modules not yet on the
-    /// trait (see the module docs).
-    pub(crate) fs: FsDriver,
+    /// trait (see the module docs); `None` on another backend, where those modules
+    /// answer [`Error::Unsupported`].
+    pub(crate) fs_root: Option<FsDriver>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) options: Arc<StoreOptions>,
-    pub(crate) liveness: Arc<Liveness>,
+    pub(crate) liveness: Arc<dyn Liveness>,
     pub(crate) cache: Arc<Cache>,
     pub(crate) artifacts: Arc<crate::artifacts::Locks>,
     /// Serialises the writes of one tag (push, delete, retention's conditional delete).
@@ -78,6 +79,21 @@ impl Default for TagLocks {
     }
 }
 
+/// A tag's locks: this process's stripe, and the database's when replicas share the
+/// store. Released on drop; [`TagGuard::release`] returns once other replicas can take it.
+pub(crate) struct TagGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<Box<dyn crate::liveness::Held>>,
+}
+
+impl TagGuard<'_> {
+    pub(crate) async fn release(mut self) {
+        if let Some(h) = self.shared.take() {
+            h.release().await;
+        }
+    }
+}
+
 impl TagLocks {
     pub(crate) async fn lock(
         &self,
@@ -91,17 +107,38 @@ impl TagLocks {
     }
 }
 
+/// `fs` calling the `Appending` test hook of `liveness` before each batch it writes.
+fn hooked(fs: FsDriver, liveness: &Arc<dyn Liveness>) -> FsDriver {
+    let live = liveness.clone();
+    fs.with_append_hook(move || {
+        live.hooks()
+            .reach_blocking(crate::hooks::Point::Appending, None)
+    })
+}
+
 impl Store {
     pub fn new(fs: FsDriver, options: StoreOptions) -> Store {
-        let liveness = Arc::new(Liveness::new(options.pending_ttl));
-        let live = liveness.clone();
-        let fs = fs.with_append_hook(move || {
-            live.hooks()
-                .reach_blocking(crate::hooks::Point::Appending, None)
-        });
+        let liveness: Arc<dyn Liveness> = Arc::new(InProcess::new(options.pending_ttl));
+        let fs = hooked(fs, &liveness);
+        Store::build(fs.as_driver(), Some(fs), options, liveness)
+    }
+
+    /// A store on any driver (an S3 bucket): the modules not yet on the trait answer
+    /// [`Error::Unsupported`] (see the module docs).
+    pub fn on_driver(driver: Arc<dyn Driver>, options: StoreOptions) -> Store {
+        let liveness: Arc<dyn Liveness> = Arc::new(InProcess::new(options.pending_ttl));
+        Store::build(driver, None, options, liveness)
+    }
+
+    fn build(
+        driver: Arc<dyn Driver>,
+        fs_root: Option<FsDriver>,
+        options: StoreOptions,
+        liveness: Arc<dyn Liveness>,
+    ) -> Store {
         Store {
-            driver: fs.as_driver(),
-            fs,
+            driver,
+            fs_root,
             sessions: Arc::new(Sessions::default()),
             liveness,
             cache: Arc::new(Cache::default()),
@@ -125,9 +162,15 @@ impl Store {
         &self.driver
     }
 
-    /// The filesystem driver's own methods, for the modules not yet on [`Store::driver`].
-    pub fn fs(&self) -> &FsDriver {
-        &self.fs
+    /// The filesystem driver's own methods, for the modules not yet on [`Store::driver`];
+    /// [`Error::Unsupported`] when the store is on another backend.
+    pub fn fs(&self) -> Result<&FsDriver> {
+        self.fs_root.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "this operation is not available on the {} storage driver yet",
+                self.driver.name()
+            ))
+        })
     }
 
     /// The cache in front of the small reads (its lookup counts feed the metrics).
@@ -139,9 +182,45 @@ impl Store {
         &self.options
     }
 
-    /// The pins, journal and pending set shared with an in-process collector.
-    pub fn liveness(&self) -> &Arc<Liveness> {
+    /// The pins, journal and pending set shared with the removers (in this process, or
+    /// every replica's through the database).
+    pub fn liveness(&self) -> &Arc<dyn Liveness> {
         &self.liveness
+    }
+
+    /// This store coordinating its writers and removers through `liveness`. On a
+    /// protocol shared with other servers (replicas) it keeps no cache: another replica's
+    /// writes and removals would leave it stale (see [`crate::cache`]).
+    pub fn with_liveness(mut self, liveness: Arc<dyn Liveness>) -> Store {
+        if liveness.shared() {
+            self.cache = Arc::new(Cache::off());
+        }
+        // The writers' test hook follows the protocol's hooks.
+        if let Some(fs) = self.fs_root.take() {
+            let fs = hooked(fs, &liveness);
+            self.driver = fs.as_driver();
+            self.fs_root = Some(fs);
+        }
+        self.liveness = liveness;
+        self
+    }
+
+    /// Serialises the writes of `name:tag` within this process and, for replicas, with
+    /// every other replica (retention's check-then-remove against a push elsewhere).
+    pub(crate) async fn lock_tag(
+        &self,
+        name: &crate::names::RepoName,
+        tag: &crate::names::Tag,
+    ) -> Result<TagGuard<'_>> {
+        let local = self.tag_locks.lock(name, tag).await;
+        let shared = self
+            .liveness
+            .lock_tag(&format!("{}:{}", name.as_str(), tag.as_str()))
+            .await?;
+        Ok(TagGuard {
+            _local: local,
+            shared,
+        })
     }
 
     /// Reads a link file (`sha256:<hex>`); `None` when it does not exist.

@@ -307,7 +307,7 @@ impl Store {
             }
         }
         let size = w.size();
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         match w
             .commit(digest, &path_for(PathSpec::BlobData(digest)))
             .await
@@ -327,8 +327,8 @@ impl Store {
             .reach(Point::Checked, Some(digest))
             .await;
         self.link_layer(name, digest).await?;
-        self.liveness.pending_add([digest.clone()]);
-        drop(pin);
+        self.liveness.pending_add(vec![digest.clone()]).await?;
+        pin.finish().await?;
         self.discard_upload(name, id).await?;
         Ok(size)
     }
@@ -338,11 +338,22 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let _guard = self.lock_session(session).await;
-        if !self.remove(PathSpec::UploadDir(name, &id)).await? {
-            self.sessions.forget(name, &id);
+        // A flushed writer may hold state outside the folder's keys (a multipart upload
+        // on S3, which no listing shows and which the bucket bills): cancel it first.
+        let data = path_for(PathSpec::UploadData(name, &id));
+        let cancelled = match self.driver.writer(&data, WriterStart::Resume).await {
+            Ok(w) => {
+                w.cancel().await?;
+                true
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        let removed = self.remove(PathSpec::UploadDir(name, &id)).await?;
+        self.sessions.forget(name, &id);
+        if !(removed || cancelled) {
             return Err(Error::BlobUploadUnknown);
         }
-        self.sessions.forget(name, &id);
         Ok(())
     }
 
@@ -432,8 +443,8 @@ impl Store {
         data: PathBuf,
         digest: &Digest,
     ) -> Result<(PinGuard, bool)> {
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
-        let pool = self.fs.full(&path_for(PathSpec::BlobData(digest)));
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
+        let pool = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
         let reused = tokio::task::spawn_blocking(move || commit_to_pool(&data, &pool))
             .await
             .map_err(Error::internal)?
@@ -466,7 +477,7 @@ impl Store {
             Some(d) => d.clone(),
             None => w.sha256().await.map_err(write_err)?,
         };
-        let pin = self.liveness.pin(vec![digest.clone()]).await;
+        let pin = self.liveness.pin(vec![digest.clone()]).await?;
         let committed = match w
             .commit(&digest, &path_for(PathSpec::BlobData(&digest)))
             .await

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use registry::Store;
 use registry::config::Config;
-use registry::storage::{PathSpec, path_for};
+use registry::storage::{PathSpec, PutMode, path_for};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -401,8 +401,8 @@ impl Maintenance {
             if let Err(e) = self
                 .inner
                 .store
-                .fs()
-                .put_content(&path, format!("{now}\n").into_bytes())
+                .driver()
+                .put(&path, format!("{now}\n").into(), PutMode::Overwrite)
                 .await
             {
                 tracing::error!(error = %e, "cannot record the maintenance schedule start");
@@ -416,7 +416,13 @@ impl Maintenance {
         let path = path_for(PathSpec::MaintenanceRecord(record.task.name()));
         match serde_json::to_vec_pretty(record) {
             Ok(bytes) => {
-                if let Err(e) = self.inner.store.fs().put_content(&path, bytes).await {
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .driver()
+                    .put(&path, bytes.into(), PutMode::Overwrite)
+                    .await
+                {
                     tracing::error!(error = %e, "cannot write the maintenance record");
                 }
             }

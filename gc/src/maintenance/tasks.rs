@@ -184,14 +184,22 @@ pub struct ScrubSummary {
 /// are reported.
 pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
     let mut out = ScrubSummary::default();
-    let removal = store.liveness().begin_removal();
+    let removal = store
+        .liveness()
+        .begin_removal()
+        .await
+        .map_err(|e| e.to_string())?;
     for blob in store.pool_blobs().await.map_err(|e| e.to_string())? {
         let d: &Digest = &blob.digest;
         match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
             BlobHealth::Ok => {}
             BlobHealth::Missing => continue,
             BlobHealth::Corrupt { actual } => {
-                let claim = (!dry_run).then(|| removal.claim_unpinned(d)).flatten();
+                let claim = if dry_run {
+                    None
+                } else {
+                    removal.claim_unpinned(d).await.map_err(|e| e.to_string())?
+                };
                 let quarantined_to = match claim {
                     Some(_claim) => Some(
                         store

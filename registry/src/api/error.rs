@@ -51,6 +51,11 @@ pub enum Error {
     /// 5xx status, instead of a bare internal error.
     #[error("the registry is out of storage space: {0}")]
     StorageFull(String),
+    /// The storage backend did not answer (a bucket's endpoint down or unreachable):
+    /// 503 with Distribution's `UNAVAILABLE` code; the log names the endpoint, the
+    /// client is told only that storage is unavailable.
+    #[error("the registry's storage is unavailable; try again later")]
+    StorageUnavailable,
     #[error("invalid number of results requested: {0}")]
     PaginationNumberInvalid(String),
     #[error("not found")]
@@ -90,6 +95,7 @@ impl Error {
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::StorageFull(_) => "UNKNOWN",
+            Error::StorageUnavailable => "UNAVAILABLE",
             Error::PaginationNumberInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::NotFound => "NOT_FOUND",
             Error::Conflict(_) => "DENIED",
@@ -121,6 +127,7 @@ impl Error {
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Internal(_) | Error::PostProcessFailed { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -185,6 +192,10 @@ impl From<crate::storage::DriverError> for Error {
                 Error::StorageFull("no space left on the device".into())
             }
             DriverError::DigestMismatch { .. } => Error::DigestInvalid(e.to_string()),
+            DriverError::Unavailable { endpoint, message } => {
+                tracing::error!(%endpoint, error = %message, "storage backend unavailable");
+                Error::StorageUnavailable
+            }
             _ => Error::Internal(e.to_string()),
         }
     }

@@ -177,8 +177,8 @@ impl Store {
         spec: PathSpec<'_>,
     ) -> Result<Option<T>> {
         let path = path_for(spec);
-        match self.fs.get_content(&path).await {
-            Ok(b) => serde_json::from_slice(&b)
+        match self.driver.get(&path).await {
+            Ok((b, _)) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| Error::Internal(format!("corrupt record {path}: {e}"))),
             Err(e) if e.is_not_found() => Ok(None),
@@ -189,7 +189,13 @@ impl Store {
     /// Writes a small JSON record atomically.
     pub(crate) async fn write_json<T: Serialize>(&self, spec: PathSpec<'_>, v: &T) -> Result<()> {
         let data = serde_json::to_vec_pretty(v).map_err(Error::internal)?;
-        self.fs.put_content(&path_for(spec), data).await?;
+        self.driver
+            .put(
+                &path_for(spec),
+                data.into(),
+                crate::storage::PutMode::Overwrite,
+            )
+            .await?;
         Ok(())
     }
 }

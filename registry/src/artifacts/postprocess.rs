@@ -128,7 +128,7 @@ impl Store {
     async fn finalize_detached(&self, f: &FormatId) -> Result<Finalized> {
         let _format = self.lock_format(f).await;
         if !self
-            .fs
+            .fs()?
             .stat(&path_for(PathSpec::ArtifactFormat(f)))
             .await
             .is_ok_and(|i| i.is_dir)
@@ -158,7 +158,7 @@ impl Store {
         };
         let _tree = self.artifacts.tree.read().await;
         if self
-            .fs
+            .fs()?
             .exists(&path_for(PathSpec::ArtifactFormat(f)))
             .await?
         {
@@ -192,11 +192,11 @@ impl Store {
             return Ok(());
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let work = ScratchDir::new(self.fs.full(&path_for(PathSpec::ArtifactScratchEntry(
+        let work = ScratchDir::new(self.fs()?.full(&path_for(PathSpec::ArtifactScratchEntry(
             Scratch::Work,
             &id,
         ))));
-        let outputs = ScratchDir::new(self.fs.full(&path_for(PathSpec::ArtifactScratchEntry(
+        let outputs = ScratchDir::new(self.fs()?.full(&path_for(PathSpec::ArtifactScratchEntry(
             Scratch::Work,
             &format!("{id}.out"),
         ))));
@@ -217,11 +217,12 @@ impl Store {
         out: &mut Finalized,
     ) -> Result<()> {
         // Private copies: a real copy of each pool blob, never a hard link.
+        let fs = self.fs()?;
         let copies: Vec<(PathBuf, PathBuf)> = files
             .iter()
             .map(|e| {
                 (
-                    self.fs.full(&path_for(PathSpec::BlobData(&e.digest))),
+                    fs.full(&path_for(PathSpec::BlobData(&e.digest))),
                     work.join(e.path.as_str()),
                 )
             })
@@ -296,7 +297,7 @@ impl Store {
         // Commit: move each new content into the pool, then repoint its link.
         let _tree = self.artifacts.tree.read().await;
         if !self
-            .fs
+            .fs()?
             .exists(&path_for(PathSpec::ArtifactFormat(f)))
             .await?
         {
@@ -307,8 +308,8 @@ impl Store {
             let (pin, _) = self.commit_file_pinned(c.file, &c.digest).await?;
             self.write_link(PathSpec::ArtifactLink(f, &c.path), &c.digest)
                 .await?;
-            self.liveness.pending_add([c.digest.clone()]);
-            drop(pin);
+            self.liveness.pending_add(vec![c.digest.clone()]).await?;
+            pin.finish().await?;
             if c.added {
                 out.added.push(c.path.to_string());
             } else {

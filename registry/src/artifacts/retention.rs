@@ -149,7 +149,7 @@ impl Store {
         ] {
             for id in self.list(PathSpec::ArtifactScratchDir(kind)).await? {
                 let mut newest = match self
-                    .fs
+                    .fs()?
                     .stat(&path_for(PathSpec::ArtifactScratchEntry(kind, &id)))
                     .await
                 {
@@ -158,7 +158,7 @@ impl Store {
                 };
                 if kind == Scratch::Uploads
                     && let Ok(i) = self
-                        .fs
+                        .fs()?
                         .stat(&path_for(PathSpec::ArtifactUploadData(&id)))
                         .await
                 {
@@ -167,7 +167,7 @@ impl Store {
                 let stale = now.duration_since(newest).is_ok_and(|age| age > max_age);
                 if stale {
                     match self
-                        .fs
+                        .fs()?
                         .delete(&path_for(PathSpec::ArtifactScratchEntry(kind, &id)))
                         .await
                     {

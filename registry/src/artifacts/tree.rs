@@ -270,7 +270,7 @@ impl Store {
     }
 
     async fn stat_opt(&self, spec: PathSpec<'_>) -> Result<Option<FileInfo>> {
-        match self.fs.stat(&path_for(spec)).await {
+        match self.fs()?.stat(&path_for(spec)).await {
             Ok(i) => Ok(Some(i)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -288,7 +288,7 @@ impl Store {
     /// Every file of a subtree with its digest (links removed meanwhile are skipped).
     pub(crate) async fn walk_links(&self, scope: Scope<'_>) -> Result<Vec<LinkEntry>> {
         let files = self
-            .fs
+            .fs()?
             .walk_files(&path_for(scope.spec()), ARTIFACT_LINK)
             .await?;
         let found: Vec<(FormatId, FilePath, SystemTime)> = files
@@ -321,7 +321,7 @@ impl Store {
     /// How many files a subtree holds (without reading their links).
     pub(crate) async fn count_artifact_links(&self, scope: Scope<'_>) -> Result<usize> {
         Ok(self
-            .fs
+            .fs()?
             .walk_files(&path_for(scope.spec()), ARTIFACT_LINK)
             .await?
             .len())
@@ -433,7 +433,7 @@ impl Store {
         self.check_tag_writable(&f.branch, &f.tag).await?;
         self.check_placement(f, path).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let scratch = ScratchDir::new(self.fs.full(&path_for(PathSpec::ArtifactScratchEntry(
+        let scratch = ScratchDir::new(self.fs()?.full(&path_for(PathSpec::ArtifactScratchEntry(
             Scratch::Uploads,
             &id,
         ))));
@@ -476,8 +476,8 @@ impl Store {
             self.write_json(PathSpec::ArtifactFormatMeta(f), &meta)
                 .await?;
         }
-        self.liveness.pending_add([digest.clone()]);
-        drop(pin);
+        self.liveness.pending_add(vec![digest.clone()]).await?;
+        pin.finish().await?;
         tracing::info!(%digest, size, reused, "artifact stored");
         Ok(PutArtifact {
             digest,
@@ -742,9 +742,9 @@ impl Store {
         let files = self.count_artifact_links(scope).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let trash = path_for(PathSpec::ArtifactScratchEntry(Scratch::Trash, &id));
-        self.fs.rename(&path_for(scope.spec()), &trash).await?;
+        self.fs()?.rename(&path_for(scope.spec()), &trash).await?;
         drop(tree);
-        if let Err(e) = self.fs.delete(&trash).await
+        if let Err(e) = self.fs()?.delete(&trash).await
             && !e.is_not_found()
         {
             tracing::warn!(error = %e, path = trash, "cannot remove deleted artifacts");

@@ -42,11 +42,12 @@ pub struct PoolShard {
 
 impl Store {
     /// A handle for the blocking walk of a collection (cheap to clone and send).
-    pub fn inventory(&self) -> Inventory {
-        Inventory {
-            root: self.fs.root().to_path_buf(),
+    /// [`Error::Unsupported`] on a store that is not on the filesystem driver.
+    pub fn inventory(&self) -> Result<Inventory> {
+        Ok(Inventory {
+            root: self.fs()?.root().to_path_buf(),
             cache: self.cache.clone(),
-        }
+        })
     }
 }
 

@@ -34,7 +34,7 @@ pub struct PoolBlob {
 impl Store {
     /// Every repository folder that holds manifests, layer links or uploads, sorted.
     pub async fn repositories_all(&self) -> Result<Vec<RepoName>> {
-        let inv = self.inventory();
+        let inv = self.inventory()?;
         tokio::task::spawn_blocking(move || inv.repositories())
             .await
             .map_err(Error::internal)?
@@ -53,7 +53,7 @@ impl Store {
 
     /// The `<alg>/<hex>/link` files below `dir`, with their modification time.
     async fn links_with_time(&self, dir: PathSpec<'_>) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self.fs.walk_files(&path_for(dir), "link").await?;
+        let files = self.fs()?.walk_files(&path_for(dir), "link").await?;
         Ok(files
             .into_iter()
             .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
@@ -63,7 +63,7 @@ impl Store {
     /// Every blob in the pool.
     pub async fn pool_blobs(&self) -> Result<Vec<PoolBlob>> {
         let files = self
-            .fs
+            .fs()?
             .walk_files(&path_for(PathSpec::BlobsRoot), "data")
             .await?;
         Ok(files
@@ -88,7 +88,7 @@ impl Store {
     /// entries naming it, its entry in its subject's referrers index, and its own
     /// referrers index (see [`Inventory::remove_revision`]).
     pub async fn remove_revision(&self, name: &RepoName, digest: &Digest) -> Result<()> {
-        let inv = self.inventory();
+        let inv = self.inventory()?;
         let (name, digest) = (name.clone(), digest.clone());
         tokio::task::spawn_blocking(move || inv.remove_revision(&name, &digest, None))
             .await
@@ -167,11 +167,11 @@ impl Store {
     /// file's and its folder's modification times (the epoch when none is readable).
     async fn upload_last_active(&self, repo: &RepoName, id: &str) -> SystemTime {
         let started = self
-            .fs
-            .get_content(&path_for(PathSpec::UploadStartedAt(repo, id)))
+            .driver
+            .get(&path_for(PathSpec::UploadStartedAt(repo, id)))
             .await
             .ok()
-            .and_then(|b| {
+            .and_then(|(b, _)| {
                 time::OffsetDateTime::parse(
                     String::from_utf8_lossy(&b).trim(),
                     &time::format_description::well_known::Rfc3339,
@@ -179,8 +179,13 @@ impl Store {
                 .ok()
             })
             .map(SystemTime::from);
-        let mtime =
-            |spec| async move { self.fs.stat(&path_for(spec)).await.ok().map(|i| i.modified) };
+        let mtime = |spec| async move {
+            self.driver
+                .stat(&path_for(spec))
+                .await
+                .ok()
+                .map(|i| i.modified)
+        };
         let data = mtime(PathSpec::UploadData(repo, id)).await;
         let dir = mtime(PathSpec::UploadDir(repo, id)).await;
         [started, data, dir]
@@ -214,7 +219,7 @@ impl Store {
 
     /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
     pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
-        let path = self.fs.full(&path_for(PathSpec::BlobData(digest)));
+        let path = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
         let algorithm = digest.algorithm();
         let hashed = tokio::task::spawn_blocking(move || {
             crate::upload::hash_file(&path, algorithm).map(|(_, h)| h.finish())
@@ -238,18 +243,18 @@ impl Store {
             .unwrap_or(0);
         let to = path_for(PathSpec::Quarantine(digest, secs));
         let r = self
-            .fs
+            .fs()?
             .rename(&path_for(PathSpec::BlobDir(digest)), &to)
             .await;
         self.cache.invalidate_blob(digest);
         r?;
-        Ok(self.fs.full(&to))
+        Ok(self.fs()?.full(&to))
     }
 
     /// Whether the pool has a blob, asking the disk (not the cache).
     pub async fn pool_blob_on_disk(&self, digest: &Digest) -> Result<bool> {
         Ok(self
-            .fs
+            .fs()?
             .exists(&path_for(PathSpec::BlobData(digest)))
             .await?)
     }
@@ -259,7 +264,7 @@ impl Store {
         let mut out = Vec::new();
         for tag in self.tags(name).await? {
             let link = path_for(PathSpec::TagCurrentLink(name, &tag));
-            let Ok(info) = self.fs.stat(&link).await else {
+            let Ok(info) = self.fs()?.stat(&link).await else {
                 continue;
             };
             if let Some(d) = self.resolve_tag(name, &tag).await? {

@@ -39,14 +39,21 @@
 //!   state with its own state. Completion is [`Writer::commit`] with the digest and the
 //!   pool key (verify, fsync/complete, move into the pool; when the pool has the blob
 //!   already, touch it and drop the copy). Artifact uploads take the same writer.
-//!   Still open: `cancel_upload` deletes the session folder without cancelling the
-//!   writer (on S3 that leaves the multipart upload for the uploads task to abort).
+//!   `cancel_upload` cancels the writer (on S3: aborts the multipart upload) before
+//!   it deletes the session folder.
 //! - `blobs.rs`: [`Driver::reader`] (mapped windows stay the filesystem reader; a
 //!   ranged GET on S3), [`Driver::touch`], [`Driver::stat`]/[`Driver::get`]/
 //!   [`Driver::put`]; `store.rs` (`read_link`, `write_link`, `remove`, `list`): the same
 //!   calls on the trait object, which `Store` holds as `Arc<dyn Driver>`.
 //! - `repository.rs` catalog walk: [`Driver::list`] level by level, 16 folders at a
 //!   time ([`Driver::walk`] under `repositories/` would list every link on S3).
+//! - `notify.rs` queues, `artifacts` records, maintenance records, the health probe:
+//!   [`Driver::get`]/[`Driver::put`]/[`Driver::list`]/[`Driver::delete`]. With these, a
+//!   `Store` can stand on any driver (`Store::on_driver`); what still needs the
+//!   filesystem reaches it through `Store::fs`, which answers `Unsupported` on S3.
+//! - `gc/src/lock.rs`: on S3, `BucketLock`, a lock object taken with a create-only
+//!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, marked
+//!   expired on exit; the filesystem keeps `flock` (which a crash releases).
 //!
 //! Next:
 //! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
@@ -69,13 +76,10 @@
 //! - `artifacts/postprocess.rs`: copies inputs to local scratch with [`Driver::reader`],
 //!   runs the command there (scratch is always a local temp folder, outside the store),
 //!   and re-ingests the results with [`Driver::writer`].
-//! - `gc/src/lock.rs` (`flock` on `server.lock`): a lock object taken with a create-only
-//!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, removed
-//!   on exit; the filesystem keeps `flock` (which a crash releases).
-//! - `gc/src/maintenance/mod.rs` records: [`Driver::get`]/[`Driver::put`].
 //! - `src/main.rs` (`create_dir_all` of the root, the admin socket): the root is created
 //!   by the filesystem driver's constructor; the admin socket stays a local file beside a
-//!   filesystem root (on S3 the CLI talks to the server's admin endpoint).
+//!   filesystem root (on S3 the CLI is to talk to the server's admin endpoint; today it
+//!   refuses).
 
 use std::fmt;
 use std::pin::Pin;

@@ -111,10 +111,19 @@ fn in_dir_with<T>(
 ) -> DriverResult<T> {
     let mut tries = 0;
     loop {
-        if synced {
-            create_dir_all_synced(dir)?;
+        // A concurrent delete can prune a parent between the creation of the parent and
+        // of its child (both empty for that moment): made again, like the file below.
+        let made: DriverResult<()> = if synced {
+            create_dir_all_synced(dir).map_err(Into::into)
         } else {
-            std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| ioe(dir, e))
+        };
+        match made {
+            Err(DriverError::NotFound(_)) if tries < CREATE_RETRIES => {
+                tries += 1;
+                continue;
+            }
+            r => r?,
         }
         match create() {
             Err(DriverError::NotFound(_)) if tries < CREATE_RETRIES => tries += 1,

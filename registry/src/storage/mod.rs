@@ -439,7 +439,12 @@ fn walk_sync(
         if ft.is_dir() {
             walk_sync(&entry.path(), &child_rel, file_name, out)?;
         } else if name == file_name {
-            let m = entry.metadata().map_err(|e| StorageError::io(dir, e))?;
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                // Removed since the folder was read (the collector, a delete): not there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(dir, e)),
+            };
             out.push((
                 child_rel,
                 FileInfo {

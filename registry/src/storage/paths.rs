@@ -107,6 +107,9 @@ pub enum PathSpec<'a> {
     ReferrerLink(&'a RepoName, &'a Digest, &'a Digest),
     /// Where drydock keeps its own state (locks, admin socket, maintenance records).
     DrydockDir,
+    /// The root's owner: a `flock`ed file on disk, a lock object with an expiry in a
+    /// bucket.
+    ServerLock,
     /// Where the scrubber moves a corrupt pool blob (digest, unix time of the move).
     Quarantine(&'a Digest, u64),
     /// A maintenance task's last-run record.
@@ -189,6 +192,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         ReferrerDir(n, s, r) => format!("{}/_referrers/{}/{}", repo(n), dig(s), dig(r)),
         ReferrerLink(n, s, r) => format!("{}/link", path_for(ReferrerDir(n, s, r))),
         DrydockDir => "drydock".to_owned(),
+        ServerLock => "drydock/server.lock".to_owned(),
         Quarantine(d, t) => format!(
             "drydock/quarantine/{}/{}-{t}",
             d.algorithm().as_str(),
@@ -301,6 +305,7 @@ mod tests {
                 format!("{r}/_referrers/sha256/{}/sha256/{h}/link", s.hex()),
             ),
             (DrydockDir, "drydock".into()),
+            (ServerLock, "drydock/server.lock".into()),
             (
                 Quarantine(&d, 7),
                 format!("drydock/quarantine/sha256/{h}-7"),

@@ -571,6 +571,30 @@ pub async fn walk_a_prefix(d: &dyn Driver, p: &str) {
     d.delete(&k(p, "w2")).await.unwrap();
 }
 
+/// A chain of single folders with files along it (`drydock/server.lock` beside nothing
+/// else): each file is walked exactly once, however deep the chain.
+pub async fn walk_a_chain_of_single_folders(d: &dyn Driver, p: &str) {
+    let mut want = Vec::new();
+    for depth in 1..=6 {
+        let rel: Vec<String> = (0..depth).map(|i| format!("c{i}")).collect();
+        let rel = format!("{}/f", rel.join("/"));
+        d.put(&k(p, &rel), Bytes::from_static(b"f"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        want.push(rel.clone());
+        let mut got: Vec<String> = d
+            .walk(&k(p, "c0"))
+            .map_ok(|e| format!("c0/{}", e.path))
+            .try_collect()
+            .await
+            .unwrap();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "a chain {depth} deep");
+    }
+    d.delete(&k(p, "c0")).await.unwrap();
+}
+
 pub async fn delete_files_and_folders(d: &dyn Driver, p: &str) {
     let a = k(p, "d/one/link");
     d.put(&a, Bytes::from_static(b"1"), PutMode::Overwrite)
@@ -717,6 +741,7 @@ macro_rules! all_driver_tests {
             stat_files_and_folders,
             list_one_level,
             walk_a_prefix,
+            walk_a_chain_of_single_folders,
             delete_files_and_folders,
             delete_many_in_batches,
             rename_moves,

@@ -847,6 +847,9 @@ impl Driver for S3Driver {
             // then list the folders found there in parallel.
             let mut level = p.clone();
             let mut folders = Vec::new();
+            // Whether every level had one folder: the last one found is then not
+            // listed yet (when a level had files or several folders, it was).
+            let mut descending = true;
             for _ in 0..4 {
                 let r = match me.inner.store.list_with_delimiter(level.as_ref()).await {
                     Ok(r) => r,
@@ -867,9 +870,10 @@ impl Driver for S3Driver {
                     continue;
                 }
                 folders = r.common_prefixes;
+                descending = false;
                 break;
             }
-            if folders.is_empty() && level != p {
+            if descending {
                 folders = level.into_iter().collect();
             }
             let mut lists = futures::stream::iter(folders)

@@ -1,0 +1,373 @@
+//! The liveness suite on PostgreSQL, every party a replica of its own on one database,
+//! plus what only replicas have: two replicas' steps interleaved at the points where a
+//! claim and a pin (or a session's opening) must serialise, replicas and removers that
+//! die, the GC lease, trigger coalescing and schema versions. Runs against the real
+//! PostgreSQL 15 that `scripts/test.sh` starts (`scripts/pg.sh`), each test in a fresh
+//! database. Without its environment these tests fail: they are never skipped.
+
+#[path = "liveness/suite.rs"]
+mod suite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance::pg::{client, replicas};
+use registry::Digest;
+use registry::coordination::{Postgres, SCHEMA_VERSION};
+use registry::hooks::Point;
+use registry::liveness::Liveness;
+
+fn parties(n: usize, ttl: Duration) -> suite::Parties {
+    Box::pin(async move {
+        let (_, r) = replicas(n, ttl).await;
+        r.into_iter()
+            .map(|p| Arc::new(p) as Arc<dyn Liveness>)
+            .collect()
+    })
+}
+
+all_liveness_tests!(parties);
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn d(s: &str) -> Digest {
+    Digest::sha256(s.as_bytes())
+}
+
+/// Waits (a lock wait in the database, no polling) until no session holds the two-key
+/// advisory lock `key`: the backend that held it has ended.
+async fn wait_unlocked(db: &tokio_postgres::Client, key: (i32, i32)) {
+    db.execute("SELECT pg_advisory_lock($1, $2)", &[&key.0, &key.1])
+        .await
+        .unwrap();
+    db.execute("SELECT pg_advisory_unlock($1, $2)", &[&key.0, &key.1])
+        .await
+        .unwrap();
+}
+
+/// Ends every backend of `dbname` with this application name, as a crash or a lost
+/// network would; returns how many.
+async fn kill(db: &tokio_postgres::Client, application_name: &str) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+        &[&application_name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Ends the backend that holds the two-key advisory lock `key` in this database (the
+/// lease's holder), as a crash would; returns how many. Not by application name: a
+/// replica's failed attempts close their connections asynchronously, so for a moment
+/// they are still listed under the same name.
+async fn kill_holder(db: &tokio_postgres::Client, key: (i32, i32)) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+         JOIN pg_database d ON d.oid = l.database AND d.datname = current_database()
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2",
+        &[&key.0, &key.1],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Replica A is paused inside its pin's transaction (pins recorded, not committed);
+/// replica B's claim of the same digest must be refused (the digest's lock serialises
+/// them): it cannot see the uncommitted pin, so without the lock it would claim and
+/// delete what A is about to answer for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_meeting_a_pin_being_recorded_is_refused() {
+    let (_, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let rm = b.begin_removal().await.unwrap();
+    let gate = a.hooks().arm(Point::PinRecorded, Some(x.clone()));
+    let pin = tokio::spawn({
+        let (a, x) = (a.clone(), x.clone());
+        async move { a.pin(vec![x]).await.unwrap() }
+    });
+    gate.arrived().await;
+    let c = rm.claim(&x).await.unwrap();
+    gate.release();
+    let g = pin.await.unwrap();
+    assert!(c.is_none(), "claimed a digest whose pin was being recorded");
+    assert!(rm.claim(&x).await.unwrap().is_none());
+    g.release().await;
+    rm.end().await;
+}
+
+/// While a pin is being recorded, no removal session can open (the ordering lock is
+/// held shared by the pin, and a session takes it exclusive): a session opened then
+/// would neither journal the uncommitted pin nor be seen by its journal insert. The
+/// session opened once the pin is in journals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_opens_while_a_pin_is_being_recorded() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let gate = a.hooks().arm(Point::PinRecorded, Some(x.clone()));
+    let pin = tokio::spawn({
+        let (a, x) = (a.clone(), x.clone());
+        async move { a.pin(vec![x]).await.unwrap() }
+    });
+    gate.arrived().await;
+    let mut db = client(&cfg.dbname).await;
+    let (k1, k2) = Postgres::order_lock();
+    let tx = db.transaction().await.unwrap();
+    let free: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1, $2)", &[&k1, &k2])
+        .await
+        .unwrap()
+        .get(0);
+    tx.rollback().await.unwrap();
+    let opening = tokio::spawn({
+        let b = b.clone();
+        async move { b.begin_removal().await.unwrap() }
+    });
+    gate.release();
+    let g = pin.await.unwrap();
+    let rm = opening.await.unwrap();
+    assert!(
+        !free,
+        "a session could have opened while a pin was half recorded"
+    );
+    g.release().await;
+    assert!(
+        rm.claim(&x).await.unwrap().is_none(),
+        "the pin recorded around the session's opening was not journaled"
+    );
+    rm.end().await;
+}
+
+/// A session ends (its row's deletion not yet committed) while replica A records a pin:
+/// the pin's journal insert saw the session open, waits for the deletion and must then
+/// skip the session, not fail (a foreign key error was a 500 on a push).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_recorded_while_a_session_ends_succeeds() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let rm = b.begin_removal().await.unwrap();
+    let mut db = client(&cfg.dbname).await;
+    let ending = db.transaction().await.unwrap();
+    ending
+        .execute("DELETE FROM drydock_removals", &[])
+        .await
+        .unwrap();
+    let pin = tokio::spawn({
+        let (a, x) = (a.clone(), x.clone());
+        async move { a.pin(vec![x]).await }
+    });
+    // Until the pin's statement waits on the deleted row (a lock wait in the database).
+    let watch = client(&cfg.dbname).await;
+    loop {
+        let waiting: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    ending.commit().await.unwrap();
+    let g = pin
+        .await
+        .unwrap()
+        .expect("a pin recorded while a session ended");
+    g.release().await;
+    drop(rm);
+}
+
+/// A replica that dies holding a pin (its presence connection ends) protects nothing
+/// once the next removal session opens; before it dies, its pin is refused on every
+/// replica. A replica found dead cannot pin any more, and the pins it held fail their
+/// fencing check (its writes fail, never succeed unprotected); a live replica's pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_pins_are_released() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let g = a.pin(vec![x.clone()]).await.unwrap();
+    let rm = b.begin_removal().await.unwrap();
+    assert!(
+        rm.claim(&x).await.unwrap().is_none(),
+        "a live replica's pin claimed"
+    );
+    rm.end().await;
+    let db = client(&cfg.dbname).await;
+    let killed: bool = db
+        .query_one("SELECT pg_terminate_backend($1)", &[&a.presence_backend()])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    wait_unlocked(&db, Postgres::presence_lock(a.replica())).await;
+    let rm = b.begin_removal().await.unwrap();
+    let c = rm.claim(&x).await.unwrap();
+    assert!(
+        c.is_some(),
+        "a dead replica's pin still protects its digest"
+    );
+    c.unwrap().release().await;
+    rm.end().await;
+    assert!(
+        a.pin(vec![d("y")]).await.is_err(),
+        "a replica found dead could still pin"
+    );
+    assert!(
+        g.finish().await.is_err(),
+        "a write whose pins were dropped passed the fencing check"
+    );
+    let live = b.pin(vec![d("z")]).await.unwrap();
+    live.finish().await.expect("a live replica's pins hold");
+}
+
+/// A remover that dies holding a claim (its session's connection ends) releases it: the
+/// writer waiting on the claim goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_removers_claims_end_with_it() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let x = d("x");
+    let rm = b.begin_removal().await.unwrap();
+    let claim = rm.claim(&x).await.unwrap().unwrap();
+    let gate = a.hooks().arm(Point::PinWaits, Some(x.clone()));
+    let mut writer = tokio::spawn({
+        let (a, x) = (a.clone(), x.clone());
+        async move { a.pin(vec![x]).await.unwrap() }
+    });
+    tokio::select! {
+        _ = gate.arrived() => {}
+        _ = &mut writer => panic!("the pin returned while its digest was claimed"),
+    }
+    gate.release();
+    let db = client(&cfg.dbname).await;
+    assert_eq!(kill(&db, registry::coordination::REMOVAL).await, 1);
+    let g = writer.await.unwrap();
+    g.release().await;
+    // The claim and the session are gone with the connection; dropping them is a no-op.
+    drop(claim);
+    drop(rm);
+}
+
+/// One collection at a time across replicas; the lease is lost when its holder dies,
+/// and a dropped lease is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gc_lease_is_held_by_one_replica_and_lost_with_it() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let db = client(&cfg.dbname).await;
+    let lease = a.try_gc_lease().await.unwrap().expect("a free lease");
+    assert!(
+        b.try_gc_lease().await.unwrap().is_none(),
+        "two leases at once"
+    );
+    assert!(
+        a.try_gc_lease().await.unwrap().is_none(),
+        "two leases at once"
+    );
+    assert_eq!(kill_holder(&db, Postgres::lease_lock()).await, 1);
+    wait_unlocked(&db, Postgres::lease_lock()).await;
+    let lease_b = b
+        .try_gc_lease()
+        .await
+        .unwrap()
+        .expect("the dead holder's lease");
+    drop(lease);
+    drop(lease_b);
+    wait_unlocked(&db, Postgres::lease_lock()).await;
+    assert!(
+        a.try_gc_lease().await.unwrap().is_some(),
+        "a dropped lease stayed taken"
+    );
+}
+
+/// Triggers on any replica while a cycle runs coalesce into one next cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_triggers_coalesce() {
+    let (_, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let lease = a.try_gc_lease().await.unwrap().unwrap();
+    assert!(
+        !lease.take_requests().await.unwrap(),
+        "a request out of nowhere"
+    );
+    a.request_gc().await.unwrap();
+    b.request_gc().await.unwrap();
+    a.request_gc().await.unwrap();
+    assert!(lease.take_requests().await.unwrap());
+    assert!(
+        !lease.take_requests().await.unwrap(),
+        "three requests made two cycles"
+    );
+    b.request_gc().await.unwrap();
+    assert!(lease.take_requests().await.unwrap());
+}
+
+/// A lease holder waiting for work is woken by a request made on another replica
+/// (`NOTIFY`), and a lost lease ends the wait with an error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_another_replica_wakes_the_lease_holder() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let lease = Arc::new(a.try_gc_lease().await.unwrap().unwrap());
+    let waiting = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.next_request().await }
+    });
+    b.request_gc().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert!(
+        !lease.take_requests().await.unwrap(),
+        "one request, two cycles"
+    );
+    let waiting = tokio::spawn({
+        let lease = lease.clone();
+        async move { lease.next_request().await }
+    });
+    let db = client(&cfg.dbname).await;
+    assert_eq!(kill_holder(&db, Postgres::lease_lock()).await, 1);
+    assert!(
+        waiting.await.unwrap().is_err(),
+        "a lost lease still waited for work"
+    );
+}
+
+/// Migrations run once (a second replica finds the schema current), and a replica
+/// refuses a schema newer than it knows, with one line naming the `database` section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_versions() {
+    let (cfg, _r) = replicas(2, HOUR).await;
+    let db = client(&cfg.dbname).await;
+    let versions: Vec<i32> = db
+        .query("SELECT version FROM drydock_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    db.execute(
+        "INSERT INTO drydock_schema (version) VALUES ($1)",
+        &[&(SCHEMA_VERSION + 1)],
+    )
+    .await
+    .unwrap();
+    let err = match Postgres::connect(&cfg, HOUR).await {
+        Ok(_) => panic!("started against a newer schema"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("database"), "{err}");
+    assert!(err.contains("newer than this drydock knows"), "{err}");
+    assert!(!err.contains('\n'), "not one line: {err}");
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# A real PostgreSQL 15 for the replica coordination tests: Debian's binaries
+# (/usr/lib/postgresql/15/bin), a fresh cluster (initdb) in a private temp folder, on an
+# ephemeral loopback port, trust authentication for one superuser `drydock`, fsync off
+# (nothing here needs to outlive the run).
+#
+#   scripts/pg.sh start        installs postgresql-15 when missing, starts the server;
+#                              prints the folder (and only that) on stdout
+#   scripts/pg.sh env DIR      prints the `export` lines the tests read:
+#                              DRYDOCK_TEST_PG_{HOST,PORT,USER}
+#   scripts/pg.sh stop DIR     stops the server by PID and removes the folder
+#
+# initdb refuses to run as root: as root, the cluster belongs to the `postgres` user the
+# package creates. Fails loudly (non-zero, with the server's log tail) when anything
+# cannot start.
+set -euo pipefail
+
+BIN=/usr/lib/postgresql/15/bin
+say() { echo "pg.sh: $*" >&2; }
+STARTING=""
+die() {
+  say "FATAL: $*"
+  if [ -n "$STARTING" ]; then stop "$STARTING"; fi
+  exit 1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+install_missing() {
+  [ -x "$BIN/initdb" ] && [ -x "$BIN/pg_ctl" ] && return 0
+  say "installing postgresql-15"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  { $sudo apt-get update -q >&2 &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+      postgresql-15 >&2; } || die "could not install postgresql-15"
+  [ -x "$BIN/initdb" ] || die "postgresql-15 installed, but $BIN/initdb is not there"
+}
+
+# Runs a PostgreSQL binary as the cluster's owner.
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+start() {
+  install_missing
+  local base=${TMPDIR:-/tmp} dir port
+  dir=$(mktemp -d "$base/drydock-pg.XXXXXX")
+  STARTING=$dir
+  mkdir -p "$dir/data" "$dir/run"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres: "$dir" || die "could not give $dir to the postgres user"
+  fi
+  chmod 700 "$dir/data"
+  port=$(free_port)
+  echo "$port" >"$dir/port"
+  local t0=$SECONDS
+  as_owner "$BIN/initdb" -D "$dir/data" -U drydock --auth=trust --encoding=UTF8 \
+    --no-locale >"$dir/initdb.log" 2>&1 \
+    || { tail -20 "$dir/initdb.log" >&2 || true; die "initdb failed"; }
+  # -w: pg_ctl returns once the server accepts connections (or fails).
+  as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c fsync=off \
+        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    >"$dir/pg_ctl.log" 2>&1 \
+    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL did not start on 127.0.0.1:$port"; }
+  "$BIN/pg_isready" -h 127.0.0.1 -p "$port" -U drydock >/dev/null \
+    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL does not answer on 127.0.0.1:$port"; }
+  cat >"$dir/env" <<EOF
+export DRYDOCK_TEST_PG_HOST=127.0.0.1
+export DRYDOCK_TEST_PG_PORT=$port
+export DRYDOCK_TEST_PG_USER=drydock
+EOF
+  STARTING=""
+  say "PostgreSQL 15 on 127.0.0.1:$port in $((SECONDS - t0)) s; state in $dir"
+  echo "$dir"
+}
+
+stop() {
+  local dir=${1:?usage: pg.sh stop DIR}
+  [ -d "$dir" ] || return 0
+  local pid=""
+  # The postmaster's PID is the first line of postmaster.pid.
+  [ -f "$dir/data/postmaster.pid" ] && pid=$(head -1 "$dir/data/postmaster.pid")
+  if [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; then
+    local i
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+
+case "${1:-}" in
+  start) start ;;
+  env) cat "${2:?usage: pg.sh env DIR}/env" ;;
+  stop) stop "${2:-}" ;;
+  *) echo "usage: $0 start | env DIR | stop DIR" >&2; exit 2 ;;
+esac
