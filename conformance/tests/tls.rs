@@ -713,41 +713,10 @@ async fn nginx_in_front_as_documented() {
         assert!(site.contains(from), "the example no longer has {from:?}");
         site = site.replace(from, &to);
     }
-    let conf = d.join("nginx.conf");
-    let t = |n: &str| d.join(n).display().to_string();
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\npid {};\nerror_log {} info;\nevents {{}}\n\
-             http {{\naccess_log off;\nclient_body_temp_path {};\nproxy_temp_path {};\n\
-             fastcgi_temp_path {};\nuwsgi_temp_path {};\nscgi_temp_path {};\n{site}\n}}\n",
-            t("nginx.pid"),
-            t("nginx-error.log"),
-            t("body"),
-            t("proxy"),
-            t("fastcgi"),
-            t("uwsgi"),
-            t("scgi"),
-        ),
-    )
-    .unwrap();
-    let nginx = Daemon::spawn(
-        "nginx",
-        &Cmd::new("nginx").arg("-p").arg(d).arg("-c").arg(&conf),
-        &d.join("nginx.log"),
-    );
+    let nginx = nginx(d, &site);
     let base = format!("https://127.0.0.1:{port}");
     let c = tls_client(&ca, None);
-    // nginx says nothing when it listens: poll until it answers (bounded).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while c.get(format!("{base}/v2/")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nginx did not answer: {}",
-            nginx.log_tail()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_answers(&c, &format!("{base}/v2/"), &nginx).await;
 
     // skopeo through nginx, verifying nginx's certificate, with credentials.
     let certs = cert_dir(&d.join("certs"), &ca, None);

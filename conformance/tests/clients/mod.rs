@@ -400,6 +400,48 @@ impl Drop for Daemon {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
+/// nginx in the foreground (no master process) serving `site` inside its `http {}`
+/// block, every file it writes under `dir`.
+pub fn nginx(dir: &Path, site: &str) -> Daemon {
+    let t = |n: &str| dir.join(n).display().to_string();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {};\nerror_log {} info;\nevents {{}}\n\
+             http {{\naccess_log off;\nclient_body_temp_path {};\nproxy_temp_path {};\n\
+             fastcgi_temp_path {};\nuwsgi_temp_path {};\nscgi_temp_path {};\n{site}\n}}\n",
+            t("nginx.pid"),
+            t("nginx-error.log"),
+            t("body"),
+            t("proxy"),
+            t("fastcgi"),
+            t("uwsgi"),
+            t("scgi"),
+        ),
+    )
+    .expect("write nginx.conf");
+    Daemon::spawn(
+        "nginx",
+        &Cmd::new("nginx").arg("-p").arg(dir).arg("-c").arg(&conf),
+        &dir.join("nginx.log"),
+    )
+}
+
+/// Polls `url` through `c` until it answers at all (bounded): nginx says nothing when
+/// it listens.
+pub async fn wait_answers(c: &reqwest::Client, url: &str, daemon: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(url).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer: {}",
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()

@@ -1,0 +1,74 @@
+//! The Ceph RGW that `scripts/test.sh` starts (`scripts/rgw.sh`), as the S3 tests see it:
+//! its `DRYDOCK_TEST_S3_*` variables, a `storage.s3` section for a fresh root in its
+//! bucket, and that root seen directly (not through a server). Without the variables
+//! the tests fail: they are never skipped.
+
+use futures::StreamExt;
+use registry::storage::Driver;
+use registry::storage::s3::{S3Config, S3Driver};
+
+/// One of the RGW's `DRYDOCK_TEST_S3_*` variables.
+pub fn var(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| {
+        panic!(
+            "{k} is not set: the S3 tests need the Ceph RGW that scripts/test.sh starts \
+             (or run `eval \"$(scripts/rgw.sh env \"$(scripts/rgw.sh start)\")\"` first)"
+        )
+    })
+}
+
+/// A fresh root directory name in the bucket.
+pub fn fresh_root(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("server-{what}-{}-{nanos}", std::process::id())
+}
+
+/// The `storage.s3` section for the RGW under `root` with `secretkey` as given, deletes
+/// enabled, listening on an ephemeral loopback port.
+pub fn yaml_with_secret(root: &str, secretkey: &str) -> String {
+    format!(
+        "storage:\n  s3:\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    \
+         rootdirectory: {root}\n    accesskey: {}\n    secretkey: {secretkey}\n    \
+         forcepathstyle: true\n    chunksize: 5242880\n  delete:\n    enabled: true\n\
+         http:\n  addr: 127.0.0.1:0\n",
+        var("DRYDOCK_TEST_S3_REGION"),
+        var("DRYDOCK_TEST_S3_ENDPOINT"),
+        var("DRYDOCK_TEST_S3_BUCKET"),
+        var("DRYDOCK_TEST_S3_ACCESS_KEY"),
+    )
+}
+
+/// [`yaml_with_secret`] with the RGW's own secret key.
+pub fn yaml(root: &str) -> String {
+    yaml_with_secret(root, &var("DRYDOCK_TEST_S3_SECRET_KEY"))
+}
+
+/// The bucket under `root`, seen directly.
+pub fn bucket(root: &str) -> S3Driver {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml(root)).expect("yaml");
+    S3Driver::new(S3Config::from_yaml(&v["storage"]["s3"], std::iter::empty()).expect("config"))
+        .expect("driver")
+}
+
+/// Every key below the root, sorted.
+pub async fn keys(d: &S3Driver) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .walk("")
+        .map(|e| e.expect("walk").path)
+        .collect::<Vec<_>>()
+        .await;
+    out.sort();
+    out
+}
+
+/// Removes every key below `root`.
+pub async fn remove_root(root: &str) {
+    let b = bucket(root);
+    let all = keys(&b).await;
+    for r in b.delete_many(&all).await.expect("delete_many") {
+        r.expect("delete");
+    }
+}
