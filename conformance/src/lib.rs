@@ -311,9 +311,14 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Pushes a blob monolithically (`POST ?digest=`); returns its digest.
 pub async fn push_blob(c: &reqwest::Client, s: &TestServer, repo: &str, data: &[u8]) -> String {
+    push_blob_to(c, &s.base, repo, data).await
+}
+
+/// [`push_blob`] to the server at `base` (`http://host:port`): a monolithic push.
+pub async fn push_blob_to(c: &reqwest::Client, base: &str, repo: &str, data: &[u8]) -> String {
     let d = digest_of(data);
     let r = c
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
         .header("content-type", "application/octet-stream")
         .body(data.to_vec())
         .send()

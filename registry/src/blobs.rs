@@ -11,6 +11,9 @@ use crate::storage::{PathSpec, PutMode, Reader, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
+/// How long a redirect URL for a blob stays valid (Distribution's s3 driver: 20 minutes).
+pub const REDIRECT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
 impl Store {
     /// Size of a blob in the pool, `None` if it is not there.
     pub async fn pool_blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -68,6 +71,27 @@ impl Store {
             .read_link(PathSpec::LayerLink(name, digest))
             .await?
             .is_some_and(|d| &d == digest))
+    }
+
+    /// Where a client may `GET` a blob of `name` itself: the driver's URL for it (S3: a
+    /// presigned URL valid for [`REDIRECT_EXPIRY`], as Distribution's s3 driver gives),
+    /// when the driver gives one and redirects are on (`storage.redirect`); `None`
+    /// serves the blob through the server. A blob the repository does not link, or the
+    /// pool does not hold, is [`Error::BlobUnknown`] here, not the bucket's own 404.
+    pub async fn blob_redirect(&self, name: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        if !self.options.redirect || !self.driver.capabilities().redirect {
+            return Ok(None);
+        }
+        if !self.layer_linked(name, digest).await? {
+            return Err(Error::BlobUnknown(Some(digest.clone())));
+        }
+        let path = path_for(PathSpec::BlobData(digest));
+        match self.driver.stat(&path).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Err(Error::BlobUnknown(Some(digest.clone()))),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self.driver.redirect_url(&path, REDIRECT_EXPIRY).await?)
     }
 
     /// Opens a blob of `name` for streaming `len` bytes (to the end when `None`) from

@@ -453,13 +453,22 @@ pub struct StorageConfig {
     /// Distribution's blob descriptor cache settings (accepted; drydock's caches are
     /// always on and always coherent).
     pub cache: BTreeMap<String, Value>,
-    /// Accepted for compatibility; blob reads are served by drydock itself (no
-    /// redirect, on either driver).
-    pub redirect: BTreeMap<String, Value>,
+    /// Blob GETs redirected to the driver's URL (S3); see [`RedirectConfig`].
+    pub redirect: RedirectConfig,
     /// `storage.s3`, Distribution's keys, parsed once (see [`Config::from_yaml`]); when
     /// set it is the driver and `filesystem` is not used.
     #[serde(skip)]
     pub s3: Option<crate::storage::s3::S3Config>,
+}
+
+/// `storage.redirect`, Distribution's key: on a driver that can give a URL of its own
+/// (S3: presigned, valid 20 minutes), a blob `GET` answers `307` to it, so the bytes do
+/// not pass through the server; `disable: true` serves them through the server. The
+/// filesystem driver never redirects.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct RedirectConfig {
+    pub disable: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1786,6 +1795,20 @@ mod tests {
         Config::from_yaml(yaml, "t", env(vars))
             .err()
             .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn storage_redirect_disable_is_read_and_other_keys_refused() {
+        let c =
+            Config::from_yaml("storage:\n  redirect:\n    disable: true\n", "t", env(&[])).unwrap();
+        assert!(c.config.storage.redirect.disable);
+        let c = Config::from_yaml("storage:\n  redirect: {}\n", "t", env(&[])).unwrap();
+        assert!(
+            !c.config.storage.redirect.disable,
+            "redirects are on by default"
+        );
+        let e = refusal("storage:\n  redirect:\n    disabled: true\n", &[]).unwrap();
+        assert!(e.contains("storage.redirect.disabled"), "{e}");
     }
 
     #[test]

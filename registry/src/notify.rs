@@ -211,7 +211,11 @@ impl Notifier {
 
 impl RequestSink for Notifier {
     fn finished(&self, s: Summary) {
-        if !(s.status.is_success()) {
+        // A blob GET redirected to the bucket is a pull too (as Distribution counts it).
+        let redirected_pull = s.route == RouteKind::Blob
+            && s.method == Method::GET
+            && s.status == StatusCode::TEMPORARY_REDIRECT;
+        if !(s.status.is_success() || redirected_pull) {
             return;
         }
         let Some(repo) = s.repo.clone() else { return };
@@ -275,6 +279,15 @@ impl RequestSink for Notifier {
                     },
                 )
             }
+            (RouteKind::Blob, &Method::GET, StatusCode::TEMPORARY_REDIRECT) => (
+                "pull",
+                Target {
+                    media_type: Some(BLOB_MEDIA_TYPE.into()),
+                    url: digest.as_deref().map(blob_url),
+                    digest,
+                    ..Target::default()
+                },
+            ),
             (RouteKind::Blob, &Method::GET, StatusCode::OK) => (
                 "pull",
                 Target {

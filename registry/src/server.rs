@@ -59,6 +59,7 @@ pub fn state_coordinated(
         post_process: crate::artifacts::PostProcess::from_config(&config.artifacts.post_process),
         direct_writes: config.storage.filesystem.directwrites,
         max_uploads: config.oci.max_uploads,
+        redirect: !config.storage.redirect.disable,
     };
     let store = match &config.storage.s3 {
         Some(c) => {

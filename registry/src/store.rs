@@ -33,6 +33,9 @@ pub struct StoreOptions {
     pub direct_writes: bool,
     /// Upload bodies received at once; past it, `429 TOOMANYREQUESTS`.
     pub max_uploads: usize,
+    /// Answer blob GETs with a redirect to the driver's own URL where the driver can
+    /// give one (S3: a presigned URL); `storage.redirect.disable` turns it off.
+    pub redirect: bool,
 }
 
 impl Default for StoreOptions {
@@ -44,6 +47,7 @@ impl Default for StoreOptions {
             post_process: None,
             direct_writes: false,
             max_uploads: 256,
+            redirect: true,
         }
     }
 }

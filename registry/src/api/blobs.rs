@@ -55,6 +55,18 @@ pub(super) async fn get(
     digest: Digest,
     headers: &HeaderMap,
 ) -> ApiResult {
+    if !head && let Some(url) = state.store.blob_redirect(&name, &digest).await? {
+        // The client sends its Range, if any, to the URL.
+        return Ok(response(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[
+                ("location", url),
+                ("docker-content-digest", digest.to_string()),
+                ("content-length", "0".to_owned()),
+            ],
+            Body::empty(),
+        ));
+    }
     let range = match header_str(headers, header::RANGE) {
         Some(r) => {
             let size = state
