@@ -136,31 +136,54 @@ pub fn router(cleaner: Cleaner, maintenance: Maintenance) -> Router {
 
 /// Serves `router` on a unix socket at `path` (a stale socket file is replaced).
 pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> {
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    // Bound under a temporary name, made owner-only, then renamed into place: nobody
-    // else can connect at any moment.
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Unique per call, not only per process: servers started in one process on one root
-    // (the replica tests) bind at the same moment.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("sock.{}.{n}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = tokio::net::UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, &path)?;
+    let listener = bind_owner_only(&path, &|| {})?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "admin socket server stopped");
         }
     });
     Ok(())
+}
+
+/// How often binding retries when a concurrent delete pruned the socket's folder.
+const BIND_RETRIES: usize = 5;
+
+/// Binds the socket at `path` under a temporary name, makes it owner-only, then renames
+/// it into place: nobody else can connect at any moment. The folder is made again when
+/// a concurrent delete pruned it, empty, between its creation and the bind (the storage
+/// driver prunes empty folders; `before_bind` lets a test do that deterministically).
+fn bind_owner_only(
+    path: &Path,
+    before_bind: &dyn Fn(),
+) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    // Unique per call, not only per process: servers started in one process on one root
+    // (the replica tests) bind at the same moment.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("sock.{}.{n}", std::process::id()));
+    let mut tries = 0;
+    let listener = loop {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(&tmp);
+        before_bind();
+        match tokio::net::UnixListener::bind(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < BIND_RETRIES => {
+                tries += 1;
+            }
+            r => break r?,
+        }
+    };
+    // Bound, the folder is not empty any more: no prune removes it now.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
 }
 
 /// Sends one request to an admin socket; returns the status and body.
@@ -195,4 +218,33 @@ pub async fn request(
         .map_err(|e| format!("admin response: {e}"))?
         .to_bytes();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The folder pruned (by a concurrent delete of the storage driver) between its
+    /// creation and the bind: the socket is bound all the same, owner-only, in place.
+    #[tokio::test]
+    async fn a_socket_folder_pruned_before_the_bind_is_made_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("drydock").join("admin.sock");
+        let pruned = std::sync::atomic::AtomicUsize::new(0);
+        let prune = || {
+            if pruned.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                std::fs::remove_dir(root.path().join("drydock")).unwrap();
+            }
+        };
+        let listener = bind_owner_only(&path, &prune).expect("bound after the prune");
+        assert_eq!(
+            pruned.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one retry"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(listener);
+    }
 }
