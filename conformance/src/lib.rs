@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod pg;
+pub mod receiver;
 pub mod s3;
 
 use std::net::SocketAddr;

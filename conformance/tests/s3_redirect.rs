@@ -2,17 +2,19 @@
 //! `storage.redirect`), against the Ceph RGW that `scripts/test.sh` starts; with
 //! `storage.redirect.disable` the server streams the blob itself. Never skipped.
 
+use conformance::receiver::Receiver;
 use conformance::{ServerProcess, digest_of, push_blob_to, random_bytes, s3};
 
-/// The server on `root`, with `storage.redirect.disable` set as given.
-fn serve(root: &str, disable: bool) -> (tempfile::TempDir, ServerProcess) {
+/// The server on `root`, with `storage.redirect.disable` set as given and `extra`
+/// top-level configuration.
+fn serve(root: &str, disable: bool, extra: &str) -> (tempfile::TempDir, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yml");
     let yaml = s3::yaml(root).replace(
         "  delete:\n",
         &format!("  redirect:\n    disable: {disable}\n  delete:\n"),
     );
-    std::fs::write(&cfg, yaml).unwrap();
+    std::fs::write(&cfg, format!("{yaml}{extra}")).unwrap();
     let server = ServerProcess::spawn(&cfg);
     (dir, server)
 }
@@ -20,7 +22,12 @@ fn serve(root: &str, disable: bool) -> (tempfile::TempDir, ServerProcess) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_gets_redirect_to_the_bucket_unless_disabled() {
     let root = s3::fresh_root("redirect");
-    let (_dir, mut server) = serve(&root, false);
+    let rx = Receiver::start().await;
+    let notify = format!(
+        "notifications:\n  endpoints:\n    - name: rx\n      url: {}\n      backoff: 50ms\n",
+        rx.url
+    );
+    let (_dir, mut server) = serve(&root, false, &notify);
     let plain = reqwest::Client::new();
     let manual = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -33,6 +40,12 @@ async fn blob_gets_redirect_to_the_bucket_unless_disabled() {
     let r = manual.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 307, "a blob GET on S3 redirects");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    // A redirected GET is a pull, as Distribution counts it.
+    rx.until("the redirected GET's pull event", |ev| {
+        ev.iter()
+            .any(|e| e["action"] == "pull" && e["target"]["digest"] == digest.as_str())
+    })
+    .await;
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(
         location.starts_with(&s3::var("DRYDOCK_TEST_S3_ENDPOINT")),
@@ -75,7 +88,7 @@ async fn blob_gets_redirect_to_the_bucket_unless_disabled() {
     server.terminate(); // a clean stop frees the bucket lock at once
 
     // storage.redirect.disable: the server streams it.
-    let (_dir, server) = serve(&root, true);
+    let (_dir, server) = serve(&root, true, "");
     let r = manual
         .get(server.url(&format!("/v2/redir/app/blobs/{digest}")))
         .send()
