@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod pg;
+pub mod s3;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -15,22 +15,11 @@ use registry::storage::{Driver, PathSpec, path_for};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MIB: usize = 1 << 20;
 
-fn var(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| {
-        panic!(
-            "{k} is not set: the S3 tests need the Ceph RGW that scripts/test.sh starts \
-             (or run `eval \"$(scripts/rgw.sh env \"$(scripts/rgw.sh start)\")\"` first)"
-        )
-    })
-}
+use conformance::s3::var;
 
 /// A fresh root directory name in the bucket.
 fn fresh_root(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("server-{what}-{}-{nanos}", std::process::id())
+    conformance::s3::fresh_root(&format!("server-{what}"))
 }
 
 /// The `storage.s3` section for the RGW under `root`, with `secretkey` as given.
@@ -819,8 +808,8 @@ async fn skopeo_round_trips_images_on_s3() {
 
 /// What does not run on S3 yet is refused, never half done against a local folder: the
 /// CLI's collector and maintenance exit with the reason, a configuration that turns the
-/// collector on does not start, and an artifact upload answers `405 UNSUPPORTED`
-/// leaving nothing in the bucket.
+/// collector on in replica mode does not start, and an artifact upload answers
+/// `405 UNSUPPORTED` leaving nothing in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_does_not_run_on_s3_yet_is_refused() {
     let (root, dir, server) = serve("refused");
@@ -843,7 +832,9 @@ async fn what_does_not_run_on_s3_yet_is_refused() {
         );
     }
     let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
-    let stderr = refused_start(&format!("{yaml}gc:\n  enabled: true\n"));
+    let stderr = refused_start(&format!(
+        "{yaml}gc:\n  enabled: true\ndatabase:\n  enabled: true\n"
+    ));
     assert!(
         stderr.contains("configuration key gc.enabled: "),
         "{stderr}"
