@@ -376,3 +376,64 @@ async fn a_blob_referenced_again_after_the_mark_survives_on_s3() {
     drop(s);
     remove_root(&bucket).await;
 }
+
+/// A cycle on S3 holds the claims of a batch (the layer links of lone blobs, the first
+/// of its batches to claim them) and has not deleted it yet; a client's `HEAD` of one
+/// of those blobs waits for the batch and answers 404, as if the blob were absent,
+/// rather than 200 for a blob about to go. The blob's pool object, which the `HEAD`
+/// touched while the cycle ran, goes in the next cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_meeting_a_batch_claim_waits_and_finds_the_blob_gone_on_s3() {
+    let root = conformance::s3::fresh_root("gc-claim");
+    let bucket = S3Driver::new(conformance::s3::config(&root)).unwrap();
+    let s = serve(&root).await;
+    let c = client();
+    let mut lone = Vec::new();
+    for seed in 20..24 {
+        lone.push(push_blob(&c, &s, APP, &random_bytes(1000 + seed as usize, seed)).await);
+    }
+    drop(s.stop().await);
+    let s = serve(&root).await;
+
+    let b = digest(&lone[2]);
+    let hooks = s.store.liveness().hooks();
+    let claimed = hooks.arm(Point::Claimed, Some(b.clone()));
+    let cleaner = s.cleaner.clone();
+    let mut cycle = tokio::spawn(async move { cleaner.run_now(&options(false)).await });
+    tokio::select! {
+        _ = claimed.arrived() => {}
+        r = &mut cycle => panic!("the cycle ended without claiming B: {r:?}"),
+    }
+    let waits = hooks.arm(Point::PinWaits, Some(b.clone()));
+    let url = s.url(&format!("/v2/{APP}/blobs/{b}"));
+    let mut head = tokio::spawn(async move { c.head(url).send().await.unwrap().status() });
+    tokio::select! {
+        _ = waits.arrived() => {}
+        r = &mut head => {
+            claimed.release(); // let the cycle end, so the runtime can stop
+            panic!("the HEAD answered {r:?} while the batch held B's claim")
+        }
+    }
+    waits.release();
+    claimed.release();
+    cycle.await.unwrap().expect("cycle");
+    assert_eq!(head.await.unwrap(), 404, "the HEAD found B being removed");
+    let app = RepoName::parse(APP).unwrap();
+    assert!(
+        !keys(&bucket)
+            .await
+            .contains(&path_for(PathSpec::LayerLink(&app, &b))),
+        "B's link is still in the bucket"
+    );
+    s.cleaner
+        .run_now(&options(false))
+        .await
+        .expect("next cycle");
+    let left = keys(&bucket).await;
+    assert!(
+        left.iter().all(|k| !k.contains(b.hex())),
+        "B is still in the bucket: {left:?}"
+    );
+    drop(s);
+    remove_root(&bucket).await;
+}
