@@ -912,6 +912,7 @@ impl Config {
             given(&["storage", "filesystem"]),
             given(&["gc", "enabled"]),
             given(&["maintenance", "enabled"]),
+            given(&["gc", "workers"]),
         ];
         let mut tree =
             serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
@@ -1162,6 +1163,9 @@ fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
 /// post-process command, and a `storage.filesystem` beside it
 /// (one driver, as in Distribution). `explicit(i, key)` tells whether the file (`i`
 /// indexes the keys checked in [`Config::from_yaml`]) or the environment set `key`.
+/// `gc.workers` on `storage.s3` when the configuration does not set it.
+pub const S3_GC_WORKERS: usize = 16;
+
 fn s3_storage(
     config: &mut Config,
     v: &Value,
@@ -1195,6 +1199,12 @@ fn s3_storage(
             ));
         }
         config.gc.enabled = false;
+    }
+    // On a bucket every listing and read of the collector is a request that waits on
+    // the network, not a core: more workers overlap them (100 repositories on RGW:
+    // 43 s with 4 workers, 17.5 s with 16).
+    if !explicit(3, "gc.workers") {
+        config.gc.workers = config.gc.workers.max(S3_GC_WORKERS);
     }
     if explicit(2, "maintenance.enabled") && config.maintenance.enabled {
         return Err(refuse(
@@ -1732,6 +1742,11 @@ mod tests {
         assert_eq!((s3.bucket.as_str(), s3.forcepathstyle), ("b", true));
         // One server on a bucket collects online, as on a disk; maintenance is off.
         assert!(c.gc.enabled && !c.maintenance.enabled);
+        assert_eq!(c.gc.workers, S3_GC_WORKERS.max(default_gc_workers()));
+        let c = Config::from_yaml(&format!("{S3}gc:\n  workers: 3\n"), "t", env(&[]))
+            .unwrap()
+            .config;
+        assert_eq!(c.gc.workers, 3, "an explicit gc.workers is kept");
         let yaml = format!("{S3}gc:\n  enabled: true\n");
         assert!(refusal(&yaml, &[]).is_none(), "gc.enabled on S3 starts");
         // Replicas do not collect: off by default, refused when asked for.
