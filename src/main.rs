@@ -491,10 +491,15 @@ fn offline_store(config: &Config) -> anyhow::Result<registry::Store> {
 }
 
 /// The CLI's collector and maintenance work on a local root (its lock, its admin
-/// socket, the collector's walk): refused, with the reason, on `storage.s3` (issue 18).
+/// socket): refused, with the reason, on `storage.s3` (issue 18). The server on the
+/// bucket collects itself (`gc.enabled`, `POST /admin/gc`); the CLI has no channel to
+/// it yet, and collecting beside it would have only the grace period for protection.
 fn refuse_on_s3(config: &Config, what: &str) -> anyhow::Result<()> {
     if config.storage.s3.is_some() {
-        bail!("{what} does not run on storage.s3 yet; the configuration names a bucket");
+        bail!(
+            "{what} does not run on storage.s3 yet from the command line; the configuration \
+             names a bucket (the server on it collects online: gc.enabled, or POST /admin/gc)"
+        );
     }
     Ok(())
 }

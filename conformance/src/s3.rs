@@ -1,13 +1,13 @@
-//! The Ceph RGW that `scripts/test.sh` starts (`scripts/rgw.sh`), as the S3 tests see it:
-//! its `DRYDOCK_TEST_S3_*` variables, a `storage.s3` section for a fresh root in its
-//! bucket, and that root seen directly (not through a server). Without the variables
-//! the tests fail: they are never skipped.
+//! The Ceph RGW bucket the S3 tests run against (`scripts/rgw.sh`, which
+//! `scripts/test.sh` starts): its `DRYDOCK_TEST_S3_*` variables, a root directory of its
+//! own in the bucket for each test, a `storage.s3` section for it, and that root seen
+//! directly (not through a server). Without the variables the tests fail, never skip.
 
 use futures::StreamExt;
 use registry::storage::Driver;
 use registry::storage::s3::{S3Config, S3Driver};
 
-/// One of the RGW's `DRYDOCK_TEST_S3_*` variables.
+/// A `DRYDOCK_TEST_S3_*` variable; a panic saying how to start the RGW when unset.
 pub fn var(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| {
         panic!(
@@ -17,17 +17,32 @@ pub fn var(k: &str) -> String {
     })
 }
 
-/// A fresh root directory name in the bucket.
-pub fn fresh_root(what: &str) -> String {
+/// A fresh root directory name in the bucket, starting with `prefix`.
+pub fn fresh_root(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("server-{what}-{}-{nanos}", std::process::id())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// The `storage.s3` section for the RGW under `root` with `secretkey` as given, deletes
-/// enabled, listening on an ephemeral loopback port.
+/// The bucket under `root`, as `storage.s3` would name it.
+pub fn config(root: &str) -> S3Config {
+    let yaml = format!(
+        "region: {}\nregionendpoint: {}\nbucket: {}\nrootdirectory: {root}\naccesskey: {}\n\
+         secretkey: {}\nforcepathstyle: true\n",
+        var("DRYDOCK_TEST_S3_REGION"),
+        var("DRYDOCK_TEST_S3_ENDPOINT"),
+        var("DRYDOCK_TEST_S3_BUCKET"),
+        var("DRYDOCK_TEST_S3_ACCESS_KEY"),
+        var("DRYDOCK_TEST_S3_SECRET_KEY"),
+    );
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("the S3 test yaml");
+    S3Config::from_yaml(&v, std::iter::empty()).expect("the S3 test configuration")
+}
+
+/// A server configuration on the bucket under `root` with `secretkey` as given
+/// (`storage.s3`, deletes enabled), listening on an ephemeral loopback port.
 pub fn yaml_with_secret(root: &str, secretkey: &str) -> String {
     format!(
         "storage:\n  s3:\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    \
@@ -48,9 +63,7 @@ pub fn yaml(root: &str) -> String {
 
 /// The bucket under `root`, seen directly.
 pub fn bucket(root: &str) -> S3Driver {
-    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml(root)).expect("yaml");
-    S3Driver::new(S3Config::from_yaml(&v["storage"]["s3"], std::iter::empty()).expect("config"))
-        .expect("driver")
+    S3Driver::new(config(root)).expect("the S3 test driver")
 }
 
 /// Every key below the root, sorted.

@@ -8,61 +8,17 @@ mod clients;
 use std::path::Path;
 
 use conformance::{ServerProcess, digest_of, image_manifest, random_bytes, registry_binary};
-use futures::StreamExt;
-use registry::storage::s3::{S3Config, S3Driver};
+use registry::storage::s3::S3Driver;
 use registry::storage::{Driver, PathSpec, path_for};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MIB: usize = 1 << 20;
 
-fn var(k: &str) -> String {
-    std::env::var(k).unwrap_or_else(|_| {
-        panic!(
-            "{k} is not set: the S3 tests need the Ceph RGW that scripts/test.sh starts \
-             (or run `eval \"$(scripts/rgw.sh env \"$(scripts/rgw.sh start)\")\"` first)"
-        )
-    })
-}
+use conformance::s3::{bucket, keys, var, yaml_with_secret as s3_yaml};
 
 /// A fresh root directory name in the bucket.
 fn fresh_root(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("server-{what}-{}-{nanos}", std::process::id())
-}
-
-/// The `storage.s3` section for the RGW under `root`, with `secretkey` as given.
-fn s3_yaml(root: &str, secretkey: &str) -> String {
-    format!(
-        "storage:\n  s3:\n    region: {}\n    regionendpoint: {}\n    bucket: {}\n    \
-         rootdirectory: {root}\n    accesskey: {}\n    secretkey: {secretkey}\n    \
-         forcepathstyle: true\n    chunksize: 5242880\n  delete:\n    enabled: true\n\
-         http:\n  addr: 127.0.0.1:0\n",
-        var("DRYDOCK_TEST_S3_REGION"),
-        var("DRYDOCK_TEST_S3_ENDPOINT"),
-        var("DRYDOCK_TEST_S3_BUCKET"),
-        var("DRYDOCK_TEST_S3_ACCESS_KEY"),
-    )
-}
-
-/// The bucket under `root`, seen directly (not through the server).
-fn bucket(root: &str) -> S3Driver {
-    let yaml = s3_yaml(root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
-    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
-    S3Driver::new(S3Config::from_yaml(&v["storage"]["s3"], std::iter::empty()).unwrap()).unwrap()
-}
-
-/// Every key below the root, sorted.
-async fn keys(d: &S3Driver) -> Vec<String> {
-    let mut out: Vec<String> = d
-        .walk("")
-        .map(|e| e.unwrap().path)
-        .collect::<Vec<_>>()
-        .await;
-    out.sort();
-    out
+    conformance::s3::fresh_root(&format!("server-{what}"))
 }
 
 /// The real binary serving a fresh root in the bucket (its config file lives in the
@@ -819,8 +775,8 @@ async fn skopeo_round_trips_images_on_s3() {
 
 /// What does not run on S3 yet is refused, never half done against a local folder: the
 /// CLI's collector and maintenance exit with the reason, a configuration that turns the
-/// collector on does not start, and an artifact upload answers `405 UNSUPPORTED`
-/// leaving nothing in the bucket.
+/// collector on in replica mode does not start, and an artifact upload answers
+/// `405 UNSUPPORTED` leaving nothing in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_does_not_run_on_s3_yet_is_refused() {
     let (root, dir, server) = serve("refused");
@@ -843,7 +799,9 @@ async fn what_does_not_run_on_s3_yet_is_refused() {
         );
     }
     let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
-    let stderr = refused_start(&format!("{yaml}gc:\n  enabled: true\n"));
+    let stderr = refused_start(&format!(
+        "{yaml}gc:\n  enabled: true\ndatabase:\n  enabled: true\n"
+    ));
     assert!(
         stderr.contains("configuration key gc.enabled: "),
         "{stderr}"

@@ -14,7 +14,9 @@
 //! for the outcome: kept (it goes on) or removed (it answers as if absent).
 //!
 //! It runs on blocking threads: repositories, then pool shards, are spread over a few
-//! workers, and each removal is two or three system calls with no thread hop.
+//! workers. On disk each removal is two or three system calls with no thread hop; on
+//! S3 a shard's (or a repository's layer links') removals go in batches, each one's
+//! claim held until its batch is deleted.
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
@@ -31,6 +33,11 @@ use registry::names::{RepoName, Tag};
 use crate::items::Items;
 use crate::mark::{DigestSet, Marked, RepoMark, SortedDigests};
 use crate::{GcError, Options, Scope, is_young, par};
+
+/// Removals that go together in one batch (where the backend batches: S3's
+/// `DeleteObjects` takes 1,000 keys). Each holds its claim until the batch is gone, so a
+/// writer meeting one waits at most one batch request.
+const BATCH: usize = 500;
 
 /// What the sweep removed (or, in a dry run, would remove).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -141,6 +148,40 @@ impl Sweeper<'_> {
         }
     }
 
+    /// Claims each of `digests`, runs `delete` once on those it got, holding all their
+    /// claims, and then releases them: a batch deletion is as safe as one at a time
+    /// (nothing is deleted that is not claimed when it goes). Returns, in order, whether
+    /// each was (or, in a dry run, would be) removed.
+    fn claimed_batch(
+        &self,
+        digests: &[Digest],
+        delete: impl FnOnce(&[Digest]) -> registry::Result<()>,
+    ) -> Result<Vec<bool>, GcError> {
+        let mut claims = Vec::new();
+        let mut taken = Vec::new();
+        let mut removed = Vec::with_capacity(digests.len());
+        for d in digests {
+            match self.decide(d)? {
+                Decision::Remove(c) => {
+                    claims.push(c);
+                    taken.push(d.clone());
+                    removed.push(true);
+                }
+                Decision::Refused => removed.push(false),
+            }
+        }
+        if !self.opts.dry_run && !taken.is_empty() {
+            if let Some(r) = self.removal {
+                for d in &taken {
+                    r.hooks().reach_blocking(Point::Claimed, Some(d));
+                }
+            }
+            delete(&taken)?;
+        }
+        drop(claims);
+        Ok(removed)
+    }
+
     /// Untagged revisions of one repository (with `remove_untagged`).
     fn revisions(&self, repo: &RepoName, rm: &RepoMark) -> Result<Swept, GcError> {
         let mut out = Swept::default();
@@ -212,11 +253,16 @@ impl Sweeper<'_> {
             return Ok(out);
         }
         // `_layers/<alg>` held open: every stat and removal names the link relative to
-        // it. The links come grouped by algorithm, so each folder is opened once.
+        // it. The links come grouped by algorithm, so each folder is opened once. Where
+        // removals go in batches (S3), a folder's batch goes before the next is opened.
         let mut open: Option<(Algorithm, Option<LeafDir>)> = None;
+        let mut batch = Vec::new();
         for d in rm.unneeded_links.iter() {
             let alg = d.algorithm();
             if open.as_ref().map(|(a, _)| *a) != Some(alg) {
+                if let Some((_, Some(dir))) = &open {
+                    self.layer_links_batch(repo, dir, &mut batch, &mut out)?;
+                }
                 open = Some((alg, self.inv.open_layer_links(repo, alg)?));
             }
             // The folder is gone: so is every link in it.
@@ -226,13 +272,47 @@ impl Sweeper<'_> {
             if self.young(dir.time(d.hex())) || self.rescued(&d) {
                 continue;
             }
+            if dir.batches() {
+                batch.push(d);
+                if batch.len() >= BATCH {
+                    self.layer_links_batch(repo, dir, &mut batch, &mut out)?;
+                }
+                continue;
+            }
             if self.claimed(&d, || self.inv.remove_layer_link(dir, repo, &d).map(|_| ()))? {
                 out.layer_links.push_in(&name, &d);
             } else {
                 out.skipped_in_use += 1;
             }
         }
+        if let Some((_, Some(dir))) = &open {
+            self.layer_links_batch(repo, dir, &mut batch, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// Removes the layer links in `batch` (all of one folder `dir`) that it can claim.
+    fn layer_links_batch(
+        &self,
+        repo: &RepoName,
+        dir: &LeafDir,
+        batch: &mut Vec<Digest>,
+        out: &mut Swept,
+    ) -> Result<(), GcError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let todo = std::mem::take(batch);
+        let removed = self.claimed_batch(&todo, |ds| self.inv.remove_layer_links(dir, repo, ds))?;
+        let name: Arc<str> = Arc::from(repo.as_str());
+        for (d, gone) in todo.iter().zip(removed) {
+            if gone {
+                out.layer_links.push_in(&name, d);
+            } else {
+                out.skipped_in_use += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Pool blobs of one shard nobody marked. Only the unmarked are stat-ed.
@@ -241,7 +321,8 @@ impl Sweeper<'_> {
         let Some(dir) = self.inv.open_shard(shard)? else {
             return Ok(out);
         };
-        for hex in self.inv.shard_entries(shard)? {
+        let mut batch = Vec::new();
+        for hex in dir.entries()? {
             // Most entries are marked: answer those from the hex, without a `Digest`.
             let known = marked.contains_sha256_hex(&hex);
             if known == Some(true) {
@@ -260,6 +341,15 @@ impl Sweeper<'_> {
             if self.young(modified) {
                 continue;
             }
+            if dir.batches() {
+                if size.is_some() || !self.opts.dry_run {
+                    batch.push((d, size));
+                }
+                if batch.len() >= BATCH {
+                    self.blobs_batch(&dir, &mut batch, &mut out)?;
+                }
+                continue;
+            }
             let remove = || self.inv.remove_pool_blob(&dir, &d).map(|_| ());
             let Some(size) = size else {
                 // A folder a deletion cut short left without its data: tidy it.
@@ -275,7 +365,35 @@ impl Sweeper<'_> {
                 out.skipped_in_use += 1;
             }
         }
+        self.blobs_batch(&dir, &mut batch, &mut out)?;
         Ok(out)
+    }
+
+    /// Removes the pool blobs in `batch` (all of the shard `dir`) that it can claim;
+    /// one without its data (a deletion cut short) is tidied and not counted.
+    fn blobs_batch(
+        &self,
+        dir: &LeafDir,
+        batch: &mut Vec<(Digest, Option<u64>)>,
+        out: &mut Swept,
+    ) -> Result<(), GcError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let todo = std::mem::take(batch);
+        let digests: Vec<Digest> = todo.iter().map(|(d, _)| d.clone()).collect();
+        let removed = self.claimed_batch(&digests, |ds| self.inv.remove_pool_blobs(dir, ds))?;
+        for ((d, size), gone) in todo.iter().zip(removed) {
+            match (size, gone) {
+                (Some(size), true) => {
+                    out.blobs.push(d);
+                    out.bytes_freed += size;
+                }
+                (Some(_), false) => out.skipped_in_use += 1,
+                (None, _) => {}
+            }
+        }
+        Ok(())
     }
 }
 

@@ -921,6 +921,7 @@ impl Config {
             given(&["storage", "filesystem"]),
             given(&["gc", "enabled"]),
             given(&["maintenance", "enabled"]),
+            given(&["gc", "workers"]),
         ];
         let mut tree =
             serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Key {
@@ -1165,11 +1166,15 @@ fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
 /// that stops start-up. An unread section whose parts the table decides one by one
 /// (`health`: `http` and `tcp` are refused, the rest is read) is looked into.
 /// Parses `storage.s3` and settles what a store on S3 cannot do yet (issue 18): the
-/// collector and the maintenance tasks still walk a local root, so they are off on S3
-/// when the configuration does not mention them and a start-up error when it turns them
-/// on; so is an artifact post-process command, and a `storage.filesystem` beside it
+/// online collector in replica mode, and the maintenance tasks (their records and
+/// schedule are still read from a local root), are off on S3 when the configuration does
+/// not mention them and a start-up error when it turns them on; so is an artifact
+/// post-process command, and a `storage.filesystem` beside it
 /// (one driver, as in Distribution). `explicit(i, key)` tells whether the file (`i`
 /// indexes the keys checked in [`Config::from_yaml`]) or the environment set `key`.
+/// `gc.workers` on `storage.s3` when the configuration does not set it.
+pub const S3_GC_WORKERS: usize = 16;
+
 fn s3_storage(
     config: &mut Config,
     v: &Value,
@@ -1192,12 +1197,23 @@ fn s3_storage(
             "is set beside storage.s3; give one storage driver",
         ));
     }
-    if explicit(1, "gc.enabled") && config.gc.enabled {
-        return Err(refuse(
-            "gc.enabled",
-            "the online collector does not run on storage.s3 yet; remove the key or set it \
-             to false",
-        ));
+    // One server per bucket root (its lock object) collects online as on a disk;
+    // replicas (`database.enabled`) do not collect yet.
+    if config.database.enabled {
+        if explicit(1, "gc.enabled") && config.gc.enabled {
+            return Err(refuse(
+                "gc.enabled",
+                "the online collector does not run in replica mode (database.enabled) yet; \
+                 remove the key or set it to false",
+            ));
+        }
+        config.gc.enabled = false;
+    }
+    // On a bucket every listing and read of the collector is a request that waits on
+    // the network, not a core: more workers overlap them (100 repositories on RGW:
+    // 43 s with 4 workers, 17.5 s with 16).
+    if !explicit(3, "gc.workers") {
+        config.gc.workers = config.gc.workers.max(S3_GC_WORKERS);
     }
     if explicit(2, "maintenance.enabled") && config.maintenance.enabled {
         return Err(refuse(
@@ -1212,7 +1228,6 @@ fn s3_storage(
             "artifact post-processing does not run on storage.s3 yet",
         ));
     }
-    config.gc.enabled = false;
     config.maintenance.enabled = false;
     Ok(s3)
 }
@@ -1734,7 +1749,22 @@ mod tests {
         let c = Config::from_yaml(S3, "t", env(&[])).unwrap().config;
         let s3 = c.storage.s3.expect("storage.s3 parsed");
         assert_eq!((s3.bucket.as_str(), s3.forcepathstyle), ("b", true));
-        assert!(!c.gc.enabled && !c.maintenance.enabled);
+        // One server on a bucket collects online, as on a disk; maintenance is off.
+        assert!(c.gc.enabled && !c.maintenance.enabled);
+        assert_eq!(c.gc.workers, S3_GC_WORKERS.max(default_gc_workers()));
+        let c = Config::from_yaml(&format!("{S3}gc:\n  workers: 3\n"), "t", env(&[]))
+            .unwrap()
+            .config;
+        assert_eq!(c.gc.workers, 3, "an explicit gc.workers is kept");
+        let yaml = format!("{S3}gc:\n  enabled: true\n");
+        assert!(refusal(&yaml, &[]).is_none(), "gc.enabled on S3 starts");
+        // Replicas do not collect: off by default, refused when asked for.
+        let c = Config::from_yaml(&format!("{S3}database:\n  enabled: true\n"), "t", env(&[]))
+            .map(|c| c.config.gc.enabled);
+        assert!(
+            !matches!(c, Ok(true)),
+            "replica mode keeps the collector off"
+        );
         // From the environment, with credentials from AWS_* (Distribution's names).
         let c = Config::from_yaml(
             "",
@@ -1754,8 +1784,16 @@ mod tests {
             ("env-b", Some("a"))
         );
         for (extra, vars, key) in [
-            ("gc:\n  enabled: true\n", &[][..], "gc.enabled"),
-            ("", &[("REGISTRY_GC_ENABLED", "true")][..], "gc.enabled"),
+            (
+                "gc:\n  enabled: true\ndatabase:\n  enabled: true\n",
+                &[][..],
+                "gc.enabled",
+            ),
+            (
+                "database:\n  enabled: true\n",
+                &[("REGISTRY_GC_ENABLED", "true")][..],
+                "gc.enabled",
+            ),
             (
                 "maintenance:\n  enabled: true\n",
                 &[],

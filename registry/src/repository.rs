@@ -9,7 +9,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::hooks::Point;
 use crate::manifest::{self, Descriptor, Manifest};
 use crate::names::{Reference, RepoName, Tag};
-use crate::storage::{PathSpec, path_for};
+use crate::storage::{Driver, PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -332,60 +332,65 @@ impl Store {
         Ok(all)
     }
 
-    /// Every repository name, sorted: the folders below `repositories/` that hold
-    /// `_manifests` or `_layers` (Distribution 2.8 decides by `_layers`, 3.x by
-    /// `_manifests`), listed level by level through the driver, a few folders at a time
-    /// (one listing per folder; on S3 each is a request). Folders starting with `_` or
-    /// `.` are never descended into.
     async fn walk_repositories(&self) -> Result<Vec<String>> {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        const IN_FLIGHT: usize = 16;
-        let list = |prefix: String| async move {
-            let spec = if prefix.is_empty() {
-                PathSpec::RepositoriesRoot
-            } else {
-                PathSpec::RepositoryFolder(&prefix)
-            };
-            let r = self.driver.list(&path_for(spec)).await;
-            (prefix, r)
+        walk_repositories(self.driver.as_ref(), false).await
+    }
+}
+
+/// Every repository name, sorted: the folders below `repositories/` that hold
+/// `_manifests` or `_layers` (Distribution 2.8 decides by `_layers`, 3.x by
+/// `_manifests`; with `uploads`, the collector's and the upload purge's view, also one
+/// that holds only `_uploads`), listed level by level through the driver, a few folders at a time
+/// (one listing per folder; on S3 each is a request). Folders starting with `_` or `.`
+/// are never descended into.
+pub(crate) async fn walk_repositories(driver: &dyn Driver, uploads: bool) -> Result<Vec<String>> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    const IN_FLIGHT: usize = 16;
+    let list = |prefix: String| async move {
+        let spec = if prefix.is_empty() {
+            PathSpec::RepositoriesRoot
+        } else {
+            PathSpec::RepositoryFolder(&prefix)
         };
-        let mut out = Vec::new();
-        let mut todo = vec![String::new()];
-        let mut running = FuturesUnordered::new();
-        loop {
-            while running.len() < IN_FLIGHT
-                && let Some(p) = todo.pop()
-            {
-                running.push(list(p));
-            }
-            let Some((prefix, listed)) = running.next().await else {
-                break;
-            };
-            let children = match listed {
-                Ok(c) => c,
-                // Gone since its parent was listed (a repository being deleted).
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let mut is_repo = false;
-            for c in children.into_iter().filter(|c| c.is_dir) {
-                if c.name == "_manifests" || c.name == "_layers" {
-                    is_repo = true;
-                } else if !c.name.starts_with('_') && !c.name.starts_with('.') {
-                    todo.push(if prefix.is_empty() {
-                        c.name
-                    } else {
-                        format!("{prefix}/{}", c.name)
-                    });
-                }
-            }
-            if is_repo && !prefix.is_empty() {
-                out.push(prefix);
+        let r = driver.list(&path_for(spec)).await;
+        (prefix, r)
+    };
+    let mut out = Vec::new();
+    let mut todo = vec![String::new()];
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < IN_FLIGHT
+            && let Some(p) = todo.pop()
+        {
+            running.push(list(p));
+        }
+        let Some((prefix, listed)) = running.next().await else {
+            break;
+        };
+        let children = match listed {
+            Ok(c) => c,
+            // Gone since its parent was listed (a repository being deleted).
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut is_repo = false;
+        for c in children.into_iter().filter(|c| c.is_dir) {
+            if c.name == "_manifests" || c.name == "_layers" || (uploads && c.name == "_uploads") {
+                is_repo = true;
+            } else if !c.name.starts_with('_') && !c.name.starts_with('.') {
+                todo.push(if prefix.is_empty() {
+                    c.name
+                } else {
+                    format!("{prefix}/{}", c.name)
+                });
             }
         }
-        out.sort();
-        Ok(out)
+        if is_repo && !prefix.is_empty() {
+            out.push(prefix);
+        }
     }
+    out.sort();
+    Ok(out)
 }
 
 /// The spec's order of listings: "lexical order (i.e. case-insensitive alphanumeric

@@ -3,10 +3,11 @@
 //! its API in their own `impl Store` block. The HTTP layer talks to nothing else.
 //!
 //! Blobs, manifests, tag and layer links and upload sessions are read and written
-//! through the trait only. The modules not yet moved onto it (issue 18: `inventory`,
-//! the catalog walk, `artifacts` beyond their uploads, notifications, maintenance
-//! records) still call the filesystem driver's own methods through [`Store::fs`], which
-//! a store on S3 does not have: there they answer [`Error::Unsupported`].
+//! through the trait only, and so is the collector's walk on a store that is not on
+//! the filesystem (`inventory`). The modules not yet moved onto it (issue 18:
+//! `artifacts` beyond their uploads, scrub) still call the filesystem driver's own
+//! methods through [`Store::fs`], which a store on S3 does not have: there they answer
+//! [`Error::Unsupported`].
 
 use std::sync::Arc;
 

@@ -22,32 +22,21 @@ use crate::digest::{Algorithm, Digest};
 use crate::manifest;
 use crate::names::{RepoName, Tag};
 use crate::storage::{PathSpec, path_for};
-use crate::store::Store;
+
+use super::PoolShard;
 use crate::{Error, Result};
 
-/// The store, as the collector walks and sweeps it from a blocking thread.
+/// The store on the filesystem driver, as the collector walks and sweeps it from a
+/// blocking thread.
 #[derive(Clone)]
-pub struct Inventory {
+pub(super) struct Disk {
     root: PathBuf,
     cache: Arc<Cache>,
 }
 
-/// One shard of the pool: the folder `blobs/<alg>/<hh>` holding the blobs whose hex
-/// digest starts with `hh`.
-#[derive(Debug, Clone)]
-pub struct PoolShard {
-    pub algorithm: Algorithm,
-    dir: PathBuf,
-}
-
-impl Store {
-    /// A handle for the blocking walk of a collection (cheap to clone and send).
-    /// [`Error::Unsupported`] on a store that is not on the filesystem driver.
-    pub fn inventory(&self) -> Result<Inventory> {
-        Ok(Inventory {
-            root: self.fs()?.root().to_path_buf(),
-            cache: self.cache.clone(),
-        })
+impl Disk {
+    pub(super) fn new(root: PathBuf, cache: Arc<Cache>) -> Disk {
+        Disk { root, cache }
     }
 }
 
@@ -153,7 +142,7 @@ fn link_dir(mut link: PathBuf) -> PathBuf {
 /// held open so that the sweep's `stat`, `unlink` and `rmdir` name each leaf relative to
 /// it. With full paths the kernel walked nine or more components per call, and that
 /// walk was a fifth of a collection's CPU on tmpfs.
-pub struct LeafDir {
+pub(super) struct DiskDir {
     fd: OwnedFd,
     path: PathBuf,
     file: &'static str,
@@ -204,10 +193,10 @@ fn last_os_error_unless_missing(rc: libc::c_int) -> std::io::Result<bool> {
     }
 }
 
-impl LeafDir {
+impl DiskDir {
     /// Opens `path` (`O_PATH`: only a handle for the `*at` calls); `None` when it is not
     /// there.
-    fn open(path: PathBuf, file: &'static str) -> Result<Option<LeafDir>> {
+    fn open(path: PathBuf, file: &'static str) -> Result<Option<DiskDir>> {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| Error::internal(format!("{}: NUL in path", path.display())))?;
         // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
@@ -226,7 +215,7 @@ impl LeafDir {
         }
         // SAFETY: `open` returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Some(LeafDir { fd, path, file }))
+        Ok(Some(DiskDir { fd, path, file }))
     }
 
     /// Size and modification time of `<hex>/<file>`, without following a symlink;
@@ -291,6 +280,13 @@ impl LeafDir {
         }
     }
 
+    /// The names of the leaves (`<hex>` folders), sorted.
+    pub fn entries(&self) -> Result<Vec<String>> {
+        let mut names = child_dirs(&self.path)?;
+        names.sort();
+        Ok(names)
+    }
+
     /// Removes `<hex>/<file>` and then `<hex>`, as [`remove_leaf`] does, in two calls
     /// relative to the open folder.
     fn remove(&self, hex: &str) -> Result<bool> {
@@ -308,21 +304,16 @@ fn remove_tree(dir: &Path) -> Result<()> {
     }
 }
 
-impl Inventory {
+impl Disk {
     fn full(&self, spec: PathSpec<'_>) -> PathBuf {
         self.root.join(path_for(spec))
     }
 
-    /// Every repository folder that holds manifests, layer links or uploads, sorted.
-    pub fn repositories(&self) -> Result<Vec<RepoName>> {
+    /// Every repository folder that holds manifests, layer links or uploads.
+    pub fn repository_names(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
         super::walk_repos(&self.full(PathSpec::RepositoriesRoot), "", &mut names);
-        let mut repos: Vec<RepoName> = names
-            .iter()
-            .filter_map(|n| RepoName::parse(n).ok())
-            .collect();
-        repos.sort();
-        Ok(repos)
+        Ok(names)
     }
 
     /// The manifest revisions of `name`.
@@ -405,40 +396,32 @@ impl Inventory {
             let Some(algorithm) = Algorithm::parse(&alg) else {
                 continue;
             };
-            let dir = root.join(&alg);
-            for hh in child_dirs(&dir)? {
-                out.push(PoolShard {
-                    algorithm,
-                    dir: dir.join(hh),
-                });
+            for hh in child_dirs(&root.join(&alg))? {
+                out.push(PoolShard { algorithm, hh });
             }
         }
-        out.sort_by(|a, b| a.dir.cmp(&b.dir));
+        out.sort();
         Ok(out)
     }
 
-    /// The hex digests of the blob folders in one shard, sorted.
-    pub fn shard_entries(&self, shard: &PoolShard) -> Result<Vec<String>> {
-        let mut names = child_dirs(&shard.dir)?;
-        names.sort();
-        Ok(names)
-    }
-
     /// A pool shard held open for the sweep; `None` when it is gone.
-    pub fn open_shard(&self, shard: &PoolShard) -> Result<Option<LeafDir>> {
-        LeafDir::open(shard.dir.clone(), "data")
+    pub fn open_shard(&self, shard: &PoolShard) -> Result<Option<DiskDir>> {
+        let dir = self.full(PathSpec::BlobShard(shard.algorithm.as_str(), &shard.hh));
+        DiskDir::open(dir, "data")
     }
 
     /// A repository's `_layers/<alg>` folder held open for the sweep; `None` when it is
     /// not there.
-    pub fn open_layer_links(&self, name: &RepoName, alg: Algorithm) -> Result<Option<LeafDir>> {
-        let dir = self.full(PathSpec::LayersDir(name)).join(alg.as_str());
-        LeafDir::open(dir, "link")
+    pub fn open_layer_links(&self, name: &RepoName, alg: Algorithm) -> Result<Option<DiskDir>> {
+        DiskDir::open(
+            self.full(PathSpec::LayersAlgDir(name, alg.as_str())),
+            "link",
+        )
     }
 
     /// Removes a blob of the open shard `dir` from the pool; `false` when it was not
     /// there.
-    pub fn remove_pool_blob(&self, dir: &LeafDir, digest: &Digest) -> Result<bool> {
+    pub fn remove_pool_blob(&self, dir: &DiskDir, digest: &Digest) -> Result<bool> {
         let r = dir.remove(digest.hex());
         self.cache.invalidate_blob(digest);
         r
@@ -448,7 +431,7 @@ impl Inventory {
     /// `false` when it was not there.
     pub fn remove_layer_link(
         &self,
-        dir: &LeafDir,
+        dir: &DiskDir,
         name: &RepoName,
         digest: &Digest,
     ) -> Result<bool> {
@@ -461,23 +444,9 @@ impl Inventory {
     }
 
     /// Removes a manifest revision of `name`: the tag-history entries naming it (of
-    /// `tags`, the tags whose index holds it; every tag of the repository when `None`),
-    /// its entry in its subject's referrers index, its own referrers index, and last its
-    /// revision link.
-    pub fn remove_revision(
-        &self,
-        name: &RepoName,
-        digest: &Digest,
-        tags: Option<&[Tag]>,
-    ) -> Result<()> {
-        let all;
-        let tags = match tags {
-            Some(t) => t,
-            None => {
-                all = self.tag_names(name)?;
-                &all
-            }
-        };
+    /// `tags`, the tags whose index holds it), its entry in its subject's referrers
+    /// index, its own referrers index, and last its revision link.
+    pub fn remove_revision(&self, name: &RepoName, digest: &Digest, tags: &[Tag]) -> Result<()> {
         for tag in tags {
             remove_leaf(
                 &link_dir(self.full(PathSpec::TagIndexLink(name, tag, digest))),
@@ -530,7 +499,7 @@ mod tests {
         leaf(&root, "aa", &["data"]);
         leaf(&root, "bb", &[]); // a removal cut short: the folder without its data
         leaf(&root, "cc", &["data", "data.tmp-1"]); // a cut write left a temp file
-        let dir = LeafDir::open(root.clone(), "data").unwrap().unwrap();
+        let dir = DiskDir::open(root.clone(), "data").unwrap().unwrap();
 
         let (size, t) = dir.meta("aa").unwrap();
         assert_eq!(size, Some(4));
@@ -570,7 +539,7 @@ mod tests {
         assert!(dir.meta("").is_err());
         assert!(root.exists());
         assert!(
-            LeafDir::open(tmp.path().join("missing"), "data")
+            DiskDir::open(tmp.path().join("missing"), "data")
                 .unwrap()
                 .is_none()
         );

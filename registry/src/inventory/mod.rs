@@ -6,14 +6,294 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::names::{RepoName, Tag};
 use crate::storage::{PathSpec, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
 mod blocking;
-pub use blocking::{Inventory, LeafDir, PoolShard};
+mod objects;
+
+use blocking::{Disk, DiskDir};
+use objects::{Objects, ObjectsDir};
+
+/// The store, as the collector walks and sweeps it from a blocking thread (cheap to
+/// clone and send): on the filesystem, plain system calls relative to held-open
+/// folders (`blocking`); on any other driver (S3), driver calls run on the server's
+/// runtime, listings that carry every leaf's time, and batch deletes (`objects`).
+#[derive(Clone)]
+pub struct Inventory(Backend);
+
+#[derive(Clone)]
+enum Backend {
+    Disk(Disk),
+    Objects(Objects),
+}
+
+/// One shard of the pool: the folder `blobs/<alg>/<hh>` holding the blobs whose hex
+/// digest starts with `hh`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolShard {
+    pub algorithm: Algorithm,
+    hh: String,
+}
+
+/// A folder of `<hex>/<file>` leaves (a pool shard, a repository's `_layers/<alg>`) as
+/// the sweep holds it: open on the filesystem (every `stat` and removal relative to
+/// it), listed once on S3 (every leaf's size and `LastModified` from the listing).
+pub struct LeafDir(Leaves);
+
+enum Leaves {
+    Disk(DiskDir),
+    Objects(ObjectsDir),
+}
+
+impl LeafDir {
+    /// Size and modification time of a leaf's file; when the file is missing (a removal
+    /// cut short, or a write that has made the folder and not yet put its file in it),
+    /// `None` with the folder's (the other keys') time; no time at all when that is gone
+    /// too. A caller must treat a missing time as new, never as old.
+    pub fn meta(&self, hex: &str) -> Result<(Option<u64>, Option<SystemTime>)> {
+        match &self.0 {
+            Leaves::Disk(d) => d.meta(hex),
+            Leaves::Objects(o) => Ok(o.meta(hex)),
+        }
+    }
+
+    /// Modification time of a leaf's file; `None` when it is not there (yet): a caller
+    /// must treat that as new, never as old.
+    pub fn time(&self, hex: &str) -> Option<SystemTime> {
+        match &self.0 {
+            Leaves::Disk(d) => d.time(hex),
+            Leaves::Objects(o) => o.time(hex),
+        }
+    }
+
+    /// The leaves' names (hex digests), sorted.
+    pub fn entries(&self) -> Result<Vec<String>> {
+        match &self.0 {
+            Leaves::Disk(d) => d.entries(),
+            Leaves::Objects(o) => Ok(o.entries()),
+        }
+    }
+
+    /// Whether removals from this folder should go in batches
+    /// ([`Inventory::remove_pool_blobs`], [`Inventory::remove_layer_links`]): one
+    /// request per 1,000 keys on S3; on disk every removal is its own system calls.
+    pub fn batches(&self) -> bool {
+        matches!(self.0, Leaves::Objects(_))
+    }
+}
+
+fn mismatch() -> Error {
+    Error::internal("a folder of one storage backend handed to another")
+}
+
+impl Store {
+    /// A handle for the blocking walk of a collection. Must be called inside a tokio
+    /// runtime on a store that is not on the filesystem (its driver calls run there).
+    pub fn inventory(&self) -> Result<Inventory> {
+        Ok(Inventory(match &self.fs_root {
+            Some(fs) => Backend::Disk(Disk::new(fs.root().to_path_buf(), self.cache.clone())),
+            None => Backend::Objects(
+                Objects::new(self.driver.clone(), self.cache.clone())
+                    .ok_or_else(|| Error::internal("the collector needs a tokio runtime"))?,
+            ),
+        }))
+    }
+}
+
+/// The same call on either backend.
+macro_rules! each {
+    ($inv:expr, $b:ident => $e:expr) => {
+        match &$inv.0 {
+            Backend::Disk($b) => $e,
+            Backend::Objects($b) => $e,
+        }
+    };
+}
+
+impl Inventory {
+    /// Every repository folder that holds manifests, layer links or uploads, sorted.
+    pub fn repositories(&self) -> Result<Vec<RepoName>> {
+        let names = each!(self, b => b.repository_names())?;
+        let mut repos: Vec<RepoName> = names
+            .iter()
+            .filter_map(|n| RepoName::parse(n).ok())
+            .collect();
+        repos.sort();
+        Ok(repos)
+    }
+
+    /// The manifest revisions of `name`.
+    pub fn revisions(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        each!(self, b => b.revisions(name))
+    }
+
+    /// The layer links of `name`.
+    pub fn layer_links(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        each!(self, b => b.layer_links(name))
+    }
+
+    /// The subjects of `name` that have a referrers index.
+    pub fn referrer_subjects(&self, name: &RepoName) -> Result<Vec<Digest>> {
+        each!(self, b => b.referrer_subjects(name))
+    }
+
+    /// The referrers indexed for `subject` in `name`.
+    pub fn referrers(&self, name: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
+        each!(self, b => b.referrers(name, subject))
+    }
+
+    /// The tags of `name`, sorted, without reading their links.
+    pub fn tag_names(&self, name: &RepoName) -> Result<Vec<Tag>> {
+        each!(self, b => b.tag_names(name))
+    }
+
+    /// The tags of `name` with what each points at (`None` for a tag folder without a
+    /// readable current link).
+    pub fn tags(&self, name: &RepoName) -> Result<Vec<(Tag, Option<Digest>)>> {
+        each!(self, b => b.tags(name))
+    }
+
+    /// The digests of `algorithms` that a tag's index (its history) holds. A sweep asks
+    /// only for the algorithms of the revisions it removes: the folder of any other
+    /// (usually `sha512`, usually missing) would be a lookup per tag for nothing.
+    pub fn tag_index(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        algorithms: &[Algorithm],
+    ) -> Result<Vec<Digest>> {
+        each!(self, b => b.tag_index(name, tag, algorithms))
+    }
+
+    /// A manifest's bytes from the pool; `None` when the blob is not there.
+    pub fn manifest_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        each!(self, b => b.manifest_bytes(digest))
+    }
+
+    /// Modification time of a revision link; `None` when it is not there: gone, or its
+    /// folder made by a write that has not yet put the link into it. A caller must
+    /// treat that as new, never as old.
+    pub fn revision_time(&self, name: &RepoName, digest: &Digest) -> Option<SystemTime> {
+        each!(self, b => b.revision_time(name, digest))
+    }
+
+    /// The pool's shards, sorted.
+    pub fn pool_shards(&self) -> Result<Vec<PoolShard>> {
+        each!(self, b => b.pool_shards())
+    }
+
+    /// A pool shard held for the sweep; `None` when it is gone.
+    pub fn open_shard(&self, shard: &PoolShard) -> Result<Option<LeafDir>> {
+        Ok(match &self.0 {
+            Backend::Disk(b) => b.open_shard(shard)?.map(|d| LeafDir(Leaves::Disk(d))),
+            Backend::Objects(b) => b.open_shard(shard)?.map(|d| LeafDir(Leaves::Objects(d))),
+        })
+    }
+
+    /// A repository's `_layers/<alg>` folder held for the sweep; `None` when it is not
+    /// there.
+    pub fn open_layer_links(&self, name: &RepoName, alg: Algorithm) -> Result<Option<LeafDir>> {
+        Ok(match &self.0 {
+            Backend::Disk(b) => b
+                .open_layer_links(name, alg)?
+                .map(|d| LeafDir(Leaves::Disk(d))),
+            Backend::Objects(b) => b
+                .open_layer_links(name, alg)?
+                .map(|d| LeafDir(Leaves::Objects(d))),
+        })
+    }
+
+    /// Removes a blob of the shard `dir` from the pool; `false` when it was not there
+    /// (on S3: when the listing did not show it).
+    pub fn remove_pool_blob(&self, dir: &LeafDir, digest: &Digest) -> Result<bool> {
+        match (&self.0, &dir.0) {
+            (Backend::Disk(b), Leaves::Disk(d)) => b.remove_pool_blob(d, digest),
+            (Backend::Objects(b), Leaves::Objects(d)) => {
+                let there = d.meta(digest.hex()).1.is_some();
+                b.remove_pool_blobs(d, std::slice::from_ref(digest))?;
+                Ok(there)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Removes the blobs `digests` of the shard `dir` from the pool, in batches where
+    /// the backend has them.
+    pub fn remove_pool_blobs(&self, dir: &LeafDir, digests: &[Digest]) -> Result<()> {
+        match (&self.0, &dir.0) {
+            (Backend::Objects(b), Leaves::Objects(d)) => b.remove_pool_blobs(d, digests),
+            _ => {
+                for d in digests {
+                    self.remove_pool_blob(dir, d)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a layer link of `name` from its `_layers/<alg>` folder `dir`; `false`
+    /// when it was not there.
+    pub fn remove_layer_link(
+        &self,
+        dir: &LeafDir,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        match (&self.0, &dir.0) {
+            (Backend::Disk(b), Leaves::Disk(d)) => b.remove_layer_link(d, name, digest),
+            (Backend::Objects(b), Leaves::Objects(d)) => {
+                let there = d.meta(digest.hex()).1.is_some();
+                b.remove_layer_links(d, name, std::slice::from_ref(digest))?;
+                Ok(there)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Removes the layer links `digests` of `name` from `dir`, in batches where the
+    /// backend has them.
+    pub fn remove_layer_links(
+        &self,
+        dir: &LeafDir,
+        name: &RepoName,
+        digests: &[Digest],
+    ) -> Result<()> {
+        match (&self.0, &dir.0) {
+            (Backend::Objects(b), Leaves::Objects(d)) => b.remove_layer_links(d, name, digests),
+            _ => {
+                for d in digests {
+                    self.remove_layer_link(dir, name, d)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a manifest revision of `name`: the tag-history entries naming it (of
+    /// `tags`, the tags whose index holds it; every tag of the repository when `None`),
+    /// its entry in its subject's referrers index, its own referrers index, and last its
+    /// revision link.
+    pub fn remove_revision(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        tags: Option<&[Tag]>,
+    ) -> Result<()> {
+        let all;
+        let tags = match tags {
+            Some(t) => t,
+            None => {
+                all = self.tag_names(name)?;
+                &all
+            }
+        };
+        each!(self, b => b.remove_revision(name, digest, tags))
+    }
+}
 
 /// A digest named by a `<alg>/<hex>/<file>` relative path.
 fn digest_of_rel(rel: &str) -> Option<Digest> {
@@ -264,7 +544,7 @@ impl Store {
         let mut out = Vec::new();
         for tag in self.tags(name).await? {
             let link = path_for(PathSpec::TagCurrentLink(name, &tag));
-            let Ok(info) = self.fs()?.stat(&link).await else {
+            let Ok(info) = self.driver.stat(&link).await else {
                 continue;
             };
             if let Some(d) = self.resolve_tag(name, &tag).await? {

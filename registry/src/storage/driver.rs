@@ -54,21 +54,21 @@
 //! - `gc/src/lock.rs`: on S3, `BucketLock`, a lock object taken with a create-only
 //!   [`Driver::put`] holding owner and expiry, renewed with replace-if-unchanged, marked
 //!   expired on exit; the filesystem keeps `flock` (which a crash releases).
+//! - `inventory/`: the collector's view has two backends behind one `Inventory`: the
+//!   filesystem's system calls relative to held-open folders (`blocking`, unchanged),
+//!   and `objects` on any driver: [`Driver::list`] level by level, [`Driver::list_below`]
+//!   for a pool shard or a repository's layer links (key, size, modified: one listing
+//!   on S3 gives `LastModified` for every leaf, so the sweep needs no stat per
+//!   candidate there), [`Driver::delete_many`] (`DeleteObjects`) for the sweep's
+//!   batches. The catalog walk and the collector's repository walk on a driver are one
+//!   function (`repository::walk_repositories`, `_uploads` as a parameter). The grace
+//!   clock is [`Stat::modified`] / [`WalkEntry::modified`] — mtime on disk,
+//!   `LastModified` on S3; "touch on reuse" is [`Driver::touch`], on S3 a copy of the
+//!   object onto itself (server-side; RGW shares the data).
 //!
 //! Next:
-//! - `inventory/`: dissolves. Its listings (`child_dirs`, `digest_dirs`, `pool_shards`,
-//!   `shard_entries`, `walk_repos`) become [`Driver::list`] (names and kinds, no stat, as
-//!   `getdents` gives) and [`Driver::walk`] (key, size, modified: one listing on S3 gives
-//!   `LastModified` for every blob, so the sweep needs no stat per candidate there); the
-//!   `LeafDir` `*at` fast path becomes the filesystem driver's [`Driver::delete_many`]
-//!   (held-open folders, `unlinkat`), which is `DeleteObjects` on S3; the two repository
-//!   walkers become one domain function over [`Driver::list`] with the `_uploads` choice
-//!   as a parameter; `remove_revision` moves to `repository.rs` as ordered deletes.
-//! - The grace clock: [`Stat::modified`] / [`WalkEntry::modified`] — mtime on disk,
-//!   `LastModified` on S3. "Touch on reuse" is [`Driver::touch`], which on S3 is a copy of
-//!   the object onto itself (server-side; RGW shares the data, so the cost does not grow
-//!   with the blob). A push of content the pool already has goes through `commit`, which
-//!   touches.
+//! - `inventory/blocking.rs`: its fast paths could move into the filesystem driver
+//!   (`delete_many` on held-open folders), leaving one backend.
 //! - `artifacts/tree.rs`: a delete renames a subtree into `.trash` on disk; there is no
 //!   atomic subtree rename on S3, so the tree deletes in order (the `.link` files first,
 //!   the records last), which a crash can only leave as a smaller tree, never a torn file.
@@ -303,6 +303,14 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Every file below `prefix` (a folder), in no particular order, streamed as it is
     /// found; nothing for a missing prefix. Backends that can list in parallel do.
     fn walk(&self, prefix: &str) -> Pin<Box<dyn Stream<Item = DriverResult<WalkEntry>> + Send>>;
+    /// Every file below `prefix` (a folder) in one sequential listing, for a folder of
+    /// many small folders (a pool shard, a repository's layer links): on S3 one
+    /// `ListObjectsV2` page per 1,000 keys, where [`Driver::walk`] would list each
+    /// small folder apart. Nothing for a missing prefix.
+    async fn list_below(&self, prefix: &str) -> DriverResult<Vec<WalkEntry>> {
+        use futures::TryStreamExt;
+        self.walk(prefix).try_collect().await
+    }
     /// Removes a file, or a folder and everything below it; [`DriverError::NotFound`]
     /// when there was nothing.
     async fn delete(&self, path: &str) -> DriverResult<()>;

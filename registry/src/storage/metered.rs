@@ -91,6 +91,11 @@ impl Driver for Metered {
         self.inner.walk(prefix)
     }
 
+    async fn list_below(&self, prefix: &str) -> DriverResult<Vec<WalkEntry>> {
+        let _t = self.timer("List");
+        self.inner.list_below(prefix).await
+    }
+
     async fn delete(&self, path: &str) -> DriverResult<()> {
         let _t = self.timer("Delete");
         self.inner.delete(path).await

@@ -72,6 +72,8 @@ impl Scratch {
 pub enum PathSpec<'a> {
     /// `blobs/`: the root of the pool.
     BlobsRoot,
+    /// One shard of the pool, `blobs/<alg>/<hh>`: the blobs whose hex starts with `hh`.
+    BlobShard(&'a str, &'a str),
     /// The folder holding one pool blob (removed whole by the sweeper).
     BlobDir(&'a Digest),
     BlobData(&'a Digest),
@@ -81,6 +83,8 @@ pub enum PathSpec<'a> {
     RepositoryFolder(&'a str),
     Repository(&'a RepoName),
     LayersDir(&'a RepoName),
+    /// The layer links of one digest algorithm (`sha256`).
+    LayersAlgDir(&'a RepoName, &'a str),
     /// The folder of one layer link (removed whole).
     LayerDir(&'a RepoName, &'a Digest),
     LayerLink(&'a RepoName, &'a Digest),
@@ -157,6 +161,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
     let dig = |d: &Digest| format!("{}/{}", d.algorithm().as_str(), d.hex());
     match spec {
         BlobsRoot => format!("{ROOT}/blobs"),
+        BlobShard(alg, hh) => format!("{ROOT}/blobs/{alg}/{hh}"),
         BlobDir(d) => format!(
             "{ROOT}/blobs/{}/{}/{}",
             d.algorithm().as_str(),
@@ -168,6 +173,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
         RepositoryFolder(p) => format!("{ROOT}/repositories/{p}"),
         Repository(n) => repo(n),
         LayersDir(n) => format!("{}/_layers", repo(n)),
+        LayersAlgDir(n, alg) => format!("{}/_layers/{alg}", repo(n)),
         LayerDir(n, d) => format!("{}/_layers/{}", repo(n), dig(d)),
         LayerLink(n, d) => format!("{}/_layers/{}/link", repo(n), dig(d)),
         ManifestRevisionsDir(n) => format!("{}/_manifests/revisions", repo(n)),
@@ -241,6 +247,10 @@ mod tests {
         let table: Vec<(PathSpec, String)> = vec![
             (BlobsRoot, "docker/registry/v2/blobs".into()),
             (
+                BlobShard("sha256", "ab"),
+                "docker/registry/v2/blobs/sha256/ab".into(),
+            ),
+            (
                 BlobDir(&d),
                 format!("docker/registry/v2/blobs/sha256/ab/{h}"),
             ),
@@ -252,6 +262,7 @@ mod tests {
             (Repository(&n), r.into()),
             (RepositoryFolder("library/alpine"), r.into()),
             (LayersDir(&n), format!("{r}/_layers")),
+            (LayersAlgDir(&n, "sha256"), format!("{r}/_layers/sha256")),
             (LayerDir(&n, &d), format!("{r}/_layers/sha256/{h}")),
             (LayerLink(&n, &d), format!("{r}/_layers/sha256/{h}/link")),
             (

@@ -897,6 +897,29 @@ impl Driver for S3Driver {
         }))
     }
 
+    async fn list_below(&self, prefix: &str) -> DriverResult<Vec<WalkEntry>> {
+        let p = self.prefix(prefix)?;
+        let base = p.as_ref().map(|p| p.to_string()).unwrap_or_default();
+        let found: Vec<object_store::ObjectMeta> = self
+            .inner
+            .store
+            .list(p.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| self.map_err(prefix, e))?;
+        Ok(found
+            .into_iter()
+            .filter_map(|m| {
+                let path = self.rel(m.location.as_ref(), &base)?.to_owned();
+                Some(WalkEntry {
+                    path,
+                    size: m.size,
+                    modified: SystemTime::from(m.last_modified),
+                })
+            })
+            .collect())
+    }
+
     async fn delete(&self, path: &str) -> DriverResult<()> {
         check_file_path(path)?;
         let file = match self.head(path).await {
