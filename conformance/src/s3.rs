@@ -61,6 +61,19 @@ pub fn yaml(root: &str) -> String {
     yaml_with_secret(root, &var("DRYDOCK_TEST_S3_SECRET_KEY"))
 }
 
+/// [`yaml`] in replica mode: the `database` section for `db` added.
+pub fn replica_yaml(root: &str, db: &registry::coordination::DatabaseConfig) -> String {
+    format!(
+        "{}database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  dbname: {}\n  \
+         sslmode: disable\n",
+        yaml(root),
+        db.host,
+        db.port,
+        db.user,
+        db.dbname,
+    )
+}
+
 /// The bucket under `root`, seen directly.
 pub fn bucket(root: &str) -> S3Driver {
     S3Driver::new(config(root)).expect("the S3 test driver")

@@ -839,6 +839,56 @@ async fn a_blob_claimed_twice_by_one_collection_is_absent_until_both_links_are_g
     assert_eq!(answers, [404, 404], "the blob's links were both removed");
 }
 
+/// Replicas collect in turn: while replica A's cycle runs (paused after its mark, holding
+/// the database's GC lease), replica B's cycle waits for the lease and does not mark;
+/// once A's cycle has ended, B's runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_run_one_collection_at_a_time() {
+    let (a, b, _g, db) = setup_on(12, Coordination::TwoReplicas).await;
+    let b = b.expect("the second replica");
+    let db = db.expect("the database");
+    let a_marked = a.store.liveness().hooks().arm(Point::Marked, None);
+    let mut a_cycle = tokio::spawn(run_remover(&a, Remover::GcUntagged));
+    a_marked.arrived().await;
+    let b_waits = b.store.liveness().hooks().arm(Point::LeaseWaits, None);
+    let b_marked = b.store.liveness().hooks().arm(Point::Marked, None);
+    let mut b_cycle = tokio::spawn(run_remover(&b, Remover::GcUntagged));
+    tokio::select! {
+        _ = b_waits.arrived() => {}
+        _ = b_marked.arrived() => {
+            b_marked.release();
+            a_marked.release();
+            panic!("replica B marked while replica A's cycle ran");
+        }
+    }
+    b_waits.release();
+    // B now waits in the database for the lease A holds.
+    let pg = conformance::pg::client(&db.dbname).await;
+    loop {
+        let waiting: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!b_marked.has_arrived(), "B marked while A held the lease");
+    assert!(!b_cycle.is_finished());
+    a_marked.release();
+    (&mut a_cycle).await.expect("A's cycle");
+    b_marked.arrived().await;
+    b_marked.release();
+    (&mut b_cycle).await.expect("B's cycle");
+    assert_eq!(a.cleaner.status().cycles + b.cleaner.status().cycles, 2);
+    conformance::pg::drop_db(&db).await;
+}
+
 /// Issue 15, flow 1, as reported: an image's tag is deleted; a cycle that removes
 /// untagged manifests marks (M unreached); the client HEADs M and pushes an index over
 /// it as a new tag; the cycle goes on. M's config and layer must stay.

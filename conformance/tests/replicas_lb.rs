@@ -7,7 +7,7 @@
 mod clients;
 
 use clients::*;
-use conformance::{ServerProcess, digest_of, s3};
+use conformance::{ServerProcess, digest_of, image_manifest, push_blob_to, random_bytes, s3};
 
 /// nginx in front of `replicas` with docs/storage.md's example, listening on `port`.
 fn balancer(dir: &std::path::Path, port: u16, replicas: &[&ServerProcess]) -> Daemon {
@@ -46,15 +46,7 @@ async fn three_replicas_behind_nginx_serve_skopeo_and_podman() {
     let root = s3::fresh_root("lb");
     let db = conformance::pg::fresh_db().await;
     let dir = tempdir();
-    let yaml = format!(
-        "{}database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  dbname: {}\n  \
-         sslmode: disable\n",
-        s3::yaml(&root),
-        db.host,
-        db.port,
-        db.user,
-        db.dbname,
-    );
+    let yaml = s3::replica_yaml(&root, &db);
     let cfg = dir.path().join("config.yml");
     std::fs::write(&cfg, yaml).unwrap();
     let replicas: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::spawn(&cfg)).collect();
@@ -137,6 +129,121 @@ async fn three_replicas_behind_nginx_serve_skopeo_and_podman() {
 
     lb.stop();
     drop(replicas);
+    s3::remove_root(&root).await;
+    conformance::pg::drop_db(&db).await;
+}
+
+/// Replicas collect online: garbage made through one replica (a tag deleted, a blob no
+/// manifest references) is removed from the bucket by a cycle another replica runs
+/// (SIGUSR1), taking the database's GC lease; both then answer 404 for it, and what a
+/// tag still references stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_collects_what_another_replica_left_behind() {
+    let root = s3::fresh_root("lb-gc");
+    let db = conformance::pg::fresh_db().await;
+    let dir = tempdir();
+    let yaml = format!(
+        "{}gc:\n  on_startup: false\n  grace: 0s\n  pending_ttl: 0s\n  remove_untagged: true\n",
+        s3::replica_yaml(&root, &db)
+    );
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let a = ServerProcess::spawn(&cfg);
+    let b = ServerProcess::spawn(&cfg);
+    let c = reqwest::Client::new();
+    let repo = "lbgc/app";
+    let put = |s: &ServerProcess, tag: &str, body: String| {
+        c.put(s.url(&format!("/v2/{repo}/manifests/{tag}")))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+            .send()
+    };
+    // Kept: an image under a tag. Garbage: another image whose tag B deletes, and a blob
+    // pushed through B that no manifest references.
+    let mut images = Vec::new();
+    for seed in [1u64, 2] {
+        let config = format!("{{\"seed\":{seed}}}").into_bytes();
+        let layer = random_bytes(4096, seed);
+        let cd = push_blob_to(&c, &a.base, repo, &config).await;
+        let ld = push_blob_to(&c, &a.base, repo, &layer).await;
+        let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
+        assert_eq!(
+            put(&a, &format!("v{seed}"), m.clone())
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        images.push((digest_of(m.as_bytes()), cd, ld));
+    }
+    let lone = push_blob_to(&c, &b.base, repo, &random_bytes(2048, 3)).await;
+    let del = c
+        .delete(b.url(&format!("/v2/{repo}/manifests/v2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 202);
+
+    // A cycle on A.
+    // SAFETY: kill(2) on the pid of a child the test owns.
+    unsafe { libc::kill(a.child.id() as libc::pid_t, libc::SIGUSR1) };
+    assert!(
+        tokio::task::block_in_place(|| a.wait_for_log("garbage collection done", 1)),
+        "{}",
+        a.log_text()
+    );
+    let bucket = s3::bucket(&root);
+    let keys = s3::keys(&bucket).await;
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
+    let (m2, c2, l2) = &images[1];
+    for gone in [m2, c2, l2, &lone] {
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.contains(&format!("/{}/data", hex(gone)))),
+            "{gone} is still in the bucket"
+        );
+    }
+    let (m1, c1, l1) = &images[0];
+    for kept in [m1, c1, l1] {
+        assert!(
+            keys.iter()
+                .any(|k| k.contains(&format!("/{}/data", hex(kept)))),
+            "{kept} was removed"
+        );
+    }
+    for s in [&a, &b] {
+        let get = |p: String| c.get(s.url(&p)).send();
+        assert_eq!(
+            get(format!("/v2/{repo}/manifests/{m2}"))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            get(format!("/v2/{repo}/blobs/{lone}"))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            get(format!("/v2/{repo}/manifests/v1"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            get(format!("/v2/{repo}/blobs/{l1}"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    drop((a, b));
     s3::remove_root(&root).await;
     conformance::pg::drop_db(&db).await;
 }

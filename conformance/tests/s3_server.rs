@@ -775,7 +775,7 @@ async fn skopeo_round_trips_images_on_s3() {
 
 /// What does not run on S3 yet is refused, never half done against a local folder: the
 /// CLI's collector and maintenance exit with the reason, a configuration that turns the
-/// collector on in replica mode does not start, and an artifact upload answers
+/// maintenance scheduler on does not start, and an artifact upload answers
 /// `405 UNSUPPORTED` leaving nothing in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_does_not_run_on_s3_yet_is_refused() {
@@ -799,11 +799,9 @@ async fn what_does_not_run_on_s3_yet_is_refused() {
         );
     }
     let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
-    let stderr = refused_start(&format!(
-        "{yaml}gc:\n  enabled: true\ndatabase:\n  enabled: true\n"
-    ));
+    let stderr = refused_start(&format!("{yaml}maintenance:\n  enabled: true\n"));
     assert!(
-        stderr.contains("configuration key gc.enabled: "),
+        stderr.contains("configuration key maintenance.enabled: "),
         "{stderr}"
     );
 
@@ -849,16 +847,7 @@ async fn two_replicas_share_a_bucket_and_a_database() {
     let root = fresh_root("replicas");
     let db = conformance::pg::fresh_db().await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "{}database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  dbname: {}\n  \
-         sslmode: disable\n",
-        s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY")),
-        db.host,
-        db.port,
-        db.user,
-        db.dbname,
-    );
-    let cfg = write_config(dir.path(), &yaml);
+    let cfg = write_config(dir.path(), &conformance::s3::replica_yaml(&root, &db));
     let a = ServerProcess::spawn(&cfg);
     let b = ServerProcess::spawn(&cfg);
     for s in [&a, &b] {

@@ -125,6 +125,18 @@ impl Cleaner {
 
     async fn cycle(&self, options: &Options) -> Result<Report, GcError> {
         let _one_at_a_time = self.inner.cycle.lock().await;
+        // Replicas: one cycle at a time across all of them (the database's GC lease).
+        let lease = match self.inner.store.liveness().collection_lease().await {
+            Ok(l) => l,
+            Err(e) => {
+                let e = GcError::from(e);
+                let mut st = self.lock_status();
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+                tracing::error!(error = %e, "garbage collection cycle could not take the lease");
+                return Err(e);
+            }
+        };
         self.lock_status().running = true;
         let observers = self.observers().clone();
         observers.iter().for_each(|o| o.started());
@@ -135,6 +147,9 @@ impl Cleaner {
             Some(self.inner.store.liveness()),
         )
         .await;
+        if let Some(l) = lease {
+            l.release().await;
+        }
         observers.iter().for_each(|o| o.finished(&r, t0.elapsed()));
         let mut st = self.lock_status();
         st.running = false;

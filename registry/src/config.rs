@@ -1197,18 +1197,9 @@ fn s3_storage(
             "is set beside storage.s3; give one storage driver",
         ));
     }
-    // One server per bucket root (its lock object) collects online as on a disk;
-    // replicas (`database.enabled`) do not collect yet.
-    if config.database.enabled {
-        if explicit(1, "gc.enabled") && config.gc.enabled {
-            return Err(refuse(
-                "gc.enabled",
-                "the online collector does not run in replica mode (database.enabled) yet; \
-                 remove the key or set it to false",
-            ));
-        }
-        config.gc.enabled = false;
-    }
+    // One server per bucket root (its lock object) collects online as on a disk, and so
+    // do replicas (`database.enabled`): their cycles take the database's GC lease in
+    // turn, their removals coordinate through it with every replica's writes.
     // On a bucket every listing and read of the collector is a request that waits on
     // the network, not a core: more workers overlap them (100 repositories on RGW:
     // 43 s with 4 workers, 17.5 s with 16).
@@ -1758,13 +1749,15 @@ mod tests {
         assert_eq!(c.gc.workers, 3, "an explicit gc.workers is kept");
         let yaml = format!("{S3}gc:\n  enabled: true\n");
         assert!(refusal(&yaml, &[]).is_none(), "gc.enabled on S3 starts");
-        // Replicas do not collect: off by default, refused when asked for.
-        let c = Config::from_yaml(&format!("{S3}database:\n  enabled: true\n"), "t", env(&[]))
-            .map(|c| c.config.gc.enabled);
-        assert!(
-            !matches!(c, Ok(true)),
-            "replica mode keeps the collector off"
-        );
+        // Replicas collect too (in turn, through the database's lease).
+        let c = Config::from_yaml(
+            &format!("{S3}database:\n  enabled: true\n  user: u\n  dbname: d\n"),
+            "t",
+            env(&[]),
+        )
+        .unwrap()
+        .config;
+        assert!(c.gc.enabled, "replica mode collects");
         // From the environment, with credentials from AWS_* (Distribution's names).
         let c = Config::from_yaml(
             "",
@@ -1785,18 +1778,8 @@ mod tests {
         );
         for (extra, vars, key) in [
             (
-                "gc:\n  enabled: true\ndatabase:\n  enabled: true\n",
-                &[][..],
-                "gc.enabled",
-            ),
-            (
-                "database:\n  enabled: true\n",
-                &[("REGISTRY_GC_ENABLED", "true")][..],
-                "gc.enabled",
-            ),
-            (
                 "maintenance:\n  enabled: true\n",
-                &[],
+                &[][..],
                 "maintenance.enabled",
             ),
             (

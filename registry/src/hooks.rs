@@ -38,6 +38,9 @@ pub enum Point {
     /// In the database: a tag's write or removal found the tag's lock held (by another
     /// replica) and is about to wait for it.
     TagWaits,
+    /// In the database: a collection cycle found the GC lease held (by another replica's
+    /// cycle) and is about to wait for it.
+    LeaseWaits,
 }
 
 #[cfg(feature = "test-hooks")]

@@ -67,6 +67,15 @@ pub trait Liveness: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+
+    /// Waits until this server may run a collection cycle while no other server on this
+    /// protocol runs one (replicas: the database's GC lease), and holds that until the
+    /// returned value is released or dropped; `None` where one server's own cycle lock
+    /// is all there is. Removers are safe together without it (claims, journals); it
+    /// keeps replicas from doing one cycle's work twice at once.
+    async fn collection_lease(&self) -> Result<Option<Box<dyn Held>>> {
+        Ok(None)
+    }
 }
 
 /// One implementation's side of a removal session.

@@ -498,6 +498,35 @@ impl Liveness for Postgres {
         true
     }
 
+    /// The GC lease as a session lock on a connection of its own (named
+    /// [`LEASE_HOLDER`]): held until released, dropped, or the replica dies.
+    async fn collection_lease(&self) -> Result<Option<Box<dyn Held>>> {
+        let mut pg = self.0.pg.clone();
+        pg.application_name(LEASE_HOLDER);
+        let (client, conn) = pg.connect(NoTls).await.map_err(db_err)?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "the GC lease's connection ended");
+            }
+        });
+        let lease = PgLease { client, task };
+        let got: bool = lease
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&NS_GLOBAL, &LEASE])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if !got {
+            self.0.hooks.reach(Point::LeaseWaits, None).await;
+            lease
+                .client
+                .execute("SELECT pg_advisory_lock($1, $2)", &[&NS_GLOBAL, &LEASE])
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(Some(Box::new(lease)))
+    }
+
     /// A session lock on a pooled connection, held with the connection until released.
     async fn lock_tag(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
         let client = self.0.pool.get().await.map_err(db_err)?;
@@ -520,6 +549,32 @@ impl Liveness for Postgres {
         }
         held.locked = true;
         Ok(Some(Box::new(held)))
+    }
+}
+
+/// A collection's hold on the GC lease: its own connection, closed on release or drop
+/// (which ends the lock with it).
+struct PgLease {
+    client: Client,
+    task: JoinHandle<()>,
+}
+
+#[async_trait]
+impl Held for PgLease {
+    async fn release(self: Box<Self>) {
+        if let Err(e) = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1, $2)", &[&NS_GLOBAL, &LEASE])
+            .await
+        {
+            tracing::debug!(error = %e, "the GC lease ends with its connection");
+        }
+    }
+}
+
+impl Drop for PgLease {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
