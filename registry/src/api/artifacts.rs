@@ -15,6 +15,7 @@
 //! | `/artifacts/{branch}/{tag}/{job}/{format}` | `GET` files, `PATCH` finalise |
 //! | `/artifacts/{branch}/{tag}/{job}/{format}/{path…}` | `PUT` upload, `GET`/`HEAD` file or folder |
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -117,7 +118,7 @@ pub(crate) fn branch_action(rest: &str, m: &Method) -> Option<(String, crate::ac
 }
 
 /// Every request under `/artifacts`.
-pub(super) async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+pub(super) async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/artifacts").unwrap_or("");
     let rest = rest.strip_prefix('/').unwrap_or(rest);

@@ -2,6 +2,7 @@
 //! pagination) and the referrers API with `artifactType` filtering.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -84,7 +85,7 @@ pub(super) async fn tags(state: &AppState, name: RepoName, uri: &Uri) -> ApiResu
 }
 
 pub(super) async fn catalog(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
     uri: Uri,
 ) -> Response {

@@ -166,8 +166,11 @@ impl Endpoint {
     }
 }
 
-/// The router of the whole registry API.
+/// The router of the whole registry API. Its handlers share the state through one
+/// `Arc`: axum clones a router's state for every request (twice), and `AppState` is
+/// a dozen reference counts and a path.
 pub fn router(state: AppState) -> Router {
+    let headers = state.extra_headers.clone();
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
@@ -177,15 +180,15 @@ pub fn router(state: AppState) -> Router {
         .route("/artifacts/", any(artifacts::dispatch))
         .route("/artifacts/{*rest}", any(artifacts::dispatch))
         .fallback(|| async { Error::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(headers, observe))
+        .with_state(Arc::new(state))
 }
 
 async fn base() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
 }
 
-async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/v2/").unwrap_or("");
     let endpoint = match Endpoint::parse(rest) {
@@ -225,12 +228,16 @@ fn method_not_allowed() -> Response {
 
 /// Adds the API version header and `http.headers` to every response (the access log
 /// line, span and metrics are `telemetry`'s).
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn observe(
+    State(headers): State<Arc<Vec<(HeaderName, HeaderValue)>>>,
+    req: Request,
+    next: Next,
+) -> Response {
     const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-    for (k, v) in state.extra_headers.iter() {
+    for (k, v) in headers.iter() {
         h.append(k.clone(), v.clone());
     }
     resp

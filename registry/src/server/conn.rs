@@ -67,8 +67,10 @@ struct Inner {
     /// Requests whose responses have not ended.
     active: u64,
     /// The task of a read that found nothing while a request was served: it armed no
-    /// timer, so it is woken to arm the idle one when the response ends.
+    /// timer, so the end of the response arms the idle one for it.
     reader: Option<Waker>,
+    /// The timer of the head and idle waits, registered with the reading task.
+    read_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What a connection's IO, its requests and its responses share.
@@ -85,6 +87,7 @@ impl ConnState {
                 phase: Phase::Head(Instant::now()),
                 active: 0,
                 reader: None,
+                read_timer: None,
             }),
             timeouts,
             metrics,
@@ -107,13 +110,24 @@ impl ConnState {
 
     /// A request's response has ended (or was dropped; called once per request): when
     /// it was the last in flight, the connection is idle.
+    ///
+    /// A read that found nothing while the request was served is still registered with
+    /// the socket; it only lacks the idle timer, which is armed here with its task's
+    /// waker. Waking that task instead would, with HTTP/1.1, wake the very task that is
+    /// ending the response: the scheduler then treats it as a yield and wakes another
+    /// worker thread for every request.
     pub(crate) fn response_ended(&self) {
-        let mut i = self.lock();
+        let mut guard = self.lock();
+        let i = &mut *guard;
         i.active = i.active.saturating_sub(1);
         if i.active == 0 && matches!(i.phase, Phase::Busy) {
             IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-            i.phase = Phase::Idle(Instant::now());
-            if let Some(w) = i.reader.take() {
+            let now = Instant::now();
+            i.phase = Phase::Idle(now);
+            if let Some(w) = i.reader.take()
+                && let Some(d) = deadline(now, self.timeouts.idle)
+                && passed(&mut i.read_timer, d, &mut Context::from_waker(&w))
+            {
                 w.wake();
             }
         }
@@ -127,10 +141,17 @@ impl ConnState {
         }
     }
 
-    /// The deadline of a read that found nothing, if the connection waits for a head
-    /// (else `waker` is kept, to be woken when it does).
-    fn read_deadline(&self, waker: &Waker) -> Option<(Instant, Wait)> {
+    /// The wait of a read that found nothing, if it has run out (else its timer is
+    /// armed for `cx`).
+    fn read_timed_out(&self, cx: &mut Context<'_>) -> Option<Wait> {
         let mut i = self.lock();
+        let (d, wait) = self.read_deadline(&mut i, cx.waker())?;
+        passed(&mut i.read_timer, d, cx).then_some(wait)
+    }
+
+    /// The deadline of a read that found nothing, if the connection waits for a head
+    /// (else `waker` is kept, for the idle timer armed when the response ends).
+    fn read_deadline(&self, i: &mut Inner, waker: &Waker) -> Option<(Instant, Wait)> {
         let (since, limit, wait) = match i.phase {
             Phase::Head(t) => (t, self.timeouts.header, Wait::Header),
             Phase::Idle(t) => (t, self.timeouts.idle, Wait::Idle),
@@ -234,7 +255,6 @@ impl Stall {
 pub(crate) struct TimedIo<T> {
     inner: T,
     conn: Arc<ConnState>,
-    read_timer: Option<Pin<Box<Sleep>>>,
     write: Stall,
 }
 
@@ -243,7 +263,6 @@ impl<T> TimedIo<T> {
         TimedIo {
             inner,
             conn,
-            read_timer: None,
             write: Stall::default(),
         }
     }
@@ -280,11 +299,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.conn.read_deadline(cx.waker()) {
-                Some((d, wait)) if passed(&mut this.read_timer, d, cx) => {
-                    Poll::Ready(Err(this.conn.timed_out(wait)))
-                }
-                _ => Poll::Pending,
+            Poll::Pending => match this.conn.read_timed_out(cx) {
+                Some(wait) => Poll::Ready(Err(this.conn.timed_out(wait))),
+                None => Poll::Pending,
             },
         }
     }
@@ -442,33 +459,66 @@ mod tests {
         futures::task::noop_waker()
     }
 
-    /// HTTP/2 streams overlap: the connection is busy (no head or idle wait runs) until
-    /// the last response in flight ends, whichever order they end in.
-    #[tokio::test]
-    async fn busy_until_the_last_request_in_flight_ends() {
-        let timeouts = TimeoutsConfig {
+    impl ConnState {
+        fn read_wait(&self, waker: &Waker) -> Option<(Instant, Wait)> {
+            self.read_deadline(&mut self.lock(), waker)
+        }
+    }
+
+    /// Counts its wakes.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn timeouts() -> TimeoutsConfig {
+        TimeoutsConfig {
             header: Duration::from_secs(60),
             idle: Duration::from_secs(120),
             body: Duration::from_secs(120),
             send: Duration::from_secs(120),
-        };
-        let c = ConnState::new(timeouts, None);
-        assert_eq!(c.read_deadline(&waker()).map(|d| d.1), Some(Wait::Header));
+        }
+    }
+
+    /// The end of a response arms the idle timer for the read that found nothing while
+    /// it was served, without waking the reader (with HTTP/1.1 the reader is the task
+    /// ending the response, and a wake costs a wake-up of another worker thread).
+    #[tokio::test]
+    async fn a_response_end_arms_the_idle_timer_without_waking_the_reader() {
+        let c = ConnState::new(timeouts(), None);
+        let count = Arc::new(Counting(AtomicUsize::new(0)));
+        let reader = Waker::from(count.clone());
+        c.request_started();
+        assert!(c.read_wait(&reader).is_none(), "no timer while busy");
+        c.response_ended();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the reader was woken");
+        let (idle_deadline, wait) = c.read_wait(&waker()).expect("idle");
+        assert_eq!(wait, Wait::Idle);
+        let armed = c.lock().read_timer.as_ref().map(|t| t.deadline());
+        assert_eq!(armed, Some(idle_deadline), "the idle timer is armed");
+    }
+
+    /// HTTP/2 streams overlap: the connection is busy (no head or idle wait runs) until
+    /// the last response in flight ends, whichever order they end in.
+    #[tokio::test]
+    async fn busy_until_the_last_request_in_flight_ends() {
+        let c = ConnState::new(timeouts(), None);
+        assert_eq!(c.read_wait(&waker()).map(|d| d.1), Some(Wait::Header));
         c.request_started(); // a long upload
         c.request_started(); // a short GET beside it
         c.response_ended(); // the GET ends first
-        assert!(
-            c.read_deadline(&waker()).is_none(),
-            "idle while an upload runs"
-        );
+        assert!(c.read_wait(&waker()).is_none(), "idle while an upload runs");
         c.response_ended();
-        assert_eq!(c.read_deadline(&waker()).map(|d| d.1), Some(Wait::Idle));
+        assert_eq!(c.read_wait(&waker()).map(|d| d.1), Some(Wait::Idle));
         // An Ending reports once, whether it ended, was dropped, or both.
         c.request_started();
         let mut e = Ending::new(http_body_util::Empty::<Bytes>::new(), c.clone());
         e.end();
         c.request_started();
         drop(e);
-        assert!(c.read_deadline(&waker()).is_none());
+        assert!(c.read_wait(&waker()).is_none());
     }
 }
