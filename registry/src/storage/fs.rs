@@ -95,19 +95,22 @@ fn stat_of(m: &std::fs::Metadata) -> Stat {
 /// Runs `create` after making `dir`; again when `create` finds the folder gone (a
 /// concurrent delete pruned it in between).
 fn in_dir<T>(dir: &Path, create: impl FnMut() -> DriverResult<T>) -> DriverResult<T> {
-    in_dir_with(dir, true, create)
+    in_dir_with(dir, true, create, &|| {})
 }
 
 /// [`in_dir`] without fsyncing the folders it creates (for content that is not durable
 /// anyway: a writer's file before its commit, volatile puts).
 fn in_dir_unsynced<T>(dir: &Path, create: impl FnMut() -> DriverResult<T>) -> DriverResult<T> {
-    in_dir_with(dir, false, create)
+    in_dir_with(dir, false, create, &|| {})
 }
 
+/// `between` runs after the folders are made and before `create` (a test prunes them
+/// there, as a concurrent delete can).
 fn in_dir_with<T>(
     dir: &Path,
     synced: bool,
     mut create: impl FnMut() -> DriverResult<T>,
+    between: &dyn Fn(),
 ) -> DriverResult<T> {
     let mut tries = 0;
     loop {
@@ -125,6 +128,7 @@ fn in_dir_with<T>(
             }
             r => r?,
         }
+        between();
         match create() {
             Err(DriverError::NotFound(_)) if tries < CREATE_RETRIES => tries += 1,
             r => return r,
@@ -1057,5 +1061,43 @@ impl std::fmt::Debug for AppendHook {
         } else {
             "AppendHook"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A concurrent delete prunes the folders a put just made (both empty for that
+    /// moment) before the file is created in them: the put makes them again and its
+    /// file is there.
+    #[test]
+    fn a_put_makes_its_folders_again_when_a_delete_pruned_them() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = d.path().join("repo");
+        let dir = parent.join("_layers").join("sha256");
+        let file = dir.join("link");
+        let pruned = std::sync::atomic::AtomicUsize::new(0);
+        let prune = || {
+            if pruned.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                std::fs::remove_dir_all(&parent).unwrap();
+            }
+        };
+        for synced in [false, true] {
+            pruned.store(0, std::sync::atomic::Ordering::SeqCst);
+            in_dir_with(
+                &dir,
+                synced,
+                || std::fs::write(&file, b"x").map_err(|e| ioe(&file, e)),
+                &prune,
+            )
+            .expect("the put succeeds");
+            assert_eq!(std::fs::read(&file).unwrap(), b"x");
+            assert_eq!(
+                pruned.load(std::sync::atomic::Ordering::SeqCst),
+                2,
+                "one retry"
+            );
+        }
     }
 }

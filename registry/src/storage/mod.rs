@@ -255,7 +255,7 @@ impl FsDriver {
         let p = self.full(path);
         blocking(move || {
             let mut out = Vec::new();
-            walk_sync(&p, "", file_name, &mut out)?;
+            walk_sync(&p, "", file_name, &mut out, &|_| {})?;
             Ok(out)
         })
         .await
@@ -414,11 +414,14 @@ pub(crate) fn touch_sync(p: &Path) -> Result<()> {
         .map_err(|e| StorageError::io(p, e))
 }
 
+/// `before_stat` runs between listing a file and reading its metadata (a test makes the
+/// concurrent removal happen there).
 fn walk_sync(
     dir: &Path,
     rel: &str,
     file_name: &str,
     out: &mut Vec<(String, FileInfo)>,
+    before_stat: &dyn Fn(&Path),
 ) -> Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -437,8 +440,9 @@ fn walk_sync(
             format!("{rel}/{name}")
         };
         if ft.is_dir() {
-            walk_sync(&entry.path(), &child_rel, file_name, out)?;
+            walk_sync(&entry.path(), &child_rel, file_name, out, before_stat)?;
         } else if name == file_name {
+            before_stat(&entry.path());
             let m = match entry.metadata() {
                 Ok(m) => m,
                 // Removed since the folder was read (the collector, a delete): not there.
@@ -491,6 +495,28 @@ fn delete_sync(p: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A file the walk listed and a concurrent delete removed before its stat (the
+    /// collector sweeping a link the scrubber walks) is not there: skipped, no error.
+    #[test]
+    fn a_walk_skips_a_file_removed_before_its_stat() {
+        let d = tempfile::tempdir().unwrap();
+        for r in ["a", "b"] {
+            std::fs::create_dir_all(d.path().join(r)).unwrap();
+            std::fs::write(d.path().join(r).join("link"), r).unwrap();
+        }
+        let gone = d.path().join("a").join("link");
+        let mut out = Vec::new();
+        walk_sync(d.path(), "", "link", &mut out, &|p| {
+            if p == gone {
+                std::fs::remove_file(p).unwrap();
+            }
+        })
+        .expect("the walk ends without an error");
+        let found: Vec<&str> = out.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(found, ["b/link"]);
+    }
+
     use super::*;
 
     #[tokio::test]
