@@ -136,7 +136,7 @@ pub fn router(cleaner: Cleaner, maintenance: Maintenance) -> Router {
 
 /// Serves `router` on a unix socket at `path` (a stale socket file is replaced).
 pub async fn serve_socket(path: PathBuf, router: Router) -> std::io::Result<()> {
-    let listener = bind_owner_only(&path, &|| {})?;
+    let listener = bind_owner_only(&path, &|| {}, &|| {})?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "admin socket server stopped");
@@ -151,10 +151,12 @@ const BIND_RETRIES: usize = 5;
 /// Binds the socket at `path` under a temporary name, makes it owner-only, then renames
 /// it into place: nobody else can connect at any moment. The folder is made again when
 /// a concurrent delete pruned it, empty, between its creation and the bind (the storage
-/// driver prunes empty folders; `before_bind` lets a test do that deterministically).
+/// driver prunes empty folders). `before_bind` and `after_bind` let a test put a prune,
+/// or another server's bind, in between.
 fn bind_owner_only(
     path: &Path,
     before_bind: &dyn Fn(),
+    after_bind: &dyn Fn(),
 ) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
@@ -181,6 +183,7 @@ fn bind_owner_only(
         }
     };
     // Bound, the folder is not empty any more: no prune removes it now.
+    after_bind();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, path)?;
     Ok(listener)
@@ -237,7 +240,7 @@ mod tests {
                 std::fs::remove_dir(root.path().join("drydock")).unwrap();
             }
         };
-        let listener = bind_owner_only(&path, &prune).expect("bound after the prune");
+        let listener = bind_owner_only(&path, &prune, &|| {}).expect("bound after the prune");
         assert_eq!(
             pruned.load(std::sync::atomic::Ordering::SeqCst),
             2,
@@ -246,5 +249,23 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         drop(listener);
+    }
+
+    /// Two servers in one process bind the same root's socket at once (the replica
+    /// tests): the second binds between the first's bind and its rename. Each works on a
+    /// temporary name of its own, so neither removes or renames the other's.
+    #[tokio::test]
+    async fn two_binds_of_one_socket_at_once_both_succeed() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("drydock").join("admin.sock");
+        let second = std::cell::RefCell::new(None);
+        let other = || {
+            *second.borrow_mut() = Some(bind_owner_only(&path, &|| {}, &|| {}));
+        };
+        let first = bind_owner_only(&path, &|| {}, &other);
+        let second = second.into_inner().expect("the second bind ran");
+        assert!(first.is_ok(), "the first bind: {:?}", first.err());
+        assert!(second.is_ok(), "the second bind: {:?}", second.err());
+        assert!(path.exists());
     }
 }
