@@ -41,9 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh" # bench_config, free_port
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 dd if=/dev/urandom of="$WORK/blob" bs=1M count="$SIZE_MIB" iflag=fullblock status=none
@@ -54,18 +53,7 @@ for side in a b; do
   bin=$A; [ $side = b ] && bin=$B
   port=$(free_port)
   mkdir -p "$WORK/$side-root"
-  cat >"$WORK/$side.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/$side-root
-http:
-  addr: 127.0.0.1:$port
-EOF
+  { bench_config "$WORK/$side-root"; echo "http: {addr: 127.0.0.1:$port}"; } >"$WORK/$side.yml"
   env -u RUST_LOG "$bin" serve "$WORK/$side.yml" 2>"$WORK/$side.log" &
   PIDS+=("$!")
   url="http://127.0.0.1:$port"
