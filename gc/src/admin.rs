@@ -171,7 +171,20 @@ fn bind_owner_only(
     let mut tries = 0;
     let listener = loop {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            // std's create_dir_all answers AlreadyExists when the folder it found there
+            // is pruned before it looks again: made again, like a prune before the bind.
+            match std::fs::create_dir_all(dir) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists
+                    ) && tries < BIND_RETRIES =>
+                {
+                    tries += 1;
+                    continue;
+                }
+                r => r?,
+            }
         }
         let _ = std::fs::remove_file(&tmp);
         before_bind();
