@@ -115,3 +115,31 @@ pub async fn two_servers(
     let b = a.start_replica(second).await;
     (a, b, db)
 }
+
+/// Waits (a lock wait in the database, no polling) until no session holds the two-key
+/// advisory lock `key`: the backend that held it has ended.
+pub async fn wait_unlocked(db: &tokio_postgres::Client, key: (i32, i32)) {
+    db.execute("SELECT pg_advisory_lock($1, $2)", &[&key.0, &key.1])
+        .await
+        .unwrap();
+    db.execute("SELECT pg_advisory_unlock($1, $2)", &[&key.0, &key.1])
+        .await
+        .unwrap();
+}
+
+/// Ends the backend that holds the two-key advisory lock `key` in this database (the
+/// lease's holder), as a crash would; returns how many. Not by application name: a
+/// replica's failed attempts close their connections asynchronously, so for a moment
+/// they are still listed under the same name.
+pub async fn kill_holder(db: &tokio_postgres::Client, key: (i32, i32)) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+         JOIN pg_database d ON d.oid = l.database AND d.datname = current_database()
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2",
+        &[&key.0, &key.1],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}

@@ -889,6 +889,144 @@ async fn replicas_run_one_collection_at_a_time() {
     conformance::pg::drop_db(&db).await;
 }
 
+/// `fut`, failing the test (instead of hanging it) when it has not ended in two
+/// minutes: the bound of a wait that never ends when the feature is broken.
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within two minutes"))
+}
+
+/// Releases its gates when dropped: a test that fails while a remover is paused then
+/// ends, instead of waiting forever at runtime shutdown for the paused remover's thread.
+struct ReleaseOnDrop(Vec<Arc<registry::hooks::Gate>>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|g| g.release());
+    }
+}
+
+/// Waits until every collection requested on any replica is served (the scheduler has
+/// recorded the cycle that covers the last request); returns how many were requested.
+async fn wait_served(pg: &tokio_postgres::Client) -> i64 {
+    loop {
+        let row = pg
+            .query_one("SELECT requested, served FROM drydock_gc WHERE id = 1", &[])
+            .await
+            .unwrap();
+        let (requested, served): (i64, i64) = (row.get(0), row.get(1));
+        if served == requested {
+            return requested;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A DELETE through `via` (the untagged garbage manifest, by digest); then which of the
+/// two replicas, armed at `Marked`, runs the cycle it requested: (that one, the other).
+async fn delete_and_find_scheduler(
+    via: &TestServer,
+    g: &Garbage,
+    gates: &[Arc<registry::hooks::Gate>; 2],
+) -> (usize, usize) {
+    let r = client()
+        .delete(via.url(&format!("/v2/{REPO}/manifests/{}", g.m.digest)))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 202);
+    within("a cycle after the DELETE", async {
+        tokio::select! {
+            _ = gates[0].arrived() => (0, 1),
+            _ = gates[1].arrived() => (1, 0),
+        }
+    })
+    .await
+}
+
+/// Replicas share one scheduler: a DELETE on a replica makes the replica holding the
+/// scheduler's role run a cycle; requests made on both replicas while it runs coalesce
+/// into exactly one more cycle there, and the other replica runs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_requests_on_any_replica_coalesce_into_the_schedulers_next_cycle() {
+    let (a, b, g, db) = setup_on(14, Coordination::TwoReplicas).await;
+    let b = b.expect("the second replica");
+    let db = db.expect("the database");
+    let servers = [&a, &b];
+    let gates = servers.map(|s| s.store.liveness().hooks().arm(Point::Marked, None));
+    let mut opened = ReleaseOnDrop(gates.to_vec());
+    let (sched, other) = delete_and_find_scheduler(&b, &g, &gates).await;
+    for s in [&a, &b, &a, &b, &a, &b] {
+        assert!(s.store.liveness().request_collection().await.unwrap());
+    }
+    let again = servers[sched]
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::Marked, None);
+    opened.0.push(again.clone());
+    gates[sched].release();
+    within("the coalesced cycle", again.arrived()).await;
+    again.release();
+    let pg = conformance::pg::client(&db.dbname).await;
+    assert_eq!(
+        within("every request served", wait_served(&pg)).await,
+        7,
+        "requests recorded"
+    );
+    assert_eq!(
+        servers[sched].cleaner.status().cycles,
+        2,
+        "seven requests, one cycle running: one more cycle"
+    );
+    assert_eq!(servers[other].cleaner.status().cycles, 0);
+    assert!(!gates[other].has_arrived(), "the other replica collected");
+    gates[other].release();
+    conformance::pg::drop_db(&db).await;
+}
+
+/// The scheduler dies while its cycle runs (its connection ends): the other replica
+/// takes the role over with the request the dead one had not served, and runs its own
+/// cycle once the first has ended (the GC lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_serves_the_requests_of_a_scheduler_that_died() {
+    let (a, b, g, db) = setup_on(15, Coordination::TwoReplicas).await;
+    let b = b.expect("the second replica");
+    let db = db.expect("the database");
+    let servers = [&a, &b];
+    let gates = servers.map(|s| s.store.liveness().hooks().arm(Point::Marked, None));
+    let mut opened = ReleaseOnDrop(gates.to_vec());
+    let (sched, other) = delete_and_find_scheduler(&a, &g, &gates).await;
+    let waits = servers[other]
+        .store
+        .liveness()
+        .hooks()
+        .arm(Point::LeaseWaits, None);
+    opened.0.push(waits.clone());
+    let pg = conformance::pg::client(&db.dbname).await;
+    assert_eq!(
+        conformance::pg::kill_holder(&pg, registry::coordination::Postgres::scheduler_lock()).await,
+        1
+    );
+    // The other replica took the role, found the request unserved and waits for the
+    // lease that the first cycle holds.
+    within("the other replica's cycle", waits.arrived()).await;
+    waits.release();
+    assert!(!gates[other].has_arrived(), "two cycles at once");
+    gates[sched].release();
+    within("the other replica's mark", gates[other].arrived()).await;
+    gates[other].release();
+    assert_eq!(within("the request served", wait_served(&pg)).await, 1);
+    assert_eq!(servers[sched].cleaner.status().cycles, 1);
+    assert_eq!(
+        servers[other].cleaner.status().cycles,
+        1,
+        "the dead scheduler's request was not served again"
+    );
+    conformance::pg::drop_db(&db).await;
+}
+
 /// Issue 15, flow 1, as reported: an image's tag is deleted; a cycle that removes
 /// untagged manifests marks (M unreached); the client HEADs M and pushes an index over
 /// it as a new tag; the cycle goes on. M's config and layer must stay.

@@ -11,11 +11,11 @@ mod suite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conformance::pg::{client, replicas};
+use conformance::pg::{client, kill_holder, replicas, wait_unlocked};
 use registry::Digest;
 use registry::coordination::{Postgres, SCHEMA_VERSION};
 use registry::hooks::Point;
-use registry::liveness::Liveness;
+use registry::liveness::{Liveness, Scheduler};
 
 fn parties(n: usize, ttl: Duration) -> suite::Parties {
     Box::pin(async move {
@@ -34,17 +34,6 @@ fn d(s: &str) -> Digest {
     Digest::sha256(s.as_bytes())
 }
 
-/// Waits (a lock wait in the database, no polling) until no session holds the two-key
-/// advisory lock `key`: the backend that held it has ended.
-async fn wait_unlocked(db: &tokio_postgres::Client, key: (i32, i32)) {
-    db.execute("SELECT pg_advisory_lock($1, $2)", &[&key.0, &key.1])
-        .await
-        .unwrap();
-    db.execute("SELECT pg_advisory_unlock($1, $2)", &[&key.0, &key.1])
-        .await
-        .unwrap();
-}
-
 /// Ends every backend of `dbname` with this application name, as a crash or a lost
 /// network would; returns how many.
 async fn kill(db: &tokio_postgres::Client, application_name: &str) -> i64 {
@@ -52,23 +41,6 @@ async fn kill(db: &tokio_postgres::Client, application_name: &str) -> i64 {
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
          WHERE datname = current_database() AND application_name = $1",
         &[&application_name],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-/// Ends the backend that holds the two-key advisory lock `key` in this database (the
-/// lease's holder), as a crash would; returns how many. Not by application name: a
-/// replica's failed attempts close their connections asynchronously, so for a moment
-/// they are still listed under the same name.
-async fn kill_holder(db: &tokio_postgres::Client, key: (i32, i32)) -> i64 {
-    db.query_one(
-        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
-         JOIN pg_database d ON d.oid = l.database AND d.datname = current_database()
-         WHERE l.locktype = 'advisory' AND l.granted
-           AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2",
-        &[&key.0, &key.1],
     )
     .await
     .unwrap()
@@ -260,86 +232,104 @@ async fn a_dead_removers_claims_end_with_it() {
     drop(rm);
 }
 
-/// One collection at a time across replicas; the lease is lost when its holder dies,
-/// and a dropped lease is free again.
+/// One replica schedules the collections; the role is lost when its holder dies, and a
+/// dropped role is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gc_lease_is_held_by_one_replica_and_lost_with_it() {
+async fn the_gc_scheduler_is_one_replica_and_lost_with_it() {
     let (cfg, r) = replicas(2, HOUR).await;
     let (a, b) = (r[0].clone(), r[1].clone());
     let db = client(&cfg.dbname).await;
-    let lease = a.try_gc_lease().await.unwrap().expect("a free lease");
+    let held = a.gc_scheduler(false).await.unwrap().expect("a free role");
     assert!(
-        b.try_gc_lease().await.unwrap().is_none(),
-        "two leases at once"
+        b.gc_scheduler(false).await.unwrap().is_none(),
+        "two schedulers at once"
     );
     assert!(
-        a.try_gc_lease().await.unwrap().is_none(),
-        "two leases at once"
+        a.gc_scheduler(false).await.unwrap().is_none(),
+        "two schedulers at once"
     );
-    assert_eq!(kill_holder(&db, Postgres::lease_lock()).await, 1);
-    wait_unlocked(&db, Postgres::lease_lock()).await;
-    let lease_b = b
-        .try_gc_lease()
+    assert_eq!(kill_holder(&db, Postgres::scheduler_lock()).await, 1);
+    wait_unlocked(&db, Postgres::scheduler_lock()).await;
+    let held_b = b
+        .gc_scheduler(false)
         .await
         .unwrap()
-        .expect("the dead holder's lease");
-    drop(lease);
-    drop(lease_b);
-    wait_unlocked(&db, Postgres::lease_lock()).await;
+        .expect("the dead holder's role");
+    drop(held);
+    drop(held_b);
+    wait_unlocked(&db, Postgres::scheduler_lock()).await;
     assert!(
-        a.try_gc_lease().await.unwrap().is_some(),
-        "a dropped lease stayed taken"
+        a.gc_scheduler(false).await.unwrap().is_some(),
+        "a dropped role stayed taken"
     );
 }
 
-/// Triggers on any replica while a cycle runs coalesce into one next cycle.
+/// Requests on any replica coalesce: those made before a cycle are served by it, those
+/// made while it runs wait for the next one; a scheduler that never records its cycle
+/// (it died) leaves them to the next scheduler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_triggers_coalesce() {
-    let (_, r) = replicas(2, HOUR).await;
-    let (a, b) = (r[0].clone(), r[1].clone());
-    let lease = a.try_gc_lease().await.unwrap().unwrap();
-    assert!(
-        !lease.take_requests().await.unwrap(),
-        "a request out of nowhere"
-    );
-    a.request_gc().await.unwrap();
-    b.request_gc().await.unwrap();
-    a.request_gc().await.unwrap();
-    assert!(lease.take_requests().await.unwrap());
-    assert!(
-        !lease.take_requests().await.unwrap(),
-        "three requests made two cycles"
-    );
-    b.request_gc().await.unwrap();
-    assert!(lease.take_requests().await.unwrap());
-}
-
-/// A lease holder waiting for work is woken by a request made on another replica
-/// (`NOTIFY`), and a lost lease ends the wait with an error instead of hanging.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_on_another_replica_wakes_the_lease_holder() {
+async fn gc_requests_coalesce_and_outlive_their_scheduler() {
     let (cfg, r) = replicas(2, HOUR).await;
     let (a, b) = (r[0].clone(), r[1].clone());
-    let lease = Arc::new(a.try_gc_lease().await.unwrap().unwrap());
+    let s = a.gc_scheduler(false).await.unwrap().unwrap();
+    assert_eq!(s.pending().await.unwrap(), None, "a request out of nowhere");
+    assert!(a.request_collection().await.unwrap());
+    b.request_gc().await.unwrap();
+    a.request_gc().await.unwrap();
+    let upto = s.next_request().await.unwrap();
+    assert_eq!(upto, 3);
+    // A request while "the cycle" runs.
+    b.request_gc().await.unwrap();
+    s.served(upto).await.unwrap();
+    assert_eq!(
+        s.next_request().await.unwrap(),
+        4,
+        "the request made meanwhile"
+    );
+    s.served(4).await.unwrap();
+    s.served(3).await.unwrap();
+    assert_eq!(s.pending().await.unwrap(), None, "served went backwards");
+    // The scheduler dies between taking a request and recording its cycle.
+    b.request_gc().await.unwrap();
+    assert_eq!(s.next_request().await.unwrap(), 5);
+    let db = client(&cfg.dbname).await;
+    assert_eq!(kill_holder(&db, Postgres::scheduler_lock()).await, 1);
+    assert!(
+        s.served(5).await.is_err(),
+        "a dead scheduler recorded its cycle"
+    );
+    wait_unlocked(&db, Postgres::scheduler_lock()).await;
+    let next = b.gc_scheduler(false).await.unwrap().expect("the free role");
+    assert_eq!(
+        next.pending().await.unwrap(),
+        Some(5),
+        "the dead scheduler's request was lost"
+    );
+}
+
+/// A scheduler waiting for work is woken by a request made on another replica
+/// (`NOTIFY`), and a lost role ends the wait with an error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_another_replica_wakes_the_scheduler() {
+    let (cfg, r) = replicas(2, HOUR).await;
+    let (a, b) = (r[0].clone(), r[1].clone());
+    let s = Arc::new(a.gc_scheduler(false).await.unwrap().unwrap());
     let waiting = tokio::spawn({
-        let lease = lease.clone();
-        async move { lease.next_request().await }
+        let s = s.clone();
+        async move { s.next_request().await }
     });
     b.request_gc().await.unwrap();
-    waiting.await.unwrap().unwrap();
-    assert!(
-        !lease.take_requests().await.unwrap(),
-        "one request, two cycles"
-    );
+    let upto = waiting.await.unwrap().unwrap();
+    s.served(upto).await.unwrap();
     let waiting = tokio::spawn({
-        let lease = lease.clone();
-        async move { lease.next_request().await }
+        let s = s.clone();
+        async move { s.next_request().await }
     });
     let db = client(&cfg.dbname).await;
-    assert_eq!(kill_holder(&db, Postgres::lease_lock()).await, 1);
+    assert_eq!(kill_holder(&db, Postgres::scheduler_lock()).await, 1);
     assert!(
         waiting.await.unwrap().is_err(),
-        "a lost lease still waited for work"
+        "a lost role still waited for work"
     );
 }
 

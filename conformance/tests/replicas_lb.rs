@@ -134,9 +134,9 @@ async fn three_replicas_behind_nginx_serve_skopeo_and_podman() {
 }
 
 /// Replicas collect online: garbage made through one replica (a tag deleted, a blob no
-/// manifest references) is removed from the bucket by a cycle another replica runs
-/// (SIGUSR1), taking the database's GC lease; both then answer 404 for it, and what a
-/// tag still references stays.
+/// manifest references) is removed from the bucket by a cycle that replica requests
+/// (the DELETE, then SIGUSR1) and the other runs (the scheduler, A: started first, it
+/// took the role); both then answer 404 for it, and what a tag still references stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_collects_what_another_replica_left_behind() {
     let root = s3::fresh_root("lb-gc");
@@ -149,6 +149,13 @@ async fn a_replica_collects_what_another_replica_left_behind() {
     let cfg = dir.path().join("config.yml");
     std::fs::write(&cfg, yaml).unwrap();
     let a = ServerProcess::spawn(&cfg);
+    assert!(
+        tokio::task::block_in_place(
+            || a.wait_for_log("this replica schedules garbage collection", 1)
+        ),
+        "{}",
+        a.log_text()
+    );
     let b = ServerProcess::spawn(&cfg);
     let c = reqwest::Client::new();
     let repo = "lbgc/app";
@@ -184,13 +191,17 @@ async fn a_replica_collects_what_another_replica_left_behind() {
         .unwrap();
     assert_eq!(del.status(), 202);
 
-    // A cycle on A.
+    // Requested on B (the DELETE, SIGUSR1), run on A.
     // SAFETY: kill(2) on the pid of a child the test owns.
-    unsafe { libc::kill(a.child.id() as libc::pid_t, libc::SIGUSR1) };
+    unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGUSR1) };
     assert!(
         tokio::task::block_in_place(|| a.wait_for_log("garbage collection done", 1)),
         "{}",
         a.log_text()
+    );
+    assert!(
+        !b.log_text().contains("garbage collection done"),
+        "the replica that does not schedule collected"
     );
     let bucket = s3::bucket(&root);
     let keys = s3::keys(&bucket).await;

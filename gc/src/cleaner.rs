@@ -4,6 +4,12 @@
 //! no permit left, the periodic timer is armed again. Triggers: startup, every DELETE
 //! (the response never waits), the timer, SIGUSR1 and the admin API. Cycles never
 //! overlap: [`Cleaner::run_now`] (admin runs with their own options) takes the same lock.
+//!
+//! Replicas (a shared [`registry::liveness::Liveness`]): a request goes to the database
+//! instead, and one replica at a time, the scheduler, runs the cycles that any replica
+//! requested, and its own timer; the others wait for the role and take it over when its
+//! holder dies, with the requests it had not served. `run_now` runs on the replica asked;
+//! every cycle, scheduled or not, holds the database's GC lease.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -147,28 +153,37 @@ impl Cleaner {
             Some(self.inner.store.liveness()),
         )
         .await;
+        observers.iter().for_each(|o| o.finished(&r, t0.elapsed()));
+        {
+            let mut st = self.lock_status();
+            st.running = false;
+            st.cycles += 1;
+            match &r {
+                Ok(report) => {
+                    st.last = Some(report.summary());
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    st.failures += 1;
+                    st.last_error = Some(e.to_string());
+                    tracing::error!(error = %e, "garbage collection cycle failed");
+                }
+            }
+        }
+        // Recorded before the next cycle, on any replica, may start.
         if let Some(l) = lease {
             l.release().await;
-        }
-        observers.iter().for_each(|o| o.finished(&r, t0.elapsed()));
-        let mut st = self.lock_status();
-        st.running = false;
-        st.cycles += 1;
-        match &r {
-            Ok(report) => {
-                st.last = Some(report.summary());
-                st.last_error = None;
-            }
-            Err(e) => {
-                st.failures += 1;
-                st.last_error = Some(e.to_string());
-                tracing::error!(error = %e, "garbage collection cycle failed");
-            }
         }
         r
     }
 
     async fn run_loop(self) {
+        if self.inner.store.liveness().shared() {
+            let forwarder = tokio::spawn(self.clone().forward_requests());
+            self.schedule_shared().await;
+            // The protocol has no scheduler's role after all: this server schedules.
+            forwarder.abort();
+        }
         loop {
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -178,7 +193,65 @@ impl Cleaner {
             let _ = self.cycle(&options).await;
         }
     }
+
+    /// Replicas: sends this server's requests to the database (requests made while
+    /// one is on its way leave one permit: they coalesce into one more). A request the
+    /// database cannot take is tried again until it can: none is lost to an outage.
+    async fn forward_requests(self) {
+        loop {
+            self.inner.wake.notified().await;
+            while let Err(e) = self.inner.store.liveness().request_collection().await {
+                tracing::warn!(error = %e, "a garbage collection request could not reach the database; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+
+    /// Replicas: waits for the scheduler's role, then runs the cycles every replica
+    /// requests and those of its timer until the role is lost; then waits for it
+    /// again. Returns only where the store's protocol has no such role.
+    async fn schedule_shared(&self) {
+        let liveness = self.inner.store.liveness().clone();
+        loop {
+            let role = match liveness.scheduler().await {
+                Ok(Some(role)) => role,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for the garbage collection scheduler's role failed; trying again");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            tracing::info!("this replica schedules garbage collection");
+            loop {
+                let options = self.inner.options.clone();
+                tokio::select! {
+                    upto = role.next_request() => {
+                        let upto = match upto {
+                            Ok(n) => n,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "this replica no longer schedules garbage collection");
+                                break;
+                            }
+                        };
+                        let _ = self.cycle(&options).await;
+                        if let Err(e) = role.served(upto).await {
+                            tracing::warn!(error = %e, "this replica no longer schedules garbage collection");
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep(self.inner.interval) => {
+                        let _ = self.cycle(&options).await;
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// How long a replica waits before it asks the database again for the scheduler's role
+/// after an error (the database restarting, say).
+const RETRY: Duration = Duration::from_secs(1);
 
 impl DeleteListener for Cleaner {
     fn deleted(&self) {

@@ -76,6 +76,35 @@ pub trait Liveness: Send + Sync + 'static {
     async fn collection_lease(&self) -> Result<Option<Box<dyn Held>>> {
         Ok(None)
     }
+
+    /// Hands a request for a collection to the server that schedules them for every
+    /// server on this protocol (see [`Liveness::scheduler`]); `false` where each server
+    /// schedules its own cycles and nothing was sent.
+    async fn request_collection(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Waits until this server schedules the collections requested on every server on
+    /// this protocol (replicas: one at a time, by the database's scheduler lock), and
+    /// keeps that role until the returned value is dropped or this server dies; `None`
+    /// where each server schedules its own cycles.
+    async fn scheduler(&self) -> Result<Option<Box<dyn Scheduler>>> {
+        Ok(None)
+    }
+}
+
+/// The role of the one server that runs the collections every server requests.
+#[async_trait]
+pub trait Scheduler: Send + Sync {
+    /// Waits until a collection is requested on any server (or one waits already) and
+    /// returns the count of requests made so far, for [`Scheduler::served`]. Fails when
+    /// this server has lost the role (its connection ended).
+    async fn next_request(&self) -> Result<i64>;
+
+    /// Records that a cycle that started after [`Scheduler::next_request`] answered
+    /// `upto` has ended: the requests up to it are served. A scheduler that dies before
+    /// this leaves them to the next one, whose cycle finishes the work.
+    async fn served(&self, upto: i64) -> Result<()>;
 }
 
 /// One implementation's side of a removal session.

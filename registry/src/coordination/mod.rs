@@ -29,4 +29,6 @@ pub mod config;
 mod postgres;
 
 pub use config::{DatabaseConfig, PoolConfig};
-pub use postgres::{GcLease, LEASE_HOLDER, PRESENCE, Postgres, REMOVAL, SCHEMA_VERSION};
+pub use postgres::{
+    GcScheduler, LEASE_HOLDER, PRESENCE, Postgres, REMOVAL, SCHEDULER_HOLDER, SCHEMA_VERSION,
+};

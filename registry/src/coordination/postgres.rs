@@ -14,7 +14,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use super::config::DatabaseConfig;
 use crate::digest::Digest;
 use crate::hooks::{Hooks, Point};
-use crate::liveness::{Claim, Held, Liveness, PinGuard, Pins, Removal, Session};
+use crate::liveness::{Claim, Held, Liveness, PinGuard, Pins, Removal, Scheduler, Session};
 use crate::{Error, Result};
 
 /// The newest schema this build knows; a database at a newer one is refused.
@@ -62,12 +62,15 @@ const ORDER: i32 = 0;
 const MIGRATE: i32 = 1;
 /// The GC lease.
 const LEASE: i32 = 2;
+/// The GC scheduler: the one replica that runs the collections every replica requests.
+const SCHEDULER: i32 = 3;
 
 /// The `application_name`s of the connections outside the pool (what an operator sees
 /// in `pg_stat_activity`, and what tests end to stand for a death).
 pub const PRESENCE: &str = "drydock replica";
 pub const REMOVAL: &str = "drydock removal session";
 pub const LEASE_HOLDER: &str = "drydock gc lease";
+pub const SCHEDULER_HOLDER: &str = "drydock gc scheduler";
 
 /// The error with its causes ("db error" alone says nothing), on one line.
 fn db_err(e: impl std::fmt::Display + DbCause) -> Error {
@@ -278,15 +281,18 @@ impl Postgres {
         (NS_GLOBAL, LEASE)
     }
 
-    /// Takes the GC lease if no replica holds it: one collection at a time across
-    /// replicas. It is held until the value is dropped or its holder dies (it is a
-    /// session lock on a connection of its own).
-    pub async fn try_gc_lease(&self) -> Result<Option<GcLease>> {
+    pub fn scheduler_lock() -> (i32, i32) {
+        (NS_GLOBAL, SCHEDULER)
+    }
+
+    /// Takes the GC scheduler's role if no replica holds it; with `wait`, waits until it
+    /// is free. It is held until the value is dropped or its holder dies (a session lock
+    /// on a connection of its own, which also hears `NOTIFY drydock_gc`).
+    pub async fn gc_scheduler(&self, wait: bool) -> Result<Option<GcScheduler>> {
         let mut pg = self.0.pg.clone();
-        pg.application_name(LEASE_HOLDER);
+        pg.application_name(SCHEDULER_HOLDER);
         let (client, mut conn) = pg.connect(NoTls).await.map_err(db_err)?;
-        // This connection also hears `NOTIFY drydock_gc`: requests from any replica
-        // wake the holder waiting in `next_request`.
+        // Requests from any replica wake the holder waiting in `next_request`.
         let wake = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn({
             let wake = wake.clone();
@@ -296,7 +302,7 @@ impl Postgres {
                         Some(Ok(AsyncMessage::Notification(_))) => wake.notify_waiters(),
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
-                            tracing::debug!(error = %e, "the GC lease's connection ended");
+                            tracing::debug!(error = %e, "the GC scheduler's connection ended");
                             break;
                         }
                         None => break,
@@ -306,20 +312,33 @@ impl Postgres {
                 wake.notify_waiters();
             }
         });
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&NS_GLOBAL, &LEASE])
-            .await
-            .map_err(db_err)?
-            .get(0);
-        if !got {
-            task.abort();
-            return Ok(None);
+        let scheduler = GcScheduler { client, task, wake };
+        if wait {
+            scheduler
+                .client
+                .execute("SELECT pg_advisory_lock($1, $2)", &[&NS_GLOBAL, &SCHEDULER])
+                .await
+                .map_err(db_err)?;
+        } else {
+            let got: bool = scheduler
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[&NS_GLOBAL, &SCHEDULER],
+                )
+                .await
+                .map_err(db_err)?
+                .get(0);
+            if !got {
+                return Ok(None);
+            }
         }
-        client
+        scheduler
+            .client
             .batch_execute("LISTEN drydock_gc")
             .await
             .map_err(db_err)?;
-        Ok(Some(GcLease { client, task, wake }))
+        Ok(Some(scheduler))
     }
 
     /// Asks for a collection (a DELETE, the timer, SIGUSR1, the admin API on any
@@ -525,6 +544,17 @@ impl Liveness for Postgres {
                 .map_err(db_err)?;
         }
         Ok(Some(Box::new(lease)))
+    }
+
+    async fn request_collection(&self) -> Result<bool> {
+        self.request_gc().await.map(|()| true)
+    }
+
+    async fn scheduler(&self) -> Result<Option<Box<dyn Scheduler>>> {
+        Ok(self
+            .gc_scheduler(true)
+            .await?
+            .map(|s| Box::new(s) as Box<dyn Scheduler>))
     }
 
     /// A session lock on a pooled connection, held with the connection until released.
@@ -894,50 +924,59 @@ impl Drop for PgClaim {
     }
 }
 
-/// The GC lease: one collection at a time across replicas (see
-/// [`Postgres::try_gc_lease`]).
-pub struct GcLease {
+/// The GC scheduler's role (see [`Postgres::gc_scheduler`]).
+pub struct GcScheduler {
     client: Client,
     task: JoinHandle<()>,
     wake: Arc<tokio::sync::Notify>,
 }
 
-impl GcLease {
-    /// Takes the waiting GC requests for the cycle about to start: whether any was
-    /// made since the last cycle took them. Requests made during the cycle wait for
-    /// the next call.
-    pub async fn take_requests(&self) -> Result<bool> {
+impl GcScheduler {
+    /// The count of requests made so far, when some are not served yet.
+    pub async fn pending(&self) -> Result<Option<i64>> {
         let row = self
             .client
             .query_opt(
-                "UPDATE drydock_gc SET served = requested
-                 WHERE id = 1 AND served < requested RETURNING served",
+                "SELECT requested FROM drydock_gc WHERE id = 1 AND served < requested",
                 &[],
             )
             .await
             .map_err(db_err)?;
-        Ok(row.is_some())
+        Ok(row.map(|r| r.get(0)))
     }
+}
 
-    /// Waits until a collection is requested on any replica (or one waits already),
-    /// then takes the requests, as [`GcLease::take_requests`]. Woken by `NOTIFY`, not
-    /// by polling; fails when the lease's connection ends (the lease is lost).
-    pub async fn next_request(&self) -> Result<()> {
+#[async_trait]
+impl Scheduler for GcScheduler {
+    /// Woken by `NOTIFY`, not by polling.
+    async fn next_request(&self) -> Result<i64> {
         loop {
             // Created before the check: a notification between the two still wakes it.
             let notified = self.wake.notified();
-            if self.take_requests().await? {
-                return Ok(());
+            if let Some(n) = self.pending().await? {
+                return Ok(n);
             }
             if self.client.is_closed() {
-                return Err(db_err("the GC lease's connection ended"));
+                return Err(db_err("the GC scheduler's connection ended"));
             }
             notified.await;
         }
     }
+
+    /// On the role's own connection: a scheduler that has lost its role records nothing.
+    async fn served(&self, upto: i64) -> Result<()> {
+        self.client
+            .execute(
+                "UPDATE drydock_gc SET served = GREATEST(served, $1) WHERE id = 1",
+                &[&upto],
+            )
+            .await
+            .map_err(db_err)
+            .map(drop)
+    }
 }
 
-impl Drop for GcLease {
+impl Drop for GcScheduler {
     fn drop(&mut self) {
         self.task.abort();
     }
