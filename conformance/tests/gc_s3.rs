@@ -497,7 +497,7 @@ async fn retention_removes_untagged_manifests_on_s3() {
     assert_eq!(get(&s, APP, "manifests", "v1").await, (200, t.into_bytes()));
     assert_eq!(get(&s, APP, "manifests", &u_digest).await.0, 404);
 
-    for task in [Task::Uploads, Task::Scrub] {
+    for task in [Task::Scrub] {
         let r = s.maintenance.run(vec![task], "test").await;
         assert_eq!(r[0].outcome, Outcome::Failed, "{task:?}");
         assert!(

@@ -195,7 +195,8 @@ async fn upload_purge_removes_only_old_sessions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    // Age the first session by three days: its start, its data and its folder.
+    // Age the first session by three days: its start, its data, its writer's state
+    // (every flush rewrites it) and its folder.
     let id = locations[0].rsplit('/').next().unwrap();
     let dir = s.root().join(format!(
         "docker/registry/v2/repositories/purge/_uploads/{id}"
@@ -205,7 +206,12 @@ async fn upload_purge_removes_only_old_sessions() {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     std::fs::write(dir.join("startedat"), old_text).unwrap();
-    for p in [dir.join("startedat"), dir.join("data"), dir.clone()] {
+    for p in [
+        dir.join("startedat"),
+        dir.join("data"),
+        dir.join("data.state"),
+        dir.clone(),
+    ] {
         set_mtime(&p, old);
     }
     let r = queue(&s).run(vec![Task::Uploads], "test").await.remove(0);

@@ -1,7 +1,7 @@
 //! What each maintenance task does. `gc` is the collector itself (`crate::collect`);
-//! these are the other three, written over the store's inventory API. On S3, `gc` and
-//! `retention` run (through the admin API: the scheduler is still off there); `uploads`
-//! and `scrub` answer that they do not run there yet.
+//! these are the other three, written over the store's inventory API. On S3, `gc`,
+//! `retention` and `uploads` run (through the admin API: the scheduler is still off
+//! there); `scrub` answers that it does not run there yet.
 
 use std::time::{Duration, SystemTime};
 
@@ -135,34 +135,41 @@ pub struct UploadsSummary {
     /// `repo/uuid`
     pub removed: Vec<String>,
     pub kept: usize,
+    /// Keys of the pending uploads (S3 multipart uploads) that belonged to no session
+    /// and were older than `max_age`: aborted.
+    pub aborted: Vec<String>,
 }
 
-/// Removes upload sessions idle for longer than `uploads.max_age`.
+/// Removes upload sessions idle for longer than `uploads.max_age` (with what their
+/// writers hold outside their keys: on S3 the multipart upload), and aborts the
+/// driver's pending uploads that no session owns once they are that old. A session
+/// written to after the listing stays (see [`Store::purge_upload`]).
 pub async fn purge_uploads(
     store: &Store,
     config: &Config,
     dry_run: bool,
 ) -> Result<UploadsSummary, String> {
-    // On S3 a session's multipart upload outlives its keys unless it is aborted, and
-    // a chunked upload's activity shows on its state object, not on `data`: not yet.
-    if store.fs().is_err() {
-        return Err(on_driver_yet("uploads", store));
-    }
     let max_age = config.uploads.max_age;
-    let now = SystemTime::now();
     let mut out = UploadsSummary {
         max_age_seconds: max_age.as_secs_f64(),
         ..UploadsSummary::default()
     };
-    for s in store.upload_sessions().await.map_err(|e| e.to_string())? {
-        let idle = now.duration_since(s.last_active).unwrap_or(Duration::ZERO);
-        if idle < max_age {
+    let listed = store.upload_sessions().await.map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    let old = |t: SystemTime| now.duration_since(t).unwrap_or(Duration::ZERO) >= max_age;
+    store
+        .liveness()
+        .hooks()
+        .reach(registry::hooks::Point::UploadsListed, None)
+        .await;
+    for s in &listed.sessions {
+        if !old(s.last_active) {
             out.kept += 1;
             continue;
         }
         if dry_run
             || store
-                .purge_upload(&s.repository, &s.id, max_age)
+                .purge_upload(s, max_age)
                 .await
                 .map_err(|e| e.to_string())?
         {
@@ -170,6 +177,12 @@ pub async fn purge_uploads(
         } else {
             out.kept += 1; // it wrote something since it was listed
         }
+    }
+    for p in listed.orphans.iter().filter(|p| old(p.started)) {
+        if !dry_run {
+            store.abort_pending(p).await.map_err(|e| e.to_string())?;
+        }
+        out.aborted.push(p.path.clone());
     }
     Ok(out)
 }

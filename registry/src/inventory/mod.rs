@@ -3,12 +3,14 @@
 //! with the modification time the grace period is judged by. The collector decides;
 //! this module only lists and deletes what it is told to.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
 use crate::digest::{Algorithm, Digest};
 use crate::names::{RepoName, Tag};
-use crate::storage::{PathSpec, path_for};
+use crate::storage::driver::writer_state_path;
+use crate::storage::{PathSpec, PendingUpload, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -411,6 +413,24 @@ pub struct UploadSession {
     pub repository: RepoName,
     pub id: String,
     pub last_active: SystemTime,
+    /// What its writer held at the listing ([`Driver::writer_size`]; `None` without a
+    /// writer): a purge that finds another size knows the session was written since,
+    /// whatever a clock of one-second steps (S3's `LastModified`) says.
+    ///
+    /// [`Driver::writer_size`]: crate::storage::Driver::writer_size
+    pub size: Option<u64>,
+    /// The driver's pending uploads at its data key ([`PendingUpload`]: on S3 its
+    /// multipart upload, and any a crash left there before its state named it).
+    pub pending: Vec<PendingUpload>,
+}
+
+/// The upload sessions of a store, and the pending uploads no session owns (a crash left
+/// them: a blob's multipart copy cut short, a session whose keys went and whose
+/// multipart upload stayed).
+#[derive(Debug, Default)]
+pub struct UploadSessions {
+    pub sessions: Vec<UploadSession>,
+    pub orphans: Vec<PendingUpload>,
 }
 
 /// What the scrubber found about one pool blob.
@@ -426,25 +446,51 @@ pub enum BlobHealth {
 }
 
 impl Store {
-    /// Every upload session with the time of its last activity (the later of its
-    /// `startedat` and its data file's modification time).
-    pub async fn upload_sessions(&self) -> Result<Vec<UploadSession>> {
-        let mut out = Vec::new();
+    /// Every upload session with the time of its last activity, and the driver's pending
+    /// uploads that belong to none. The pending uploads are listed first: one that
+    /// begins after that listing is not seen at all, and one seen belongs to a session
+    /// that the second listing shows unless that session ended meanwhile.
+    pub async fn upload_sessions(&self) -> Result<UploadSessions> {
+        let mut pending: BTreeMap<String, Vec<PendingUpload>> = BTreeMap::new();
+        for p in self.driver.pending_uploads("").await? {
+            pending.entry(p.path.clone()).or_default().push(p);
+        }
+        let mut out = UploadSessions::default();
         for repo in self.repositories_all().await? {
             for id in self.list(PathSpec::UploadsDir(&repo)).await? {
                 let last_active = self.upload_last_active(&repo, &id).await;
-                out.push(UploadSession {
+                let size = self.session_writer_size(&repo, &id).await?;
+                let data = path_for(PathSpec::UploadData(&repo, &id));
+                out.sessions.push(UploadSession {
                     repository: repo.clone(),
+                    pending: pending.remove(&data).unwrap_or_default(),
                     id,
                     last_active,
+                    size,
                 });
             }
         }
+        out.orphans = pending.into_values().flatten().collect();
         Ok(out)
     }
 
+    /// What a session's writer holds as of its last flush; `None` without a writer.
+    async fn session_writer_size(&self, repo: &RepoName, id: &str) -> Result<Option<u64>> {
+        match self
+            .driver
+            .writer_size(&path_for(PathSpec::UploadData(repo, id)))
+            .await
+        {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// When a session last did something: the latest of its `startedat`, its data
-    /// file's and its folder's modification times (the epoch when none is readable).
+    /// file's, its writer state's (every flush rewrites it: on S3 the data key appears
+    /// only at completion, so this is its clock there) and its folder's modification
+    /// times (the epoch when none is readable).
     async fn upload_last_active(&self, repo: &RepoName, id: &str) -> SystemTime {
         let started = self
             .driver
@@ -459,42 +505,55 @@ impl Store {
                 .ok()
             })
             .map(SystemTime::from);
-        let mtime = |spec| async move {
-            self.driver
-                .stat(&path_for(spec))
-                .await
-                .ok()
-                .map(|i| i.modified)
-        };
-        let data = mtime(PathSpec::UploadData(repo, id)).await;
-        let dir = mtime(PathSpec::UploadDir(repo, id)).await;
-        [started, data, dir]
+        let data = path_for(PathSpec::UploadData(repo, id));
+        let mtime =
+            |path: String| async move { self.driver.stat(&path).await.ok().map(|i| i.modified) };
+        let state = mtime(writer_state_path(&data)).await;
+        let data = mtime(data).await;
+        let dir = mtime(path_for(PathSpec::UploadDir(repo, id))).await;
+        [started, data, state, dir]
             .into_iter()
             .flatten()
             .max()
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
-    /// Removes an upload session that has been idle for `max_age` — judged again under
-    /// the session's lock, so a chunk written since it was listed (or being written
-    /// now: the lock waits for it) keeps the session. Returns whether it went.
+    /// Removes an upload session listed by [`Store::upload_sessions`] that has been idle
+    /// for `max_age` — judged again under the session's lock, so a chunk written since it
+    /// was listed (its writer's size moved, or its clock) or being written now (the lock
+    /// waits for it) keeps the session. Its writer is cancelled and its pending uploads
+    /// aborted before its keys go (a crash in between leaves an orphan that a later run
+    /// aborts). Returns whether it went.
     pub async fn purge_upload(
         &self,
-        name: &RepoName,
-        id: &str,
+        session: &UploadSession,
         max_age: std::time::Duration,
     ) -> Result<bool> {
-        self.with_upload_session(name, id, |id| async move {
+        let name = &session.repository;
+        self.with_upload_session(name, &session.id, |id| async move {
             let last = self.upload_last_active(name, &id).await;
             let idle = SystemTime::now()
                 .duration_since(last)
                 .unwrap_or(std::time::Duration::ZERO);
-            if idle < max_age {
+            if idle < max_age || self.session_writer_size(name, &id).await? != session.size {
                 return Ok(false);
+            }
+            // A state its writer cannot resume from (cut short) still goes: its
+            // multipart upload is among `pending` (listed by key, not by the state).
+            if let Err(e) = self.discard_session_data(name, &id).await {
+                tracing::warn!(repository = %name, id, error = %e, "purging an upload session whose writer does not resume");
+            }
+            for p in &session.pending {
+                self.driver.abort_pending(p).await?;
             }
             self.remove(PathSpec::UploadDir(name, &id)).await
         })
         .await
+    }
+
+    /// Aborts a pending upload that no session owns.
+    pub async fn abort_pending(&self, upload: &PendingUpload) -> Result<()> {
+        Ok(self.driver.abort_pending(upload).await?)
     }
 
     /// Re-hashes a pool blob with its own algorithm, bypassing every cache.

@@ -1,0 +1,205 @@
+//! The maintenance tasks on S3 (issue 18), each against an in-process server on a root of
+//! its own in the Ceph RGW bucket that `scripts/rgw.sh` starts (the `DRYDOCK_TEST_S3_*`
+//! variables; without them these tests fail, never skip): the upload purge with the
+//! sessions' multipart uploads and the orphans a crash leaves, the scrub's streamed
+//! re-hash and quarantine, and the scheduler's records and anchor in the bucket. What a
+//! task removes is checked key by key (and upload by upload) in the bucket. Races are
+//! driven with `registry::hooks`. Each test removes its root at the end.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use conformance::s3::{bucket, keys, remove_root};
+use conformance::{TestServer, client};
+use gc::maintenance::{Maintenance, Outcome, Record, Task};
+use registry::config::Config;
+use registry::hooks::Point;
+use registry::names::RepoName;
+use registry::storage::s3::S3Driver;
+use registry::storage::{Driver, PathSpec, PutMode, path_for};
+
+/// A server on the bucket root `root` that runs maintenance only when told to.
+async fn serve(root: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let s3 = conformance::s3::config(root);
+    TestServer::start_with(move |c: &mut Config| {
+        c.storage.s3 = Some(s3);
+        c.gc.on_startup = false;
+        c.maintenance.enabled = false;
+        c.storage.delete.enabled = true;
+        adjust(c);
+    })
+    .await
+}
+
+/// Runs one task on `m` (a dry run when asked), expecting it to succeed.
+async fn run(m: &Maintenance, task: Task, dry_run: bool) -> Record {
+    let r = m.run_with(vec![task], "test", dry_run).await.remove(0);
+    assert_eq!(r.outcome, Outcome::Ok, "{task:?}: {}", r.message);
+    r
+}
+
+/// The strings of a summary's list, sorted.
+fn listed(r: &Record, key: &str) -> BTreeSet<String> {
+    r.summary[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {}", r.summary))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The keys of the multipart uploads in progress below the root.
+async fn multipart_keys(b: &S3Driver) -> BTreeSet<String> {
+    b.multipart_uploads("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect()
+}
+
+/// Starts an upload session in `repo` (with `bytes` PATCHed when not empty); its id.
+async fn session(c: &reqwest::Client, s: &TestServer, repo: &str, bytes: usize) -> String {
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    if bytes > 0 {
+        patch(c, s, &location, bytes).await;
+    }
+    location.rsplit('/').next().unwrap().to_owned()
+}
+
+async fn patch(c: &reqwest::Client, s: &TestServer, location: &str, bytes: usize) {
+    let r = c
+        .patch(s.url(location))
+        .body(vec![7u8; bytes])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+fn location(repo: &str, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+/// The upload purge on S3: a session's activity is judged on its writer's state (a
+/// `startedat` days old does not make a session that wrote a minute ago idle); an idle
+/// session goes with its keys and its multipart upload; a multipart upload no session
+/// owns (its keys gone in a crash) is aborted once old; a session written to after the
+/// task listed it stays (the task is paused there); and a dry run plans what the real
+/// run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_purge_on_s3_removes_idle_sessions_their_multipart_uploads_and_orphans() {
+    const REPO: &str = "s3purge/app";
+    let root = conformance::s3::fresh_root("maint-uploads");
+    let b = bucket(&root);
+    let s = serve(&root, |c| c.uploads.max_age = Duration::from_secs(3600)).await;
+    let c = client();
+    let repo = RepoName::parse(REPO).unwrap();
+    let a = session(&c, &s, REPO, 100).await;
+    let bb = session(&c, &s, REPO, 100).await;
+    let cc = session(&c, &s, REPO, 0).await;
+    let orphan = session(&c, &s, REPO, 100).await;
+    // A crash after the session's keys went and before its multipart upload did.
+    b.delete(&path_for(PathSpec::UploadDir(&repo, &orphan)))
+        .await
+        .unwrap();
+    let data = |id: &str| path_for(PathSpec::UploadData(&repo, id));
+    assert_eq!(
+        multipart_keys(&b).await,
+        [&a, &bb, &cc, &orphan].iter().map(|i| data(i)).collect(),
+        "every session holds a multipart upload"
+    );
+    // `a` says it started three days ago; it wrote just now.
+    let old = time::OffsetDateTime::from(SystemTime::now() - Duration::from_secs(3 * 86_400))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    b.put(
+        &path_for(PathSpec::UploadStartedAt(&repo, &a)),
+        old.into(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+
+    // An hour's age: everything is young, nothing goes.
+    for dry_run in [true, false] {
+        let r = run(&s.maintenance, Task::Uploads, dry_run).await;
+        assert!(listed(&r, "removed").is_empty(), "{}", r.summary);
+        assert!(listed(&r, "aborted").is_empty(), "{}", r.summary);
+        assert_eq!(r.summary["kept"], 3);
+    }
+    assert_eq!(multipart_keys(&b).await.len(), 4);
+
+    // No age at all: every session is idle, the orphan is old.
+    let mut config = s.config.clone();
+    config.uploads.max_age = Duration::ZERO;
+    let m = Maintenance::new(s.store.clone(), config, None);
+    let plan = run(&m, Task::Uploads, true).await;
+    let name = |id: &str| format!("{REPO}/{id}");
+    assert_eq!(
+        listed(&plan, "removed"),
+        [&a, &bb, &cc].iter().map(|i| name(i)).collect()
+    );
+    assert_eq!(listed(&plan, "aborted"), BTreeSet::from([data(&orphan)]));
+    assert_eq!(multipart_keys(&b).await.len(), 4, "a dry run aborted");
+
+    // `bb` writes after the listing: it stays; the rest goes as planned.
+    let gate = s.store.liveness().hooks().arm(Point::UploadsListed, None);
+    let purge = tokio::spawn({
+        let m = m.clone();
+        async move { run(&m, Task::Uploads, false).await }
+    });
+    gate.arrived().await;
+    patch(&c, &s, &location(REPO, &bb), 50).await;
+    gate.release();
+    let r = purge.await.unwrap();
+    assert_eq!(
+        listed(&r, "removed"),
+        [&a, &cc].iter().map(|i| name(i)).collect()
+    );
+    assert_eq!(r.summary["kept"], 1, "{}", r.summary);
+    assert_eq!(listed(&r, "aborted"), listed(&plan, "aborted"));
+    assert_eq!(multipart_keys(&b).await, BTreeSet::from([data(&bb)]));
+    let uploads = path_for(PathSpec::UploadsDir(&repo));
+    let left: BTreeSet<String> = keys(&b)
+        .await
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&format!("{uploads}/")).map(str::to_owned))
+        .filter_map(|k| k.split('/').next().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        left,
+        BTreeSet::from([bb.clone()]),
+        "keys of removed sessions"
+    );
+    for (id, status) in [(&a, 404), (&cc, 404), (&bb, 204)] {
+        let r = c.get(s.url(&location(REPO, id))).send().await.unwrap();
+        assert_eq!(r.status(), status, "{id}");
+    }
+    let r = c.get(s.url(&location(REPO, &bb))).send().await.unwrap();
+    assert_eq!(
+        r.headers()["range"],
+        "0-149",
+        "the raced session lost bytes"
+    );
+
+    // Nothing races now: the plan and the run are the same.
+    let plan = run(&m, Task::Uploads, true).await;
+    let r = run(&m, Task::Uploads, false).await;
+    assert_eq!(listed(&plan, "removed"), BTreeSet::from([name(&bb)]));
+    assert_eq!(listed(&r, "removed"), listed(&plan, "removed"));
+    assert!(multipart_keys(&b).await.is_empty());
+    assert!(
+        keys(&b).await.iter().all(|k| !k.starts_with(&uploads)),
+        "{:?}",
+        keys(&b).await
+    );
+    drop(s);
+    remove_root(&root).await;
+}
