@@ -203,3 +203,122 @@ async fn the_upload_purge_on_s3_removes_idle_sessions_their_multipart_uploads_an
     drop(s);
     remove_root(&root).await;
 }
+
+/// The scrub on S3: every pool blob is streamed through the driver and re-hashed; a
+/// corrupt one that a write holds (a manifest PUT paused after it pinned and checked its
+/// layers) stays where it is; a dry run reports what the run does; the run moves it to
+/// `drydock/quarantine/…/data` in the bucket, bytes intact, reports the layer link left
+/// dangling, and a push of the right bytes heals the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrub_on_s3_quarantines_a_corrupt_blob_unless_a_write_holds_it() {
+    const REPO: &str = "s3scrub/img";
+    let root = conformance::s3::fresh_root("maint-scrub");
+    let b = bucket(&root);
+    let s = serve(&root, |c| c.storage.redirect.disable = true).await;
+    let c = client();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let layer = conformance::random_bytes(3 << 20, 11);
+    let config_digest = conformance::push_blob(&c, &s, REPO, config).await;
+    let layer_digest = conformance::push_blob(&c, &s, REPO, &layer).await;
+    let manifest = conformance::image_manifest(
+        (&config_digest, config.len()),
+        &[(&layer_digest, layer.len())],
+        "",
+    );
+    let d: registry::Digest = layer_digest.parse().unwrap();
+    let pool_key = path_for(PathSpec::BlobData(&d));
+    let mut bad = layer.clone();
+    bad[2 << 20] ^= 0xff;
+    b.put(&pool_key, bad.clone().into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    // A manifest PUT holds the layer (pinned, checked, its link not yet written).
+    let gate = s.store.liveness().hooks().arm(Point::Checked, None);
+    let put = tokio::spawn({
+        let (c, url, manifest) = (
+            c.clone(),
+            s.url(&format!("/v2/{REPO}/manifests/v1")),
+            manifest.clone(),
+        );
+        async move {
+            c.put(url)
+                .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                .body(manifest)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    gate.arrived().await;
+    let r = run(&s.maintenance, Task::Scrub, false).await;
+    let corrupt = r.summary["corrupt"].as_array().unwrap();
+    assert_eq!(corrupt.len(), 1, "{}", r.summary);
+    assert_eq!(corrupt[0]["digest"], layer_digest.as_str());
+    assert!(corrupt[0]["quarantined_to"].is_null(), "{}", r.summary);
+    assert_eq!(b.get(&pool_key).await.unwrap().0, bad, "a held blob moved");
+    gate.release();
+    assert_eq!(put.await.unwrap(), 201);
+
+    let plan = run(&s.maintenance, Task::Scrub, true).await;
+    assert_eq!(plan.summary["corrupt"][0]["digest"], layer_digest.as_str());
+    assert!(plan.summary["corrupt"][0]["quarantined_to"].is_null());
+    assert!(b.stat(&pool_key).await.is_ok(), "a dry run moved the blob");
+    let r = run(&s.maintenance, Task::Scrub, false).await;
+    assert_eq!(r.summary["blobs_checked"], 3, "{}", r.summary);
+    assert_eq!(r.summary["bytes_checked"], plan.summary["bytes_checked"]);
+    assert_eq!(r.summary["corrupt"][0]["digest"], layer_digest.as_str());
+    let moved = r.summary["corrupt"][0]["quarantined_to"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", r.summary))
+        .to_owned();
+    assert!(
+        moved.starts_with(&format!("drydock/quarantine/sha256/{}-", d.hex())),
+        "{moved}"
+    );
+    assert_eq!(
+        b.get(&format!("{moved}/data")).await.unwrap().0,
+        bad,
+        "quarantine lost the bytes"
+    );
+    assert!(
+        b.stat(&pool_key).await.is_err(),
+        "the corrupt blob stayed in the pool"
+    );
+    assert_eq!(
+        r.summary["dangling_layer_links"],
+        serde_json::json!([format!("{REPO}@{layer_digest}")])
+    );
+    let head = |digest: String| {
+        let (c, url) = (c.clone(), s.url(&format!("/v2/{REPO}/blobs/{digest}")));
+        async move { c.head(url).send().await.unwrap().status() }
+    };
+    assert_eq!(head(layer_digest.clone()).await, 404);
+
+    // The right bytes again heal it.
+    conformance::push_blob(&c, &s, REPO, &layer).await;
+    let got = c
+        .get(s.url(&format!("/v2/{REPO}/blobs/{layer_digest}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(conformance::digest_of(&got), layer_digest);
+    let again = run(&s.maintenance, Task::Scrub, false).await;
+    assert!(
+        again.summary["corrupt"].as_array().unwrap().is_empty(),
+        "{}",
+        again.summary
+    );
+    assert!(
+        again.summary["dangling_layer_links"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    drop(s);
+    remove_root(&root).await;
+}

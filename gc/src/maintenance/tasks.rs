@@ -1,7 +1,6 @@
 //! What each maintenance task does. `gc` is the collector itself (`crate::collect`);
-//! these are the other three, written over the store's inventory API. On S3, `gc`,
-//! `retention` and `uploads` run (through the admin API: the scheduler is still off
-//! there); `scrub` answers that it does not run there yet.
+//! these are the other three, written over the store's inventory API and its driver, so
+//! each runs on every driver.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,14 +14,6 @@ use crate::{Options, Scope};
 fn anchored(re: &str) -> Result<regex::Regex, String> {
     let re = if re.is_empty() { ".*" } else { re };
     regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())
-}
-
-/// The message of a task that does not run on `store`'s driver yet.
-fn on_driver_yet(task: &str, store: &Store) -> String {
-    format!(
-        "the {task} task does not run on the {} storage driver yet (issue 18)",
-        store.driver().name()
-    )
 }
 
 /// What the retention task removed (or, in a dry run, would remove).
@@ -207,14 +198,10 @@ pub struct ScrubSummary {
     pub dangling_manifests: Vec<String>,
 }
 
-/// Re-hashes every pool blob; a corrupt one is moved to the quarantine folder (never
-/// deleted) so clients see it as unknown and push it again; links whose blob is missing
-/// are reported.
+/// Re-hashes every pool blob, streamed through the driver's reader; a corrupt one is
+/// moved to the quarantine folder (never deleted; not while a write holds it) so clients
+/// see it as unknown and push it again; links whose blob is missing are reported.
 pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
-    // It re-hashes and quarantines through the filesystem's own calls.
-    if store.fs().is_err() {
-        return Err(on_driver_yet("scrub", store));
-    }
     let mut out = ScrubSummary::default();
     let removal = store
         .liveness()
@@ -237,9 +224,7 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
                         store
                             .quarantine_pool_blob(d)
                             .await
-                            .map_err(|e| e.to_string())?
-                            .display()
-                            .to_string(),
+                            .map_err(|e| e.to_string())?,
                     ),
                     None => None,
                 };

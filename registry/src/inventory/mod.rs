@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::digest::{Algorithm, Digest};
 use crate::names::{RepoName, Tag};
 use crate::storage::driver::writer_state_path;
-use crate::storage::{PathSpec, PendingUpload, path_for};
+use crate::storage::{PathSpec, PendingUpload, WalkEntry, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -335,32 +335,44 @@ impl Store {
 
     /// The `<alg>/<hex>/link` files below `dir`, with their modification time.
     async fn links_with_time(&self, dir: PathSpec<'_>) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self.fs()?.walk_files(&path_for(dir), "link").await?;
+        let files = self.files_named(&path_for(dir), "link").await?;
         Ok(files
             .into_iter()
-            .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
+            .filter_map(|e| digest_of_rel(&e.path).map(|d| (d, e.modified)))
             .collect())
+    }
+
+    /// The files called `name` below `prefix` (paths relative to it), through the
+    /// driver's walk: on S3 listings in parallel.
+    async fn files_named(&self, prefix: &str, name: &str) -> Result<Vec<WalkEntry>> {
+        use futures::TryStreamExt;
+        let suffix = format!("/{name}");
+        Ok(self
+            .driver
+            .walk(prefix)
+            .try_filter(|e| std::future::ready(e.path.ends_with(&suffix)))
+            .try_collect()
+            .await?)
     }
 
     /// Every blob in the pool.
     pub async fn pool_blobs(&self) -> Result<Vec<PoolBlob>> {
         let files = self
-            .fs()?
-            .walk_files(&path_for(PathSpec::BlobsRoot), "data")
+            .files_named(&path_for(PathSpec::BlobsRoot), "data")
             .await?;
         Ok(files
             .into_iter()
-            .filter_map(|(rel, info)| {
+            .filter_map(|e| {
                 // <alg>/<hh>/<hex>/data
-                let mut parts = rel.split('/');
+                let mut parts = e.path.split('/');
                 let alg = parts.next()?;
                 let _hh = parts.next()?;
                 let hex = parts.next()?;
                 let digest = format!("{alg}:{hex}").parse().ok()?;
                 Some(PoolBlob {
                     digest,
-                    size: info.size,
-                    modified: info.modified,
+                    size: e.size,
+                    modified: e.modified,
                 })
             })
             .collect())
@@ -556,46 +568,70 @@ impl Store {
         Ok(self.driver.abort_pending(upload).await?)
     }
 
-    /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
+    /// Re-hashes a pool blob with its own algorithm, bypassing every cache: streamed
+    /// through the driver's reader (memory stays one chunk whatever the blob's size).
     pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
-        let path = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
-        let algorithm = digest.algorithm();
-        let hashed = tokio::task::spawn_blocking(move || {
-            crate::upload::hash_file(&path, algorithm).map(|(_, h)| h.finish())
-        })
-        .await
-        .map_err(Error::internal)?;
-        match hashed {
-            Ok(actual) if &actual == digest => Ok(BlobHealth::Ok),
-            Ok(actual) => Ok(BlobHealth::Corrupt { actual }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BlobHealth::Missing),
-            Err(e) => Err(Error::internal(e)),
+        use futures::TryStreamExt;
+        let path = path_for(PathSpec::BlobData(digest));
+        let mut body = match self.driver.reader(&path, 0, None).await {
+            Ok(r) => r.body,
+            Err(e) if e.is_not_found() => return Ok(BlobHealth::Missing),
+            Err(e) => return Err(e.into()),
+        };
+        let mut h = crate::digest::Hasher::new(digest.algorithm());
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => h.update(&chunk),
+                Ok(None) => break,
+                Err(e) if e.is_not_found() => return Ok(BlobHealth::Missing),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let actual = h.finish();
+        if &actual == digest {
+            Ok(BlobHealth::Ok)
+        } else {
+            Ok(BlobHealth::Corrupt { actual })
         }
     }
 
     /// Moves a pool blob into the quarantine folder (never deletes it); from then on it
-    /// is unknown to clients, so they push it again. Returns the quarantine path.
-    pub async fn quarantine_pool_blob(&self, digest: &Digest) -> Result<std::path::PathBuf> {
+    /// is unknown to clients, so they push it again. Returns where it went: the folder's
+    /// path on the filesystem, its key under the root elsewhere. A move on S3 is a copy
+    /// and then a delete: a crash between leaves the blob in the pool and a copy in
+    /// quarantine (the next scrub moves it again), never a blob that is in neither.
+    pub async fn quarantine_pool_blob(&self, digest: &Digest) -> Result<String> {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let to = path_for(PathSpec::Quarantine(digest, secs));
         let r = self
-            .fs()?
-            .rename(&path_for(PathSpec::BlobDir(digest)), &to)
+            .driver
+            .rename(
+                &path_for(PathSpec::BlobData(digest)),
+                &path_for(PathSpec::QuarantineData(digest, secs)),
+            )
             .await;
         self.cache.invalidate_blob(digest);
         r?;
-        Ok(self.fs()?.full(&to))
+        Ok(match &self.fs_root {
+            Some(fs) => fs.full(&to).display().to_string(),
+            None => to,
+        })
     }
 
-    /// Whether the pool has a blob, asking the disk (not the cache).
+    /// Whether the pool has a blob, asking the driver (not the cache).
     pub async fn pool_blob_on_disk(&self, digest: &Digest) -> Result<bool> {
-        Ok(self
-            .fs()?
-            .exists(&path_for(PathSpec::BlobData(digest)))
-            .await?)
+        match self
+            .driver
+            .stat(&path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(s) => Ok(!s.is_dir),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Tags of `name` with the digest they point at and when they were last pushed.
