@@ -322,3 +322,95 @@ async fn the_scrub_on_s3_quarantines_a_corrupt_blob_unless_a_write_holds_it() {
     drop(s);
     remove_root(&root).await;
 }
+
+/// The scheduler on S3: when it began (its anchor) and every run's record are keys under
+/// the bucket root, so a restarted server reads them back: its status lists the runs, a
+/// task that never ran waits a period from the first start, the anchor keeps the first
+/// start's time, and a task whose last run is a period old is due. With
+/// `maintenance.enabled` the server runs it by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_records_and_schedule_live_in_the_bucket() {
+    let root = conformance::s3::fresh_root("maint-records");
+    let b = bucket(&root);
+    let record_key = path_for(PathSpec::MaintenanceRecord("uploads"));
+    let anchor_key = path_for(PathSpec::MaintenanceAnchor);
+    let s = serve(&root, |_| {}).await;
+    let m = &s.maintenance;
+    assert_eq!(
+        m.due(None, false).await,
+        m.enabled_tasks(),
+        "a root no server scheduled: every task is due"
+    );
+    m.begin_schedule().await;
+    assert_eq!(m.due(None, false).await, Vec::<Task>::new());
+    let anchor = b
+        .get(&anchor_key)
+        .await
+        .expect("the anchor in the bucket")
+        .0;
+    let ran = run(m, Task::Uploads, false).await;
+    let stored: Record =
+        serde_json::from_slice(&b.get(&record_key).await.expect("the record").0).unwrap();
+    assert_eq!(stored.started_at, ran.started_at);
+    drop(s.stop().await);
+
+    // Another server on the root (a restart) reads both back.
+    let s = serve(&root, |_| {}).await;
+    let m = &s.maintenance;
+    let last = m.status().await.last;
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(
+        (last[0].task, &last[0].started_at),
+        (Task::Uploads, &ran.started_at)
+    );
+    assert_eq!(
+        m.due(None, false).await,
+        Vec::<Task>::new(),
+        "a restart made tasks due"
+    );
+    m.begin_schedule().await;
+    assert_eq!(
+        b.get(&anchor_key).await.unwrap().0,
+        anchor,
+        "a restart moved the start"
+    );
+    let mut old = stored.clone();
+    old.started_unix -= 3601.0;
+    b.put(
+        &record_key,
+        serde_json::to_vec(&old).unwrap().into(),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.due(None, false).await, vec![Task::Uploads]);
+    drop(s.stop().await);
+
+    // The scheduler itself, on the bucket: it runs the due task and records it there.
+    let s = serve(&root, |c| {
+        c.maintenance.enabled = true;
+        c.maintenance.tick = Duration::from_millis(100);
+    })
+    .await;
+    let next = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok((bytes, _)) = b.get(&record_key).await
+                && let Ok(r) = serde_json::from_slice::<Record>(&bytes)
+                && r.started_at != ran.started_at
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the scheduler ran the due task within a minute");
+    assert_eq!(
+        (next.trigger.as_str(), next.outcome),
+        ("schedule", Outcome::Ok),
+        "{}",
+        next.message
+    );
+    drop(s);
+    remove_root(&root).await;
+}
