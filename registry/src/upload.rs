@@ -331,29 +331,23 @@ impl Store {
         let id = parse_id(id)?;
         let session = self.sessions.get(name, &id);
         let _guard = self.lock_session(session).await;
-        let cancelled = self.discard_session_data(name, &id).await?;
+        // A flushed writer may hold state outside the folder's keys (a multipart upload
+        // on S3, which no listing shows and which the bucket bills): cancel it first.
+        let data = path_for(PathSpec::UploadData(name, &id));
+        let cancelled = match self.driver.writer(&data, WriterStart::Resume).await {
+            Ok(w) => {
+                w.cancel().await?;
+                true
+            }
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
         let removed = self.remove(PathSpec::UploadDir(name, &id)).await?;
         self.sessions.forget(name, &id);
         if !(removed || cancelled) {
             return Err(Error::BlobUploadUnknown);
         }
         Ok(())
-    }
-
-    /// Cancels a session's writer, if it has one: a flushed writer may hold state
-    /// outside the folder's keys (a multipart upload on S3, which no listing shows and
-    /// which the bucket bills), so it goes before the folder does. Call it holding the
-    /// session's lock. Returns whether there was a writer.
-    pub(crate) async fn discard_session_data(&self, name: &RepoName, id: &str) -> Result<bool> {
-        let data = path_for(PathSpec::UploadData(name, id));
-        match self.driver.writer(&data, WriterStart::Resume).await {
-            Ok(w) => {
-                w.cancel().await?;
-                Ok(true)
-            }
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Runs `f` with a session's id while holding the session's lock (the one every

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::digest::{Algorithm, Digest};
 use crate::names::{RepoName, Tag};
 use crate::storage::driver::writer_state_path;
-use crate::storage::{PathSpec, PendingUpload, WalkEntry, path_for};
+use crate::storage::{DriverError, PathSpec, PendingUpload, WalkEntry, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -486,7 +486,8 @@ impl Store {
         Ok(out)
     }
 
-    /// What a session's writer holds as of its last flush; `None` without a writer.
+    /// What a session's writer holds as of its last flush; `None` without a writer, or
+    /// with a state that cannot be read (the session is judged by its clock alone).
     async fn session_writer_size(&self, repo: &RepoName, id: &str) -> Result<Option<u64>> {
         match self
             .driver
@@ -495,7 +496,11 @@ impl Store {
         {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e @ DriverError::Unavailable { .. }) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(repository = %repo, id, error = %e, "an upload session's writer state does not read");
+                Ok(None)
+            }
         }
     }
 
@@ -533,9 +538,9 @@ impl Store {
     /// Removes an upload session listed by [`Store::upload_sessions`] that has been idle
     /// for `max_age` — judged again under the session's lock, so a chunk written since it
     /// was listed (its writer's size moved, or its clock) or being written now (the lock
-    /// waits for it) keeps the session. Its writer is cancelled and its pending uploads
-    /// aborted before its keys go (a crash in between leaves an orphan that a later run
-    /// aborts). Returns whether it went.
+    /// waits for it) keeps the session. Its pending uploads are aborted before its keys
+    /// go (a crash in between leaves keys that the next run finds idle). Returns whether
+    /// it went.
     pub async fn purge_upload(
         &self,
         session: &UploadSession,
@@ -550,11 +555,9 @@ impl Store {
             if idle < max_age || self.session_writer_size(name, &id).await? != session.size {
                 return Ok(false);
             }
-            // A state its writer cannot resume from (cut short) still goes: its
-            // multipart upload is among `pending` (listed by key, not by the state).
-            if let Err(e) = self.discard_session_data(name, &id).await {
-                tracing::warn!(repository = %name, id, error = %e, "purging an upload session whose writer does not resume");
-            }
+            // Its writer is not resumed to be cancelled (on disk that may hash the whole
+            // file again): what it holds outside the keys is its pending uploads, listed
+            // by key (whatever its state says), and the folder's removal takes the rest.
             for p in &session.pending {
                 self.driver.abort_pending(p).await?;
             }
