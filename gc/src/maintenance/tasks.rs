@@ -2,6 +2,7 @@
 //! these are the other three, written over the store's inventory API and its driver, so
 //! each runs on every driver.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use registry::config::Config;
@@ -208,11 +209,18 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
         .begin_removal()
         .await
         .map_err(|e| e.to_string())?;
-    for blob in store.pool_blobs().await.map_err(|e| e.to_string())? {
+    let blobs = store.pool_blobs().await.map_err(|e| e.to_string())?;
+    // What the pool holds, for the link checks below: one listing rather than a request
+    // per link on S3.
+    let mut in_pool: HashSet<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
+    for blob in &blobs {
         let d: &Digest = &blob.digest;
         match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
             BlobHealth::Ok => {}
-            BlobHealth::Missing => continue,
+            BlobHealth::Missing => {
+                in_pool.remove(d);
+                continue;
+            }
             BlobHealth::Corrupt { actual } => {
                 let claim = if dry_run {
                     None
@@ -228,6 +236,9 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
                     ),
                     None => None,
                 };
+                if quarantined_to.is_some() {
+                    in_pool.remove(d);
+                }
                 tracing::warn!(digest = %d, actual = %actual, quarantined = ?quarantined_to, "corrupt blob");
                 out.corrupt.push(Corrupt {
                     digest: d.to_string(),
@@ -239,13 +250,22 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
         out.blobs_checked += 1;
         out.bytes_checked += blob.size;
     }
+    // A digest the listing did not show is asked for again: it may have come since.
+    let missing = |d: Digest| {
+        let listed = in_pool.contains(&d);
+        async move {
+            Ok::<bool, String>(
+                !listed
+                    && !store
+                        .pool_blob_on_disk(&d)
+                        .await
+                        .map_err(|e| e.to_string())?,
+            )
+        }
+    };
     for repo in store.repositories_all().await.map_err(|e| e.to_string())? {
         for (d, _) in store.layer_links(&repo).await.map_err(|e| e.to_string())? {
-            if !store
-                .pool_blob_on_disk(&d)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if missing(d.clone()).await? {
                 out.dangling_layer_links.push(format!("{repo}@{d}"));
             }
         }
@@ -254,11 +274,7 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
             .await
             .map_err(|e| e.to_string())?
         {
-            if !store
-                .pool_blob_on_disk(&d)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if missing(d.clone()).await? {
                 out.dangling_manifests.push(format!("{repo}@{d}"));
             }
         }
