@@ -483,7 +483,9 @@ impl Maintenance {
             Task::Uploads => {
                 serde_json::to_value(tasks::purge_uploads(&i.store, &i.config, dry_run).await?)
             }
-            Task::Scrub => serde_json::to_value(tasks::scrub(&i.store, dry_run).await?),
+            Task::Scrub => {
+                serde_json::to_value(tasks::scrub(&i.store, i.config.gc.workers, dry_run).await?)
+            }
         };
         v.map_err(|e| e.to_string())
     }

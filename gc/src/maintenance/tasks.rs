@@ -3,6 +3,8 @@
 //! each runs on every driver.
 
 use std::collections::HashSet;
+
+use futures::StreamExt;
 use std::time::{Duration, SystemTime};
 
 use registry::config::Config;
@@ -199,10 +201,12 @@ pub struct ScrubSummary {
     pub dangling_manifests: Vec<String>,
 }
 
-/// Re-hashes every pool blob, streamed through the driver's reader; a corrupt one is
-/// moved to the quarantine folder (never deleted; not while a write holds it) so clients
-/// see it as unknown and push it again; links whose blob is missing are reported.
-pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
+/// Re-hashes every pool blob, streamed through the driver's reader, `workers` blobs at
+/// once (`gc.workers`: on S3 each blob is a request that waits on the network; memory is
+/// a chunk per worker whatever the blobs' sizes); a corrupt one is moved to the
+/// quarantine folder (never deleted; not while a write holds it) so clients see it as
+/// unknown and push it again; links whose blob is missing are reported.
+pub async fn scrub(store: &Store, workers: usize, dry_run: bool) -> Result<ScrubSummary, String> {
     let mut out = ScrubSummary::default();
     let removal = store
         .liveness()
@@ -213,9 +217,21 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
     // What the pool holds, for the link checks below: one listing rather than a request
     // per link on S3.
     let mut in_pool: HashSet<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
-    for blob in &blobs {
+    // Owned values in the stream: a future borrowing from here is not `Send` enough for
+    // the run queue's spawned task.
+    let mut checked = futures::stream::iter(blobs)
+        .map(|b| {
+            let store = store.clone();
+            async move {
+                let health = store.verify_pool_blob(&b.digest).await;
+                (b, health)
+            }
+        })
+        .boxed()
+        .buffered(workers.max(1));
+    while let Some((blob, health)) = checked.next().await {
         let d: &Digest = &blob.digest;
-        match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
+        match health.map_err(|e| e.to_string())? {
             BlobHealth::Ok => {}
             BlobHealth::Missing => {
                 in_pool.remove(d);
