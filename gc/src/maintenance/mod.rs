@@ -1,10 +1,10 @@
 //! Scheduled maintenance: the tasks `gc`, `retention`, `uploads` and `scrub`, each with
 //! a schedule, a time limit and a persisted last-run record in the store, through its
-//! driver (`drydock/maintenance/<task>.json` under the root, on disk or in a bucket). [`Maintenance`] is the run queue of one process:
-//! it never runs a task twice at once, runs at most `max_parallel` tasks and at most one
-//! intensive task (gc, scrub) together, holds queued tasks while the load average is
-//! above `load_pause`, cancels a task at its time limit (recorded as killed), and logs
-//! a STATUS line periodically. Across processes the root lock decides: the server runs
+//! driver (`drydock/maintenance/<task>.json` under the root, on disk or in a bucket).
+//! [`Maintenance`] is the run queue of one process: it never runs a task twice at once,
+//! runs at most `max_parallel` tasks and at most one intensive task (gc, scrub)
+//! together, holds queued tasks while the load average is above `load_pause`, cancels a
+//! task at its time limit (recorded as killed), and logs a STATUS line periodically. Across processes the root lock decides: the server runs
 //! tasks itself, and the CLI's runs go through the server when one owns the root.
 
 mod runner;

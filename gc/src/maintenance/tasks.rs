@@ -3,9 +3,9 @@
 //! each runs on every driver.
 
 use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use std::time::{Duration, SystemTime};
 
 use registry::config::Config;
 use registry::inventory::BlobHealth;
