@@ -608,7 +608,7 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
                     let m = Maintenance::new(offline_store(&config)?, config.clone(), None);
                     if chosen.is_empty() {
                         chosen = if auto || schedule.is_some() {
-                            m.due(schedule.as_deref(), auto)
+                            m.due(schedule.as_deref(), auto).await
                         } else {
                             m.enabled_tasks()
                         };
@@ -659,10 +659,13 @@ async fn maintenance(action: MaintenanceAction) -> anyhow::Result<()> {
             let config = load_config(config.as_deref(), Some("warn"))?;
             refuse_on_s3(&config, "maintenance status")?;
             let root = config.storage.filesystem.rootdirectory.clone();
-            let records: Vec<_> = Task::ALL
-                .into_iter()
-                .filter_map(|t| gc::maintenance::last_record(&root, t))
-                .collect();
+            // The records are keys under the root, read through a driver on it (which
+            // creates nothing).
+            let fs = registry::storage::FsDriver::new(root.clone());
+            let mut records = Vec::new();
+            for t in Task::ALL {
+                records.extend(gc::maintenance::last_record(&fs, t).await);
+            }
             // Only reads: no lock is taken (nor its file created); a server that owns the
             // root answers on its admin socket, and a missing socket means none does.
             let socket = admin_socket(&root);

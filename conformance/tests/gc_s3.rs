@@ -452,8 +452,7 @@ async fn a_head_meeting_a_batch_claim_waits_and_finds_the_blob_gone_on_s3() {
 
 /// Retention's untagged policy runs on S3 (the collector's manifest pass, through the
 /// maintenance queue): an untagged manifest older than `untagged_older_than` loses its
-/// revision, a tagged one keeps it, and the blobs wait for the next collection. The
-/// tasks that do not run on S3 yet say so instead of running half.
+/// revision, a tagged one keeps it, and the blobs wait for the next collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_untagged_manifests_on_s3() {
     let root = conformance::s3::fresh_root("gc-retention");
@@ -497,16 +496,6 @@ async fn retention_removes_untagged_manifests_on_s3() {
     assert_eq!(get(&s, APP, "manifests", "v1").await, (200, t.into_bytes()));
     assert_eq!(get(&s, APP, "manifests", &u_digest).await.0, 404);
 
-    for task in [Task::Uploads, Task::Scrub] {
-        let r = s.maintenance.run(vec![task], "test").await;
-        assert_eq!(r[0].outcome, Outcome::Failed, "{task:?}");
-        assert!(
-            r[0].message
-                .contains("does not run on the s3 storage driver yet"),
-            "{task:?}: {}",
-            r[0].message
-        );
-    }
     drop(s);
     remove_root(&bucket).await;
 }

@@ -67,10 +67,15 @@ async fn schedules_fire_and_record_last_runs() {
         runs.len() >= 2,
         "the 1 s schedule did not fire twice: {runs:?}"
     );
-    let record = gc::maintenance::last_record(s.root(), Task::Uploads).expect("record on disk");
+    let record =
+        gc::maintenance::last_record(&registry::storage::FsDriver::new(s.root()), Task::Uploads)
+            .await
+            .expect("record on disk");
     assert_eq!(record.outcome, Outcome::Ok);
     assert!(
-        gc::maintenance::last_record(s.root(), Task::Scrub).is_none(),
+        gc::maintenance::last_record(&registry::storage::FsDriver::new(s.root()), Task::Scrub)
+            .await
+            .is_none(),
         "a disabled task ran"
     );
 }
@@ -94,7 +99,7 @@ async fn overlapping_requests_never_run_a_task_twice_at_once() {
             (Task::Uploads, Outcome::Ok)
         ]
     );
-    let st = queue(&s).status();
+    let st = queue(&s).status().await;
     assert_eq!(st.counters.skipped, 1);
     assert_eq!(st.counters.finished, 2);
 }
@@ -114,12 +119,13 @@ async fn a_task_over_its_time_limit_is_cancelled_and_recorded_killed() {
     assert_eq!(r.outcome, Outcome::Killed, "{r:?}");
     assert!(r.message.contains("time limit"));
     assert_eq!(
-        gc::maintenance::last_record(s.root(), Task::Scrub)
+        gc::maintenance::last_record(&registry::storage::FsDriver::new(s.root()), Task::Scrub)
+            .await
             .unwrap()
             .outcome,
         Outcome::Killed
     );
-    assert_eq!(queue(&s).status().counters.killed, 1);
+    assert_eq!(queue(&s).status().await.counters.killed, 1);
     let text = s.metrics.as_ref().unwrap().render();
     for want in [
         r#"drydock_maintenance_runs_total{task="scrub",outcome="killed"} 1"#,
@@ -161,7 +167,7 @@ async fn tasks_wait_while_the_load_is_high_and_resume_below_the_lower_mark() {
         tokio::spawn(async move { m.run(vec![Task::Uploads], "test").await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let st = m.status();
+    let st = m.status().await;
     assert!(st.paused_for_load, "not paused at load 9 > 4");
     assert_eq!(st.counters.queued, 1);
     assert!(!runner.is_finished());
@@ -171,7 +177,7 @@ async fn tasks_wait_while_the_load_is_high_and_resume_below_the_lower_mark() {
         .unwrap()
         .unwrap();
     assert_eq!(records[0].outcome, Outcome::Ok);
-    assert!(!m.status().paused_for_load);
+    assert!(!m.status().await.paused_for_load);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +201,8 @@ async fn upload_purge_removes_only_old_sessions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    // Age the first session by three days: its start, its data and its folder.
+    // Age the first session by three days: its start, its data, its writer's state
+    // (every flush rewrites it) and its folder.
     let id = locations[0].rsplit('/').next().unwrap();
     let dir = s.root().join(format!(
         "docker/registry/v2/repositories/purge/_uploads/{id}"
@@ -205,7 +212,12 @@ async fn upload_purge_removes_only_old_sessions() {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     std::fs::write(dir.join("startedat"), old_text).unwrap();
-    for p in [dir.join("startedat"), dir.join("data"), dir.clone()] {
+    for p in [
+        dir.join("startedat"),
+        dir.join("data"),
+        dir.join("data.state"),
+        dir.clone(),
+    ] {
         set_mtime(&p, old);
     }
     let r = queue(&s).run(vec![Task::Uploads], "test").await.remove(0);
@@ -757,10 +769,10 @@ async fn a_first_start_runs_no_task_until_its_period_has_passed() {
     let s = quiet_server(|_| {}).await;
     let m = queue(&s);
     // A CLI on a root no server ever scheduled: a task that never ran is due.
-    assert_eq!(m.due(None, false).len(), 4);
+    assert_eq!(m.due(None, false).await.len(), 4);
     m.begin_schedule().await;
     assert_eq!(
-        m.due(None, false),
+        m.due(None, false).await,
         Vec::<Task>::new(),
         "a first start made every task due at once"
     );
@@ -772,7 +784,7 @@ async fn a_first_start_runs_no_task_until_its_period_has_passed() {
         s.config.clone(),
         None,
     );
-    assert_eq!(again.due(None, false), Vec::<Task>::new());
+    assert_eq!(again.due(None, false).await, Vec::<Task>::new());
     // A task whose last run is a period old is due again.
     let mut r = m.run(vec![Task::Uploads], "test").await.remove(0);
     r.started_unix -= 3601.0;
@@ -781,5 +793,5 @@ async fn a_first_start_runs_no_task_until_its_period_has_passed() {
         serde_json::to_vec(&r).unwrap(),
     )
     .unwrap();
-    assert_eq!(m.due(None, false), vec![Task::Uploads]);
+    assert_eq!(m.due(None, false).await, vec![Task::Uploads]);
 }

@@ -106,7 +106,7 @@ async fn gc_disabled_starts_no_cycle_by_itself() {
     let st = online.cleaner.status();
     assert!(!st.running && st.cycles == 0, "a cycle ran: {st:?}");
     assert!(!online.cleaner.schedule(), "a cycle was scheduled");
-    let due = online.maintenance.due(None, false);
+    let due = online.maintenance.due(None, false).await;
     assert!(!due.contains(&gc::maintenance::Task::Gc), "{due:?}");
     // An explicit run still collects.
     let report = online

@@ -572,9 +572,14 @@ async fn one_server_per_bucket_root() {
     );
     assert!(third.terminate().success());
     let all = keys(&b).await;
-    // (The readiness probe's object too, when the stop came while it was written.)
+    // (The readiness probe's object too, when the stop came while it was written; and
+    // the maintenance schedule's start, which the first server on a root records.)
     let probe = path_for(PathSpec::HealthProbe);
-    let state: Vec<&String> = all.iter().filter(|k| **k != probe).collect();
+    let anchor = path_for(PathSpec::MaintenanceAnchor);
+    let state: Vec<&String> = all
+        .iter()
+        .filter(|k| **k != probe && **k != anchor)
+        .collect();
     assert_eq!(state, [&key], "a clean stop leaves only the expired lock");
     let (held, _) = b.get(&key).await.unwrap();
     assert!(String::from_utf8_lossy(&held).contains(r#""expires":0"#));
@@ -774,8 +779,8 @@ async fn skopeo_round_trips_images_on_s3() {
 }
 
 /// What does not run on S3 yet is refused, never half done against a local folder: the
-/// CLI's collector and maintenance exit with the reason, a configuration that turns the
-/// maintenance scheduler on does not start, and an artifact upload answers
+/// CLI's collector and maintenance exit with the reason, a replica configuration that
+/// turns the maintenance scheduler on does not start, and an artifact upload answers
 /// `405 UNSUPPORTED` leaving nothing in the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_does_not_run_on_s3_yet_is_refused() {
@@ -799,7 +804,10 @@ async fn what_does_not_run_on_s3_yet_is_refused() {
         );
     }
     let yaml = s3_yaml(&root, &var("DRYDOCK_TEST_S3_SECRET_KEY"));
-    let stderr = refused_start(&format!("{yaml}maintenance:\n  enabled: true\n"));
+    let stderr = refused_start(&format!(
+        "{yaml}maintenance:\n  enabled: true\ndatabase:\n  enabled: true\n  user: u\n  \
+         dbname: d\n"
+    ));
     assert!(
         stderr.contains("configuration key maintenance.enabled: "),
         "{stderr}"

@@ -78,7 +78,7 @@ async fn gc_run(State(c): State<Cleaner>, Query(p): Query<GcParams>) -> Response
 }
 
 async fn maintenance_status(State(m): State<Maintenance>) -> Response {
-    json(StatusCode::OK, &m.status())
+    json(StatusCode::OK, &m.status().await)
 }
 
 /// `POST /admin/maintenance/run?task=gc&task=scrub` (or `schedule=daily`, `auto=true`,
@@ -102,7 +102,7 @@ async fn maintenance_run(State(m): State<Maintenance>, uri: axum::http::Uri) -> 
     let schedule = get("schedule");
     if tasks.is_empty() {
         tasks = if auto || schedule.is_some() {
-            m.due(schedule, auto)
+            m.due(schedule, auto).await
         } else {
             m.enabled_tasks()
         };

@@ -1166,9 +1166,8 @@ fn check_endpoints(endpoints: &[EndpointConfig]) -> Result<(), ConfigError> {
 /// that stops start-up. An unread section whose parts the table decides one by one
 /// (`health`: `http` and `tcp` are refused, the rest is read) is looked into.
 /// Parses `storage.s3` and settles what a store on S3 cannot do yet (issue 18): the
-/// online collector in replica mode, and the maintenance tasks (their records and
-/// schedule are still read from a local root), are off on S3 when the configuration does
-/// not mention them and a start-up error when it turns them on; so is an artifact
+/// maintenance scheduler in replica mode is off when the configuration does not
+/// mention it and a start-up error when it turns it on; so is an artifact
 /// post-process command, and a `storage.filesystem` beside it
 /// (one driver, as in Distribution). `explicit(i, key)` tells whether the file (`i`
 /// indexes the keys checked in [`Config::from_yaml`]) or the environment set `key`.
@@ -1206,12 +1205,19 @@ fn s3_storage(
     if !explicit(3, "gc.workers") {
         config.gc.workers = config.gc.workers.max(S3_GC_WORKERS);
     }
-    if explicit(2, "maintenance.enabled") && config.maintenance.enabled {
-        return Err(refuse(
-            "maintenance.enabled",
-            "maintenance tasks (gc, retention, uploads, scrub) do not run on storage.s3 yet; \
-             remove the key or set it to false",
-        ));
+    // One server per bucket root runs its maintenance as on a disk (its records and its
+    // schedule's start are keys under the root). Replicas share no run queue yet: each
+    // would run every due task.
+    if config.database.enabled {
+        if explicit(2, "maintenance.enabled") && config.maintenance.enabled {
+            return Err(refuse(
+                "maintenance.enabled",
+                "replicas (database.enabled) do not share one maintenance queue yet, so \
+                 each would run every task; remove the key or set it to false (a task runs \
+                 on one replica through POST /admin/maintenance/run)",
+            ));
+        }
+        config.maintenance.enabled = false;
     }
     if config.artifacts.post_process.command.is_some() {
         return Err(refuse(
@@ -1219,7 +1225,6 @@ fn s3_storage(
             "artifact post-processing does not run on storage.s3 yet",
         ));
     }
-    config.maintenance.enabled = false;
     Ok(s3)
 }
 
@@ -1740,8 +1745,10 @@ mod tests {
         let c = Config::from_yaml(S3, "t", env(&[])).unwrap().config;
         let s3 = c.storage.s3.expect("storage.s3 parsed");
         assert_eq!((s3.bucket.as_str(), s3.forcepathstyle), ("b", true));
-        // One server on a bucket collects online, as on a disk; maintenance is off.
-        assert!(c.gc.enabled && !c.maintenance.enabled);
+        // One server on a bucket collects online and runs its maintenance, as on a disk.
+        assert!(c.gc.enabled && c.maintenance.enabled);
+        let yaml = format!("{S3}maintenance:\n  enabled: true\n");
+        assert!(refusal(&yaml, &[]).is_none(), "maintenance on S3 starts");
         assert_eq!(c.gc.workers, S3_GC_WORKERS.max(default_gc_workers()));
         let c = Config::from_yaml(&format!("{S3}gc:\n  workers: 3\n"), "t", env(&[]))
             .unwrap()
@@ -1758,6 +1765,10 @@ mod tests {
         .unwrap()
         .config;
         assert!(c.gc.enabled, "replica mode collects");
+        assert!(
+            !c.maintenance.enabled,
+            "replicas share no maintenance queue yet"
+        );
         // From the environment, with credentials from AWS_* (Distribution's names).
         let c = Config::from_yaml(
             "",
@@ -1778,7 +1789,8 @@ mod tests {
         );
         for (extra, vars, key) in [
             (
-                "maintenance:\n  enabled: true\n",
+                "maintenance:\n  enabled: true\ndatabase:\n  enabled: true\n  user: u\n  \
+                 dbname: d\n",
                 &[][..],
                 "maintenance.enabled",
             ),

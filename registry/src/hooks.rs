@@ -29,6 +29,9 @@ pub enum Point {
     Appending,
     /// A request found an upload session locked and is about to wait for its lock.
     SessionWaits,
+    /// The uploads task has listed the upload sessions (with their activity) and has
+    /// not yet judged any of them again under its lock.
+    UploadsListed,
     /// A post-process command has exited and its outputs are hashed; nothing is in the
     /// pool yet.
     PostProcessed,

@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit};
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::Digest;
 use crate::hooks::Point;
 use crate::liveness::PinGuard;
 use crate::names::RepoName;
@@ -113,13 +113,6 @@ where
         }
     }
     Ok(Received::All)
-}
-
-/// Hashes a whole file with `algorithm`, in 1 MiB reads.
-pub(crate) fn hash_file(path: &Path, algorithm: Algorithm) -> io::Result<(u64, Hasher)> {
-    let mut h = Hasher::new(algorithm);
-    let n = h.read_all(std::fs::File::open(path)?, |_| Ok(()))?;
-    Ok((n, h))
 }
 
 impl Store {

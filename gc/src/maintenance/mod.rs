@@ -1,21 +1,20 @@
 //! Scheduled maintenance: the tasks `gc`, `retention`, `uploads` and `scrub`, each with
-//! a schedule, a time limit and a persisted last-run record in the root
-//! (`drydock/maintenance/<task>.json`). [`Maintenance`] is the run queue of one process:
-//! it never runs a task twice at once, runs at most `max_parallel` tasks and at most one
-//! intensive task (gc, scrub) together, holds queued tasks while the load average is
-//! above `load_pause`, cancels a task at its time limit (recorded as killed), and logs
-//! a STATUS line periodically. Across processes the root lock decides: the server runs
+//! a schedule, a time limit and a persisted last-run record in the store, through its
+//! driver (`drydock/maintenance/<task>.json` under the root, on disk or in a bucket).
+//! [`Maintenance`] is the run queue of one process: it never runs a task twice at once,
+//! runs at most `max_parallel` tasks and at most one intensive task (gc, scrub)
+//! together, holds queued tasks while the load average is above `load_pause`, cancels a
+//! task at its time limit (recorded as killed), and logs a STATUS line periodically. Across processes the root lock decides: the server runs
 //! tasks itself, and the CLI's runs go through the server when one owns the root.
 
 mod runner;
 mod tasks;
 pub mod units;
 
-use std::path::Path;
 use std::time::Duration;
 
 use registry::config::{Config, TaskConfig, parse_duration};
-use registry::storage::{PathSpec, path_for};
+use registry::storage::{Driver, PathSpec, path_for};
 use serde::{Deserialize, Serialize};
 
 pub use runner::{LoadProbe, Maintenance, Status, load_average};
@@ -124,10 +123,14 @@ pub struct Record {
     pub summary: serde_json::Value,
 }
 
-/// The last persisted record of `task` under `root`.
-pub fn last_record(root: &Path, task: Task) -> Option<Record> {
-    let p = root.join(path_for(PathSpec::MaintenanceRecord(task.name())));
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+/// The last persisted record of `task` in the store behind `driver` (a key under the
+/// root: a file on disk, an object in a bucket).
+pub async fn last_record(driver: &dyn Driver, task: Task) -> Option<Record> {
+    let (bytes, _) = driver
+        .get(&path_for(PathSpec::MaintenanceRecord(task.name())))
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Checks the maintenance parts of a configuration; the message names the key.

@@ -2,14 +2,13 @@
 //! the CLI.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use registry::Store;
 use registry::config::Config;
-use registry::storage::{PathSpec, PutMode, path_for};
+use registry::storage::{DriverError, PathSpec, PutMode, path_for};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -39,7 +38,6 @@ pub struct Status {
 struct Inner {
     store: Store,
     config: Config,
-    root: PathBuf,
     cleaner: Option<Cleaner>,
     running: Mutex<BTreeSet<Task>>,
     slots: Semaphore,
@@ -48,9 +46,10 @@ struct Inner {
     paused: std::sync::atomic::AtomicBool,
     deletes_since_gc: AtomicU64,
     load: LoadProbe,
-    /// When this root's schedule started (seconds since the epoch): a task that never
-    /// ran is first due one period after it. `None` (a CLI on a root no server ever
-    /// scheduled): a task that never ran is due now.
+    /// When this root's schedule started (seconds since the epoch), once this process
+    /// began it ([`Maintenance::begin_schedule`]); else it is read from the store. A
+    /// task that never ran is first due one period after it; without one (a CLI on a
+    /// root no server ever scheduled) a task that never ran is due now.
     anchor: Mutex<Option<f64>>,
     metrics: std::sync::OnceLock<Arc<registry::metrics::Metrics>>,
     notifier: std::sync::OnceLock<Arc<registry::notify::Notifier>>,
@@ -78,12 +77,13 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn read_anchor(root: &std::path::Path) -> Option<f64> {
-    std::fs::read_to_string(root.join(path_for(PathSpec::MaintenanceAnchor)))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The schedule's start recorded in the store behind `driver`.
+async fn stored_anchor(driver: &dyn registry::storage::Driver) -> Option<f64> {
+    let (bytes, _) = driver
+        .get(&path_for(PathSpec::MaintenanceAnchor))
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&bytes).trim().parse().ok()
 }
 
 /// The 1-minute load average.
@@ -115,14 +115,11 @@ impl Maintenance {
         cleaner: Option<Cleaner>,
         load: LoadProbe,
     ) -> Maintenance {
-        let root = config.storage.filesystem.rootdirectory.clone();
         let max = config.maintenance.max_parallel.max(1);
-        let anchor = Mutex::new(read_anchor(&root));
         Maintenance {
             inner: Arc::new(Inner {
                 store,
                 config,
-                root,
                 cleaner,
                 running: Mutex::new(BTreeSet::new()),
                 slots: Semaphore::new(max),
@@ -131,7 +128,7 @@ impl Maintenance {
                 paused: std::sync::atomic::AtomicBool::new(false),
                 deletes_since_gc: AtomicU64::new(0),
                 load,
-                anchor,
+                anchor: Mutex::new(None),
                 metrics: std::sync::OnceLock::new(),
                 notifier: std::sync::OnceLock::new(),
             }),
@@ -164,16 +161,30 @@ impl Maintenance {
         self.inner.deletes_since_gc.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn status(&self) -> Status {
+    pub async fn status(&self) -> Status {
+        let last = self.last_records().await;
         Status {
             counters: self.counters().clone(),
             running: self.running().iter().copied().collect(),
             paused_for_load: self.inner.paused.load(Ordering::Relaxed),
             load_average: (self.inner.load)(),
-            last: Task::ALL
-                .into_iter()
-                .filter_map(|t| last_record(&self.inner.root, t))
-                .collect(),
+            last: last.into_iter().flatten().collect(),
+        }
+    }
+
+    /// Each task's last record (in [`Task::ALL`]'s order), from the store.
+    async fn last_records(&self) -> Vec<Option<Record>> {
+        let driver = self.inner.store.driver().as_ref();
+        futures::future::join_all(Task::ALL.map(|t| last_record(driver, t))).await
+    }
+
+    /// When this root's schedule began: as this process began it, else as the store
+    /// says.
+    async fn anchor(&self) -> Option<f64> {
+        let mine = *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner());
+        match mine {
+            Some(a) => Some(a),
+            None => stored_anchor(self.inner.store.driver().as_ref()).await,
         }
     }
 
@@ -181,12 +192,14 @@ impl Maintenance {
     /// ago). `schedule` keeps only tasks configured with that schedule name; `auto`
     /// also requires the task's threshold (gc: `min_deletes` deletes since its last
     /// run, in a server that counts them).
-    pub fn due(&self, schedule: Option<&str>, auto: bool) -> Vec<Task> {
+    pub async fn due(&self, schedule: Option<&str>, auto: bool) -> Vec<Task> {
+        let anchor = self.anchor().await;
+        let last = self.last_records().await;
         let now = unix_now();
-        let anchor = *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner());
         Task::ALL
             .into_iter()
-            .filter(|t| {
+            .zip(last)
+            .filter(|(t, last)| {
                 let c = t.config(&self.inner.config);
                 if !t.enabled(&self.inner.config) {
                     return false;
@@ -197,9 +210,7 @@ impl Maintenance {
                 let Ok(period) = schedule_period(&c.schedule) else {
                     return false;
                 };
-                let since = last_record(&self.inner.root, *t)
-                    .map(|r| r.started_unix)
-                    .or(anchor);
+                let since = last.as_ref().map(|r| r.started_unix).or(anchor);
                 let due = since.is_none_or(|s| now - s >= period.as_secs_f64());
                 let threshold = match t {
                     Task::Gc if auto && self.inner.cleaner.is_some() => {
@@ -209,6 +220,7 @@ impl Maintenance {
                 };
                 due && threshold
             })
+            .map(|(t, _)| t)
             .collect()
     }
 
@@ -392,24 +404,31 @@ impl Maintenance {
         record
     }
 
-    /// Records when this root's schedule began, unless a server already did.
+    /// Records when this root's schedule began, unless a server already did (in the
+    /// store: a create-only put, so the first start's time stays).
     pub async fn begin_schedule(&self) {
-        let mut anchor = *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner());
-        if anchor.is_none() {
-            let now = unix_now();
-            let path = path_for(PathSpec::MaintenanceAnchor);
-            if let Err(e) = self
-                .inner
-                .store
-                .driver()
-                .put(&path, format!("{now}\n").into(), PutMode::Overwrite)
-                .await
-            {
-                tracing::error!(error = %e, "cannot record the maintenance schedule start");
+        let driver = self.inner.store.driver().as_ref();
+        let anchor = match self.anchor().await {
+            Some(a) => a,
+            None => {
+                let now = unix_now();
+                let path = path_for(PathSpec::MaintenanceAnchor);
+                match driver
+                    .put(&path, format!("{now}\n").into(), PutMode::Create)
+                    .await
+                {
+                    Ok(_) => now,
+                    Err(DriverError::AlreadyExists(_)) => {
+                        stored_anchor(driver).await.unwrap_or(now)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the maintenance schedule start");
+                        now
+                    }
+                }
             }
-            anchor = Some(now);
-        }
-        *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner()) = anchor;
+        };
+        *self.inner.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(anchor);
     }
 
     async fn save(&self, record: &Record) {
@@ -464,7 +483,9 @@ impl Maintenance {
             Task::Uploads => {
                 serde_json::to_value(tasks::purge_uploads(&i.store, &i.config, dry_run).await?)
             }
-            Task::Scrub => serde_json::to_value(tasks::scrub(&i.store, dry_run).await?),
+            Task::Scrub => {
+                serde_json::to_value(tasks::scrub(&i.store, i.config.gc.workers, dry_run).await?)
+            }
         };
         v.map_err(|e| e.to_string())
     }
@@ -482,6 +503,7 @@ impl Maintenance {
                 tokio::time::sleep(tick).await;
                 let due: Vec<Task> = me
                     .due(None, false)
+                    .await
                     .into_iter()
                     .filter(|t| !me.running().contains(t))
                     .collect();

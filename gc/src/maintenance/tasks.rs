@@ -1,9 +1,11 @@
 //! What each maintenance task does. `gc` is the collector itself (`crate::collect`);
-//! these are the other three, written over the store's inventory API. On S3, `gc` and
-//! `retention` run (through the admin API: the scheduler is still off there); `uploads`
-//! and `scrub` answer that they do not run there yet.
+//! these are the other three, written over the store's inventory API and its driver, so
+//! each runs on every driver.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
 
 use registry::config::Config;
 use registry::inventory::BlobHealth;
@@ -15,14 +17,6 @@ use crate::{Options, Scope};
 fn anchored(re: &str) -> Result<regex::Regex, String> {
     let re = if re.is_empty() { ".*" } else { re };
     regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())
-}
-
-/// The message of a task that does not run on `store`'s driver yet.
-fn on_driver_yet(task: &str, store: &Store) -> String {
-    format!(
-        "the {task} task does not run on the {} storage driver yet (issue 18)",
-        store.driver().name()
-    )
 }
 
 /// What the retention task removed (or, in a dry run, would remove).
@@ -135,34 +129,41 @@ pub struct UploadsSummary {
     /// `repo/uuid`
     pub removed: Vec<String>,
     pub kept: usize,
+    /// Keys of the pending uploads (S3 multipart uploads) that belonged to no session
+    /// and were older than `max_age`: aborted.
+    pub aborted: Vec<String>,
 }
 
-/// Removes upload sessions idle for longer than `uploads.max_age`.
+/// Removes upload sessions idle for longer than `uploads.max_age` (with what their
+/// writers hold outside their keys: on S3 the multipart upload), and aborts the
+/// driver's pending uploads that no session owns once they are that old. A session
+/// written to after the listing stays (see [`Store::purge_upload`]).
 pub async fn purge_uploads(
     store: &Store,
     config: &Config,
     dry_run: bool,
 ) -> Result<UploadsSummary, String> {
-    // On S3 a session's multipart upload outlives its keys unless it is aborted, and
-    // a chunked upload's activity shows on its state object, not on `data`: not yet.
-    if store.fs().is_err() {
-        return Err(on_driver_yet("uploads", store));
-    }
     let max_age = config.uploads.max_age;
-    let now = SystemTime::now();
     let mut out = UploadsSummary {
         max_age_seconds: max_age.as_secs_f64(),
         ..UploadsSummary::default()
     };
-    for s in store.upload_sessions().await.map_err(|e| e.to_string())? {
-        let idle = now.duration_since(s.last_active).unwrap_or(Duration::ZERO);
-        if idle < max_age {
+    let listed = store.upload_sessions().await.map_err(|e| e.to_string())?;
+    let now = SystemTime::now();
+    let old = |t: SystemTime| now.duration_since(t).unwrap_or(Duration::ZERO) >= max_age;
+    store
+        .liveness()
+        .hooks()
+        .reach(registry::hooks::Point::UploadsListed, None)
+        .await;
+    for s in &listed.sessions {
+        if !old(s.last_active) {
             out.kept += 1;
             continue;
         }
         if dry_run
             || store
-                .purge_upload(&s.repository, &s.id, max_age)
+                .purge_upload(s, max_age)
                 .await
                 .map_err(|e| e.to_string())?
         {
@@ -170,6 +171,12 @@ pub async fn purge_uploads(
         } else {
             out.kept += 1; // it wrote something since it was listed
         }
+    }
+    for p in listed.orphans.iter().filter(|p| old(p.started)) {
+        if !dry_run {
+            store.abort_pending(p).await.map_err(|e| e.to_string())?;
+        }
+        out.aborted.push(p.path.clone());
     }
     Ok(out)
 }
@@ -194,25 +201,42 @@ pub struct ScrubSummary {
     pub dangling_manifests: Vec<String>,
 }
 
-/// Re-hashes every pool blob; a corrupt one is moved to the quarantine folder (never
-/// deleted) so clients see it as unknown and push it again; links whose blob is missing
-/// are reported.
-pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String> {
-    // It re-hashes and quarantines through the filesystem's own calls.
-    if store.fs().is_err() {
-        return Err(on_driver_yet("scrub", store));
-    }
+/// Re-hashes every pool blob, streamed through the driver's reader, `workers` blobs at
+/// once (`gc.workers`: on S3 each blob is a request that waits on the network; memory is
+/// a chunk per worker whatever the blobs' sizes); a corrupt one is moved to the
+/// quarantine folder (never deleted; not while a write holds it) so clients see it as
+/// unknown and push it again; links whose blob is missing are reported.
+pub async fn scrub(store: &Store, workers: usize, dry_run: bool) -> Result<ScrubSummary, String> {
     let mut out = ScrubSummary::default();
     let removal = store
         .liveness()
         .begin_removal()
         .await
         .map_err(|e| e.to_string())?;
-    for blob in store.pool_blobs().await.map_err(|e| e.to_string())? {
+    let blobs = store.pool_blobs().await.map_err(|e| e.to_string())?;
+    // What the pool holds, for the link checks below: one listing rather than a request
+    // per link on S3.
+    let mut in_pool: HashSet<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
+    // Owned values in the stream: a future borrowing from here is not `Send` enough for
+    // the run queue's spawned task.
+    let mut checked = futures::stream::iter(blobs)
+        .map(|b| {
+            let store = store.clone();
+            async move {
+                let health = store.verify_pool_blob(&b.digest).await;
+                (b, health)
+            }
+        })
+        .boxed()
+        .buffered(workers.max(1));
+    while let Some((blob, health)) = checked.next().await {
         let d: &Digest = &blob.digest;
-        match store.verify_pool_blob(d).await.map_err(|e| e.to_string())? {
+        match health.map_err(|e| e.to_string())? {
             BlobHealth::Ok => {}
-            BlobHealth::Missing => continue,
+            BlobHealth::Missing => {
+                in_pool.remove(d);
+                continue;
+            }
             BlobHealth::Corrupt { actual } => {
                 let claim = if dry_run {
                     None
@@ -224,12 +248,13 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
                         store
                             .quarantine_pool_blob(d)
                             .await
-                            .map_err(|e| e.to_string())?
-                            .display()
-                            .to_string(),
+                            .map_err(|e| e.to_string())?,
                     ),
                     None => None,
                 };
+                if quarantined_to.is_some() {
+                    in_pool.remove(d);
+                }
                 tracing::warn!(digest = %d, actual = %actual, quarantined = ?quarantined_to, "corrupt blob");
                 out.corrupt.push(Corrupt {
                     digest: d.to_string(),
@@ -241,13 +266,22 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
         out.blobs_checked += 1;
         out.bytes_checked += blob.size;
     }
+    // A digest the listing did not show is asked for again: it may have come since.
+    let missing = |d: Digest| {
+        let listed = in_pool.contains(&d);
+        async move {
+            Ok::<bool, String>(
+                !listed
+                    && !store
+                        .pool_blob_on_disk(&d)
+                        .await
+                        .map_err(|e| e.to_string())?,
+            )
+        }
+    };
     for repo in store.repositories_all().await.map_err(|e| e.to_string())? {
         for (d, _) in store.layer_links(&repo).await.map_err(|e| e.to_string())? {
-            if !store
-                .pool_blob_on_disk(&d)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if missing(d.clone()).await? {
                 out.dangling_layer_links.push(format!("{repo}@{d}"));
             }
         }
@@ -256,11 +290,7 @@ pub async fn scrub(store: &Store, dry_run: bool) -> Result<ScrubSummary, String>
             .await
             .map_err(|e| e.to_string())?
         {
-            if !store
-                .pool_blob_on_disk(&d)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if missing(d.clone()).await? {
                 out.dangling_manifests.push(format!("{repo}@{d}"));
             }
         }

@@ -3,12 +3,14 @@
 //! with the modification time the grace period is judged by. The collector decides;
 //! this module only lists and deletes what it is told to.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
 use crate::digest::{Algorithm, Digest};
 use crate::names::{RepoName, Tag};
-use crate::storage::{PathSpec, path_for};
+use crate::storage::driver::writer_state_path;
+use crate::storage::{DriverError, PathSpec, PendingUpload, WalkEntry, path_for};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -333,32 +335,44 @@ impl Store {
 
     /// The `<alg>/<hex>/link` files below `dir`, with their modification time.
     async fn links_with_time(&self, dir: PathSpec<'_>) -> Result<Vec<(Digest, SystemTime)>> {
-        let files = self.fs()?.walk_files(&path_for(dir), "link").await?;
+        let files = self.files_named(&path_for(dir), "link").await?;
         Ok(files
             .into_iter()
-            .filter_map(|(rel, info)| digest_of_rel(&rel).map(|d| (d, info.modified)))
+            .filter_map(|e| digest_of_rel(&e.path).map(|d| (d, e.modified)))
             .collect())
+    }
+
+    /// The files called `name` below `prefix` (paths relative to it), through the
+    /// driver's walk: on S3 listings in parallel.
+    async fn files_named(&self, prefix: &str, name: &str) -> Result<Vec<WalkEntry>> {
+        use futures::TryStreamExt;
+        let suffix = format!("/{name}");
+        Ok(self
+            .driver
+            .walk(prefix)
+            .try_filter(|e| std::future::ready(e.path.ends_with(&suffix)))
+            .try_collect()
+            .await?)
     }
 
     /// Every blob in the pool.
     pub async fn pool_blobs(&self) -> Result<Vec<PoolBlob>> {
         let files = self
-            .fs()?
-            .walk_files(&path_for(PathSpec::BlobsRoot), "data")
+            .files_named(&path_for(PathSpec::BlobsRoot), "data")
             .await?;
         Ok(files
             .into_iter()
-            .filter_map(|(rel, info)| {
+            .filter_map(|e| {
                 // <alg>/<hh>/<hex>/data
-                let mut parts = rel.split('/');
+                let mut parts = e.path.split('/');
                 let alg = parts.next()?;
                 let _hh = parts.next()?;
                 let hex = parts.next()?;
                 let digest = format!("{alg}:{hex}").parse().ok()?;
                 Some(PoolBlob {
                     digest,
-                    size: info.size,
-                    modified: info.modified,
+                    size: e.size,
+                    modified: e.modified,
                 })
             })
             .collect())
@@ -411,6 +425,24 @@ pub struct UploadSession {
     pub repository: RepoName,
     pub id: String,
     pub last_active: SystemTime,
+    /// What its writer held at the listing ([`Driver::writer_size`]; `None` without a
+    /// writer): a purge that finds another size knows the session was written since,
+    /// whatever a clock of one-second steps (S3's `LastModified`) says.
+    ///
+    /// [`Driver::writer_size`]: crate::storage::Driver::writer_size
+    pub size: Option<u64>,
+    /// The driver's pending uploads at its data key ([`PendingUpload`]: on S3 its
+    /// multipart upload, and any a crash left there before its state named it).
+    pub pending: Vec<PendingUpload>,
+}
+
+/// The upload sessions of a store, and the pending uploads no session owns (a crash left
+/// them: a blob's multipart copy cut short, a session whose keys went and whose
+/// multipart upload stayed).
+#[derive(Debug, Default)]
+pub struct UploadSessions {
+    pub sessions: Vec<UploadSession>,
+    pub orphans: Vec<PendingUpload>,
 }
 
 /// What the scrubber found about one pool blob.
@@ -426,25 +458,56 @@ pub enum BlobHealth {
 }
 
 impl Store {
-    /// Every upload session with the time of its last activity (the later of its
-    /// `startedat` and its data file's modification time).
-    pub async fn upload_sessions(&self) -> Result<Vec<UploadSession>> {
-        let mut out = Vec::new();
+    /// Every upload session with the time of its last activity, and the driver's pending
+    /// uploads that belong to none. The pending uploads are listed first: one that
+    /// begins after that listing is not seen at all, and one seen belongs to a session
+    /// that the second listing shows unless that session ended meanwhile.
+    pub async fn upload_sessions(&self) -> Result<UploadSessions> {
+        let mut pending: BTreeMap<String, Vec<PendingUpload>> = BTreeMap::new();
+        for p in self.driver.pending_uploads("").await? {
+            pending.entry(p.path.clone()).or_default().push(p);
+        }
+        let mut out = UploadSessions::default();
         for repo in self.repositories_all().await? {
             for id in self.list(PathSpec::UploadsDir(&repo)).await? {
                 let last_active = self.upload_last_active(&repo, &id).await;
-                out.push(UploadSession {
+                let size = self.session_writer_size(&repo, &id).await?;
+                let data = path_for(PathSpec::UploadData(&repo, &id));
+                out.sessions.push(UploadSession {
                     repository: repo.clone(),
+                    pending: pending.remove(&data).unwrap_or_default(),
                     id,
                     last_active,
+                    size,
                 });
             }
         }
+        out.orphans = pending.into_values().flatten().collect();
         Ok(out)
     }
 
+    /// What a session's writer holds as of its last flush; `None` without a writer, or
+    /// with a state that cannot be read (the session is judged by its clock alone).
+    async fn session_writer_size(&self, repo: &RepoName, id: &str) -> Result<Option<u64>> {
+        match self
+            .driver
+            .writer_size(&path_for(PathSpec::UploadData(repo, id)))
+            .await
+        {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e @ DriverError::Unavailable { .. }) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(repository = %repo, id, error = %e, "an upload session's writer state does not read");
+                Ok(None)
+            }
+        }
+    }
+
     /// When a session last did something: the latest of its `startedat`, its data
-    /// file's and its folder's modification times (the epoch when none is readable).
+    /// file's, its writer state's (every flush rewrites it: on S3 the data key appears
+    /// only at completion, so this is its clock there) and its folder's modification
+    /// times (the epoch when none is readable).
     async fn upload_last_active(&self, repo: &RepoName, id: &str) -> SystemTime {
         let started = self
             .driver
@@ -459,84 +522,119 @@ impl Store {
                 .ok()
             })
             .map(SystemTime::from);
-        let mtime = |spec| async move {
-            self.driver
-                .stat(&path_for(spec))
-                .await
-                .ok()
-                .map(|i| i.modified)
-        };
-        let data = mtime(PathSpec::UploadData(repo, id)).await;
-        let dir = mtime(PathSpec::UploadDir(repo, id)).await;
-        [started, data, dir]
+        let data = path_for(PathSpec::UploadData(repo, id));
+        let mtime =
+            |path: String| async move { self.driver.stat(&path).await.ok().map(|i| i.modified) };
+        let state = mtime(writer_state_path(&data)).await;
+        let data = mtime(data).await;
+        let dir = mtime(path_for(PathSpec::UploadDir(repo, id))).await;
+        [started, data, state, dir]
             .into_iter()
             .flatten()
             .max()
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
-    /// Removes an upload session that has been idle for `max_age` — judged again under
-    /// the session's lock, so a chunk written since it was listed (or being written
-    /// now: the lock waits for it) keeps the session. Returns whether it went.
+    /// Removes an upload session listed by [`Store::upload_sessions`] that has been idle
+    /// for `max_age` — judged again under the session's lock, so a chunk written since it
+    /// was listed (its writer's size moved, or its clock) or being written now (the lock
+    /// waits for it) keeps the session. Its pending uploads are aborted before its keys
+    /// go (a crash in between leaves keys that the next run finds idle). Returns whether
+    /// it went.
     pub async fn purge_upload(
         &self,
-        name: &RepoName,
-        id: &str,
+        session: &UploadSession,
         max_age: std::time::Duration,
     ) -> Result<bool> {
-        self.with_upload_session(name, id, |id| async move {
+        let name = &session.repository;
+        self.with_upload_session(name, &session.id, |id| async move {
             let last = self.upload_last_active(name, &id).await;
             let idle = SystemTime::now()
                 .duration_since(last)
                 .unwrap_or(std::time::Duration::ZERO);
-            if idle < max_age {
+            if idle < max_age || self.session_writer_size(name, &id).await? != session.size {
                 return Ok(false);
+            }
+            // Its writer is not resumed to be cancelled (on disk that may hash the whole
+            // file again): what it holds outside the keys is its pending uploads, listed
+            // by key (whatever its state says), and the folder's removal takes the rest.
+            for p in &session.pending {
+                self.driver.abort_pending(p).await?;
             }
             self.remove(PathSpec::UploadDir(name, &id)).await
         })
         .await
     }
 
-    /// Re-hashes a pool blob with its own algorithm, bypassing every cache.
+    /// Aborts a pending upload that no session owns.
+    pub async fn abort_pending(&self, upload: &PendingUpload) -> Result<()> {
+        Ok(self.driver.abort_pending(upload).await?)
+    }
+
+    /// Re-hashes a pool blob with its own algorithm, bypassing every cache: streamed
+    /// through the driver's reader (memory stays one chunk whatever the blob's size).
     pub async fn verify_pool_blob(&self, digest: &Digest) -> Result<BlobHealth> {
-        let path = self.fs()?.full(&path_for(PathSpec::BlobData(digest)));
-        let algorithm = digest.algorithm();
-        let hashed = tokio::task::spawn_blocking(move || {
-            crate::upload::hash_file(&path, algorithm).map(|(_, h)| h.finish())
-        })
-        .await
-        .map_err(Error::internal)?;
-        match hashed {
-            Ok(actual) if &actual == digest => Ok(BlobHealth::Ok),
-            Ok(actual) => Ok(BlobHealth::Corrupt { actual }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BlobHealth::Missing),
-            Err(e) => Err(Error::internal(e)),
+        use futures::TryStreamExt;
+        let path = path_for(PathSpec::BlobData(digest));
+        let mut body = match self.driver.reader(&path, 0, None).await {
+            Ok(r) => r.body,
+            Err(e) if e.is_not_found() => return Ok(BlobHealth::Missing),
+            Err(e) => return Err(e.into()),
+        };
+        let mut h = crate::digest::Hasher::new(digest.algorithm());
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => h.update(&chunk),
+                Ok(None) => break,
+                Err(e) if e.is_not_found() => return Ok(BlobHealth::Missing),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let actual = h.finish();
+        if &actual == digest {
+            Ok(BlobHealth::Ok)
+        } else {
+            Ok(BlobHealth::Corrupt { actual })
         }
     }
 
     /// Moves a pool blob into the quarantine folder (never deletes it); from then on it
-    /// is unknown to clients, so they push it again. Returns the quarantine path.
-    pub async fn quarantine_pool_blob(&self, digest: &Digest) -> Result<std::path::PathBuf> {
+    /// is unknown to clients, so they push it again. Returns where it went: the folder's
+    /// path on the filesystem, its key under the root elsewhere. A move on S3 is a copy
+    /// and then a delete: a crash between leaves the blob in the pool and a copy in
+    /// quarantine (the next scrub moves it again), never a blob that is in neither.
+    pub async fn quarantine_pool_blob(&self, digest: &Digest) -> Result<String> {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let to = path_for(PathSpec::Quarantine(digest, secs));
         let r = self
-            .fs()?
-            .rename(&path_for(PathSpec::BlobDir(digest)), &to)
+            .driver
+            .rename(
+                &path_for(PathSpec::BlobData(digest)),
+                &path_for(PathSpec::QuarantineData(digest, secs)),
+            )
             .await;
         self.cache.invalidate_blob(digest);
         r?;
-        Ok(self.fs()?.full(&to))
+        Ok(match &self.fs_root {
+            Some(fs) => fs.full(&to).display().to_string(),
+            None => to,
+        })
     }
 
-    /// Whether the pool has a blob, asking the disk (not the cache).
+    /// Whether the pool has a blob, asking the driver (not the cache).
     pub async fn pool_blob_on_disk(&self, digest: &Digest) -> Result<bool> {
-        Ok(self
-            .fs()?
-            .exists(&path_for(PathSpec::BlobData(digest)))
-            .await?)
+        match self
+            .driver
+            .stat(&path_for(PathSpec::BlobData(digest)))
+            .await
+        {
+            Ok(s) => Ok(!s.is_dir),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Tags of `name` with the digest they point at and when they were last pushed.

@@ -170,6 +170,17 @@ pub struct WalkEntry {
     pub modified: SystemTime,
 }
 
+/// A writer's upload that holds storage under no key a listing shows: an S3 multipart
+/// upload (the bucket keeps and bills its parts until it is completed or aborted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it completes into.
+    pub path: String,
+    pub id: String,
+    /// When it began (a time the backend does not give reads as now: never as old).
+    pub started: SystemTime,
+}
+
 /// An opaque version of a key's content, for replace-if-unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Version(pub String);
@@ -322,6 +333,17 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Makes a file count as new: its `modified` becomes now (the grace clock of the
     /// collector; content reused by a push or a mount is touched).
     async fn touch(&self, path: &str) -> DriverResult<()>;
+    /// The [`PendingUpload`]s whose key is below the folder `prefix`: what the uploads
+    /// task aborts once no upload session owns them. The filesystem keeps a writer's
+    /// bytes in its file, under its key: it has none.
+    async fn pending_uploads(&self, _prefix: &str) -> DriverResult<Vec<PendingUpload>> {
+        Ok(Vec::new())
+    }
+    /// Aborts a pending upload (its parts go; nothing at its key changes); one that is
+    /// gone (completed or aborted) counts as aborted.
+    async fn abort_pending(&self, _upload: &PendingUpload) -> DriverResult<()> {
+        Ok(())
+    }
     /// A URL a client may GET the object from directly, valid for `expires`; `None` when
     /// the driver does not redirect.
     async fn redirect_url(

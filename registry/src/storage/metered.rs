@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures::Stream;
 
 use super::driver::{
-    Capabilities, Driver, DriverResult, Entry, PutMode, Reader, Stat, Version, WalkEntry, Writer,
-    WriterStart,
+    Capabilities, Driver, DriverResult, Entry, PendingUpload, PutMode, Reader, Stat, Version,
+    WalkEntry, Writer, WriterStart,
 };
 use crate::metrics::StorageOps;
 
@@ -114,6 +114,16 @@ impl Driver for Metered {
     async fn touch(&self, path: &str) -> DriverResult<()> {
         let _t = self.timer("Touch");
         self.inner.touch(path).await
+    }
+
+    async fn pending_uploads(&self, prefix: &str) -> DriverResult<Vec<PendingUpload>> {
+        let _t = self.timer("ListMultipartUploads");
+        self.inner.pending_uploads(prefix).await
+    }
+
+    async fn abort_pending(&self, upload: &PendingUpload) -> DriverResult<()> {
+        let _t = self.timer("AbortMultipartUpload");
+        self.inner.abort_pending(upload).await
     }
 
     async fn redirect_url(&self, path: &str, expires: Duration) -> DriverResult<Option<String>> {

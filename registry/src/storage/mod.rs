@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use driver::{
-    ByteStream, Capabilities, Committed, Driver, DriverError, DriverResult, Entry, PutMode, Reader,
-    Stat, Version, WalkEntry, Writer, WriterStart,
+    ByteStream, Capabilities, Committed, Driver, DriverError, DriverResult, Entry, PendingUpload,
+    PutMode, Reader, Stat, Version, WalkEntry, Writer, WriterStart,
 };
 pub use paths::{PathSpec, path_for};
 

@@ -8,7 +8,7 @@
 //! drydock/                                              drydock's own state
 //! ├── server.lock, admin.sock                            owner of the root
 //! ├── maintenance/<task>.json, anchor                    last runs, schedule start
-//! ├── quarantine/<alg>/<hex>-<unix time>                 corrupt blobs, set aside
+//! ├── quarantine/<alg>/<hex>-<unix time>/data            corrupt blobs, set aside
 //! └── notifications/<endpoint>/<seq>.json                queued events
 //! docker/registry/v2/
 //! ├── blobs/<alg>/<hex[0..2]>/<hex>/data                 the pool
@@ -116,6 +116,8 @@ pub enum PathSpec<'a> {
     ServerLock,
     /// Where the scrubber moves a corrupt pool blob (digest, unix time of the move).
     Quarantine(&'a Digest, u64),
+    /// The blob's bytes in its quarantine folder.
+    QuarantineData(&'a Digest, u64),
     /// A maintenance task's last-run record.
     MaintenanceRecord(&'a str),
     /// When the server first scheduled maintenance on this root: a task that never ran
@@ -204,6 +206,7 @@ pub fn path_for(spec: PathSpec<'_>) -> String {
             d.algorithm().as_str(),
             d.hex()
         ),
+        QuarantineData(d, t) => format!("{}/data", path_for(Quarantine(d, t))),
         MaintenanceRecord(task) => format!("drydock/maintenance/{task}.json"),
         MaintenanceAnchor => "drydock/maintenance/anchor".to_owned(),
         HealthProbe => "drydock/health-probe".to_owned(),
@@ -320,6 +323,10 @@ mod tests {
             (
                 Quarantine(&d, 7),
                 format!("drydock/quarantine/sha256/{h}-7"),
+            ),
+            (
+                QuarantineData(&d, 7),
+                format!("drydock/quarantine/sha256/{h}-7/data"),
             ),
             (
                 MaintenanceRecord("gc"),

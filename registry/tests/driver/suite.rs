@@ -321,6 +321,36 @@ pub async fn writer_cancel_removes_everything(d: &dyn Driver, p: &str) {
     );
 }
 
+/// A writer's storage outside its keys (an S3 multipart upload) is listed as a pending
+/// upload at the writer's key, below its folder only, and an abort ends it; the
+/// filesystem has none. What the uploads task relies on.
+pub async fn pending_uploads_are_listed_and_aborted(d: &dyn Driver, p: &str) {
+    let path = k(p, "_uploads/u9/data");
+    let mut w = d.writer(&path, WriterStart::New).await.unwrap();
+    write_chunks(w.as_mut(), b"abc", 1).await;
+    w.flush().await.unwrap();
+    drop(w);
+    let pending = d.pending_uploads(p).await.unwrap();
+    let expected = usize::from(d.name() == "s3");
+    assert_eq!(pending.len(), expected, "{pending:?}");
+    for u in &pending {
+        assert_eq!(u.path, path);
+        assert!(u.started <= std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+    }
+    assert!(
+        d.pending_uploads(&k(p, "_uploads/other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for u in &pending {
+        d.abort_pending(u).await.unwrap();
+        d.abort_pending(u).await.unwrap(); // gone counts as aborted
+    }
+    assert!(d.pending_uploads(p).await.unwrap().is_empty());
+    d.delete(&k(p, "_uploads/u9")).await.unwrap();
+}
+
 pub async fn writer_resumes_after_restart(d: &dyn Driver, p: &str) {
     let path = k(p, "_uploads/u5/data");
     let dest = k(p, "blobs/resumed/data");
@@ -732,6 +762,7 @@ macro_rules! all_driver_tests {
             writer_commit_keeps_existing_content,
             writer_digest_mismatch_cancels,
             writer_cancel_removes_everything,
+            pending_uploads_are_listed_and_aborted,
             writer_resumes_after_restart,
             writer_large_multipart,
             writer_sha512_commit,

@@ -40,8 +40,8 @@ use object_store::{
 pub use config::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, S3Config, S3ConfigError};
 
 use super::driver::{
-    Capabilities, Driver, DriverError, DriverResult, Entry, PutMode, Reader, Stat, Version,
-    WalkEntry, Writer, WriterStart, check_file_path, check_path,
+    Capabilities, Driver, DriverError, DriverResult, Entry, PendingUpload, PutMode, Reader, Stat,
+    Version, WalkEntry, Writer, WriterStart, check_file_path, check_path,
 };
 
 /// Listings a walk runs at once.
@@ -579,12 +579,14 @@ impl S3Driver {
                         .unwrap_or_default()
                 };
                 let key = get("Key");
+                // A time that does not parse reads as now: the uploads task aborts old
+                // uploads, and must never take one for old that it cannot date.
                 let started = time::OffsetDateTime::parse(
                     &get("Initiated"),
                     &time::format_description::well_known::Rfc3339,
                 )
                 .map(SystemTime::from)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
+                .unwrap_or_else(|_| SystemTime::now());
                 if let Some(rel) = self.rel(&key, &root) {
                     out.push((rel.to_owned(), get("UploadId"), started));
                 }
@@ -959,6 +961,24 @@ impl Driver for S3Driver {
     async fn touch(&self, path: &str) -> DriverResult<()> {
         check_file_path(path)?;
         self.copy_onto_itself(path).await
+    }
+
+    async fn pending_uploads(&self, prefix: &str) -> DriverResult<Vec<PendingUpload>> {
+        Ok(self
+            .multipart_uploads(prefix)
+            .await?
+            .into_iter()
+            .map(|(path, id, started)| PendingUpload { path, id, started })
+            .collect())
+    }
+
+    async fn abort_pending(&self, upload: &PendingUpload) -> DriverResult<()> {
+        use object_store::multipart::MultipartStore;
+        let o = self.obj(&upload.path)?;
+        match self.inner.store.abort_multipart(&o, &upload.id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(&upload.path, e)),
+        }
     }
 
     async fn redirect_url(&self, path: &str, expires: Duration) -> DriverResult<Option<String>> {
