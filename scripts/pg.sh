@@ -10,6 +10,11 @@
 #                              DRYDOCK_TEST_PG_{HOST,PORT,USER}
 #   scripts/pg.sh stop DIR     stops the server by PID and removes the folder
 #
+# The server also speaks TLS (for the tests of `database.sslmode`): a private CA signs its
+# certificate (for 127.0.0.1 and localhost) and a client certificate for the role
+# `drydock_cert`, which may log in only with it (pg_hba `hostssl ... cert`); the files
+# are in DIR/tls, named by DRYDOCK_TEST_PG_TLS. Plain connections work as before.
+#
 # initdb refuses to run as root: as root, the cluster belongs to the `postgres` user the
 # package creates. Fails loudly (non-zero, with the server's log tail) when anything
 # cannot start.
@@ -39,6 +44,29 @@ install_missing() {
   [ -x "$BIN/initdb" ] || die "postgresql-15 installed, but $BIN/initdb is not there"
 }
 
+# A private CA in $1 and the certificates it signs: server.{pem,key} for 127.0.0.1 and
+# localhost, client.{pem,key} for the role drydock_cert.
+make_tls() {
+  local t=$1
+  mkdir -p "$t"
+  (
+    cd "$t"
+    ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    openssl req -x509 $ec -keyout ca.key -out ca.pem -days 7 -subj "/CN=drydock test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+    sign() { # name CN extensions
+      openssl req $ec -keyout "$1.key" -out "$1.csr" -subj "/CN=$2"
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+        -out "$1.pem" -extfile "$1.ext"
+    }
+    sign server localhost "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+    sign client drydock_cert "extendedKeyUsage=clientAuth"
+    chmod 600 ./*.key
+  ) >"$t/openssl.log" 2>&1 || { cat "$t/openssl.log" >&2; return 1; }
+}
+
 # Runs a PostgreSQL binary as the cluster's owner.
 as_owner() {
   if [ "$(id -u)" -eq 0 ]; then
@@ -58,24 +86,40 @@ start() {
     chown -R postgres: "$dir" || die "could not give $dir to the postgres user"
   fi
   chmod 700 "$dir/data"
+  make_tls "$dir/tls" || die "could not make the test certificates (openssl)"
   port=$(free_port)
   echo "$port" >"$dir/port"
   local t0=$SECONDS
   as_owner "$BIN/initdb" -D "$dir/data" -U drydock --auth=trust --encoding=UTF8 \
     --no-locale >"$dir/initdb.log" 2>&1 \
     || { tail -20 "$dir/initdb.log" >&2 || true; die "initdb failed"; }
+  # TLS, and certificate login for drydock_cert (before the trust lines initdb wrote).
+  {
+    echo "hostssl all drydock_cert 127.0.0.1/32 cert"
+    echo "host all drydock_cert 127.0.0.1/32 reject"
+    cat "$dir/data/pg_hba.conf"
+  } >"$dir/pg_hba.new" && mv "$dir/pg_hba.new" "$dir/data/pg_hba.conf"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres: "$dir/tls" "$dir/data/pg_hba.conf" || die "could not give the TLS files to postgres"
+  fi
   # -w: pg_ctl returns once the server accepts connections (or fails).
   as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c fsync=off \
-        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+        -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key \
+        -c ssl_ca_file=$dir/tls/ca.pem" \
     >"$dir/pg_ctl.log" 2>&1 \
     || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL did not start on 127.0.0.1:$port"; }
   "$BIN/pg_isready" -h 127.0.0.1 -p "$port" -U drydock >/dev/null \
     || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL does not answer on 127.0.0.1:$port"; }
+  "$BIN/psql" -h 127.0.0.1 -p "$port" -U drydock -d postgres -q \
+    -c "CREATE ROLE drydock_cert LOGIN SUPERUSER" >/dev/null \
+    || die "could not create the role drydock_cert"
   cat >"$dir/env" <<EOF
 export DRYDOCK_TEST_PG_HOST=127.0.0.1
 export DRYDOCK_TEST_PG_PORT=$port
 export DRYDOCK_TEST_PG_USER=drydock
+export DRYDOCK_TEST_PG_TLS=$dir/tls
 EOF
   STARTING=""
   say "PostgreSQL 15 on 127.0.0.1:$port in $((SECONDS - t0)) s; state in $dir"

@@ -1,9 +1,13 @@
 //! The `database:` section, with the keys GitLab's container registry uses, so one
 //! section serves operators of both.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::go_duration;
 
@@ -18,11 +22,15 @@ pub struct DatabaseConfig {
     pub user: String,
     pub password: String,
     pub dbname: String,
-    /// libpq's names: `disable`, `allow`, `prefer`, `require`, `verify-ca`,
-    /// `verify-full`.
+    /// libpq's names: `disable`, `allow`, `prefer` connect without TLS; `require`,
+    /// `verify-ca`, `verify-full` connect only with TLS and verify the server's
+    /// certificate, its chain and its name, in all three (stricter than libpq's
+    /// `require` and `verify-ca`, which skip the name or the whole check).
     pub sslmode: String,
+    /// A client certificate (PEM) to present, with `sslkey`.
     pub sslcert: Option<String>,
     pub sslkey: Option<String>,
+    /// The CAs (PEM) that sign the server's certificate; the system's roots otherwise.
     pub sslrootcert: Option<String>,
     /// Time allowed to open a connection (`0s`: no limit).
     #[serde(with = "go_duration")]
@@ -85,7 +93,7 @@ impl Default for PoolConfig {
     }
 }
 
-/// The TLS modes that connect without TLS when the server does not insist on it.
+/// The modes that connect without TLS (drydock never negotiates it in them).
 const PLAIN_MODES: &[&str] = &["disable", "allow", "prefer"];
 const TLS_MODES: &[&str] = &["require", "verify-ca", "verify-full"];
 
@@ -94,33 +102,37 @@ impl DatabaseConfig {
     /// value is wrong before it is switched on). Returns the key and what is wrong.
     pub fn check(&self) -> Result<(), (String, String)> {
         let key = |k: &str| format!("database.{k}");
-        if !PLAIN_MODES.contains(&self.sslmode.as_str()) {
-            let message = if TLS_MODES.contains(&self.sslmode.as_str()) {
+        if !PLAIN_MODES.contains(&self.sslmode.as_str())
+            && !TLS_MODES.contains(&self.sslmode.as_str())
+        {
+            return Err((
+                key("sslmode"),
                 format!(
-                    "{:?}: TLS to PostgreSQL is not built in yet; use disable or prefer on a \
-                     trusted network",
+                    "{:?} is not an sslmode; give one of disable, allow, prefer, require, \
+                     verify-ca, verify-full",
                     self.sslmode
-                )
-            } else {
-                format!(
-                    "{:?} is not an sslmode; give one of disable, allow, prefer",
-                    self.sslmode
-                )
-            };
-            return Err((key("sslmode"), message));
+                ),
+            ));
         }
-        for (k, v) in [
-            ("sslcert", &self.sslcert),
-            ("sslkey", &self.sslkey),
-            ("sslrootcert", &self.sslrootcert),
-        ] {
-            if v.is_some() {
-                return Err((
-                    key(k),
-                    "TLS to PostgreSQL is not built in yet; remove it".into(),
-                ));
+        if !self.uses_tls() {
+            for (k, v) in [
+                ("sslcert", &self.sslcert),
+                ("sslkey", &self.sslkey),
+                ("sslrootcert", &self.sslrootcert),
+            ] {
+                if v.is_some() {
+                    return Err((
+                        key(k),
+                        format!(
+                            "is set, but sslmode {:?} connects without TLS; give require or \
+                             verify-full",
+                            self.sslmode
+                        ),
+                    ));
+                }
             }
         }
+        self.tls()?;
         if self.enabled {
             for (k, v) in [
                 ("host", &self.host),
@@ -144,6 +156,11 @@ impl DatabaseConfig {
         Ok(())
     }
 
+    /// Whether connections use TLS (and only TLS).
+    pub fn uses_tls(&self) -> bool {
+        TLS_MODES.contains(&self.sslmode.as_str())
+    }
+
     /// The connection settings for the client.
     pub fn pg_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
@@ -152,9 +169,10 @@ impl DatabaseConfig {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("drydock")
-            .ssl_mode(match self.sslmode.as_str() {
-                "disable" => tokio_postgres::config::SslMode::Disable,
-                _ => tokio_postgres::config::SslMode::Prefer,
+            .ssl_mode(if self.uses_tls() {
+                tokio_postgres::config::SslMode::Require
+            } else {
+                tokio_postgres::config::SslMode::Disable
             });
         if !self.password.is_empty() {
             c.password(&self.password);
@@ -164,6 +182,72 @@ impl DatabaseConfig {
         }
         c
     }
+
+    /// The TLS side of every connection: the server's certificate is verified (chain
+    /// and name) against `sslrootcert`, or the system's roots; `sslcert` and `sslkey`
+    /// are presented when given. Without TLS (`pg_config` asks for none) it is never
+    /// used. An error names the key whose file does not load.
+    pub fn tls(&self) -> Result<MakeRustlsConnect, (String, String)> {
+        let key = |k: &str| format!("database.{k}");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| (key("sslmode"), e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        if self.uses_tls() {
+            match &self.sslrootcert {
+                Some(path) => {
+                    for cert in pem_certs(path).map_err(|e| (key("sslrootcert"), e))? {
+                        roots
+                            .add(cert)
+                            .map_err(|e| (key("sslrootcert"), format!("{path}: {e}")))?;
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(found.certs);
+                    if roots.is_empty() {
+                        return Err((
+                            key("sslrootcert"),
+                            "is not set and the system has no CA certificates; give the CA \
+                             that signs the server's certificate"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let builder = builder.with_root_certificates(roots);
+        let config = match (&self.sslcert, &self.sslkey) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => {
+                return Err((key("sslkey"), "is needed with database.sslcert".into()));
+            }
+            (None, Some(_)) => {
+                return Err((key("sslcert"), "is needed with database.sslkey".into()));
+            }
+            (Some(cert), Some(k)) => {
+                let chain = pem_certs(cert).map_err(|e| (key("sslcert"), e))?;
+                let private = PrivateKeyDer::from_pem_file(k)
+                    .map_err(|e| (key("sslkey"), format!("{k}: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| (key("sslkey"), format!("does not fit database.sslcert: {e}")))?
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
+}
+
+/// The certificates of a PEM file; none is an error.
+fn pem_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path}: no certificate in it"));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -181,9 +265,14 @@ mod tests {
         c.dbname = "registry".into();
         assert!(c.check().is_ok());
         c.sslmode = "verify-full".into();
+        c.sslrootcert = Some("/nonexistent/ca.pem".into());
         let (k, m) = c.check().unwrap_err();
-        assert_eq!(k, "database.sslmode");
-        assert!(m.contains("not built in"), "{m}");
+        assert_eq!(k, "database.sslrootcert");
+        assert!(m.contains("/nonexistent/ca.pem"), "{m}");
+        c.sslrootcert = None;
+        c.sslcert = Some("/client.pem".into());
+        assert_eq!(c.check().unwrap_err().0, "database.sslkey");
+        c.sslcert = None;
         c.sslmode = "bogus".into();
         assert!(c.check().unwrap_err().1.contains("not an sslmode"));
         c.sslmode = "disable".into();
@@ -229,9 +318,12 @@ mod tests {
         );
         let l = Config::from_yaml(&on_s3, "t", Vec::<(String, String)>::new()).unwrap();
         assert!(l.config.database.enabled && l.config.storage.s3.is_some());
-        let bad = yaml(false).replace("sslmode: disable", "sslmode: verify-full");
+        let bad = yaml(false).replace(
+            "sslmode: disable",
+            "sslmode: verify-full\n  sslrootcert: /nonexistent/ca.pem",
+        );
         let err = Config::from_yaml(&bad, "t", Vec::<(String, String)>::new()).unwrap_err();
-        assert!(err.to_string().contains("database.sslmode"), "{err}");
+        assert!(err.to_string().contains("database.sslrootcert"), "{err}");
         let typo = yaml(false).replace("dbname:", "dbnmae:");
         assert!(Config::from_yaml(&typo, "t", Vec::<(String, String)>::new()).is_err());
     }

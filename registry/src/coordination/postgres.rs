@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::config::DatabaseConfig;
 use crate::digest::Digest;
@@ -131,6 +132,8 @@ fn tag_key(key: &str) -> i32 {
 struct Inner {
     pool: Pool,
     pg: tokio_postgres::Config,
+    /// Every connection's TLS (unused when `pg` asks for none).
+    tls: MakeRustlsConnect,
     replica: i32,
     /// Keeps the connection whose session lock says this replica lives (it closes when
     /// the last handle on this replica is dropped).
@@ -147,10 +150,14 @@ pub struct Postgres(Arc<Inner>);
 
 /// Opens a connection outside the pool (its session locks end with it), named for
 /// `pg_stat_activity`.
-async fn dedicated(pg: &tokio_postgres::Config, name: &str) -> Result<(Client, JoinHandle<()>)> {
+async fn dedicated(
+    pg: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    name: &str,
+) -> Result<(Client, JoinHandle<()>)> {
     let mut pg = pg.clone();
     pg.application_name(name);
-    let (client, conn) = pg.connect(NoTls).await.map_err(db_err)?;
+    let (client, conn) = pg.connect(tls.clone()).await.map_err(db_err)?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "database connection ended");
@@ -205,9 +212,12 @@ impl Postgres {
     /// Connects, migrates the schema and registers this replica.
     pub async fn connect(config: &DatabaseConfig, pending_ttl: Duration) -> Result<Postgres> {
         let pg = config.pg_config();
+        let tls = config
+            .tls()
+            .map_err(|(key, message)| Error::Internal(format!("{key}: {message}")))?;
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -217,7 +227,7 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(db_err)?;
-        let (mut client, task) = dedicated(&pg, PRESENCE).await?;
+        let (mut client, task) = dedicated(&pg, &tls, PRESENCE).await?;
         migrate(&mut client, &config.dbname).await?;
         // Registered and locked in one transaction: no other replica ever sees the row
         // without its lock held.
@@ -244,6 +254,7 @@ impl Postgres {
         Ok(Postgres(Arc::new(Inner {
             pool,
             pg,
+            tls,
             replica,
             _presence: client,
             presence_pid,
@@ -291,7 +302,7 @@ impl Postgres {
     pub async fn gc_scheduler(&self, wait: bool) -> Result<Option<GcScheduler>> {
         let mut pg = self.0.pg.clone();
         pg.application_name(SCHEDULER_HOLDER);
-        let (client, mut conn) = pg.connect(NoTls).await.map_err(db_err)?;
+        let (client, mut conn) = pg.connect(self.0.tls.clone()).await.map_err(db_err)?;
         // Requests from any replica wake the holder waiting in `next_request`.
         let wake = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn({
@@ -457,7 +468,7 @@ impl Liveness for Postgres {
     }
 
     async fn begin_removal(&self) -> Result<Removal> {
-        let (mut client, task) = dedicated(&self.0.pg, REMOVAL).await?;
+        let (mut client, task) = dedicated(&self.0.pg, &self.0.tls, REMOVAL).await?;
         let tx = client.transaction().await.map_err(db_err)?;
         // Exclusive: no pin is half recorded while the session opens.
         tx.execute(
@@ -522,7 +533,7 @@ impl Liveness for Postgres {
     async fn collection_lease(&self) -> Result<Option<Box<dyn Held>>> {
         let mut pg = self.0.pg.clone();
         pg.application_name(LEASE_HOLDER);
-        let (client, conn) = pg.connect(NoTls).await.map_err(db_err)?;
+        let (client, conn) = pg.connect(self.0.tls.clone()).await.map_err(db_err)?;
         let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "the GC lease's connection ended");
