@@ -177,13 +177,14 @@ async fn a_dead_replicas_pins_are_released() {
     );
     rm.end().await;
     let db = client(&cfg.dbname).await;
+    let first = a.replica();
     let killed: bool = db
         .query_one("SELECT pg_terminate_backend($1)", &[&a.presence_backend()])
         .await
         .unwrap()
         .get(0);
     assert!(killed);
-    wait_unlocked(&db, Postgres::presence_lock(a.replica())).await;
+    wait_unlocked(&db, Postgres::presence_lock(first)).await;
     let rm = b.begin_removal().await.unwrap();
     let c = rm.claim(&x).await.unwrap();
     assert!(
@@ -193,15 +194,31 @@ async fn a_dead_replicas_pins_are_released() {
     c.unwrap().release().await;
     rm.end().await;
     assert!(
-        a.pin(vec![d("y")]).await.is_err(),
-        "a replica found dead could still pin"
-    );
-    assert!(
         g.finish().await.is_err(),
         "a write whose pins were dropped passed the fencing check"
     );
     let live = b.pin(vec![d("z")]).await.unwrap();
     live.finish().await.expect("a live replica's pins hold");
+    // The replica that lost its connection registers again, under a new row, and its
+    // new pins protect again.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while a.replica() == first {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the replica did not register again");
+    let again = a
+        .pin(vec![d("y")])
+        .await
+        .expect("a pin after registering again");
+    let rm = b.begin_removal().await.unwrap();
+    assert!(
+        rm.claim(&d("y")).await.unwrap().is_none(),
+        "a pin after registering again did not protect"
+    );
+    rm.end().await;
+    again.finish().await.expect("its fencing check");
 }
 
 /// A remover that dies holding a claim (its session's connection ends) releases it: the

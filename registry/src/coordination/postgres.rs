@@ -134,11 +134,9 @@ struct Inner {
     pg: tokio_postgres::Config,
     /// Every connection's TLS (unused when `pg` asks for none).
     tls: MakeRustlsConnect,
-    replica: i32,
-    /// Keeps the connection whose session lock says this replica lives (it closes when
-    /// the last handle on this replica is dropped).
-    _presence: Client,
-    presence_pid: i32,
+    /// This replica's registration; replaced when its connection ended and the replica
+    /// registered again ([`Postgres::connect`]).
+    presence: std::sync::RwLock<Presence>,
     next_pin: AtomicI64,
     pending_ttl: Duration,
     hooks: Hooks,
@@ -147,6 +145,87 @@ struct Inner {
 /// The protocol kept in PostgreSQL, shared by every replica on one database.
 #[derive(Clone)]
 pub struct Postgres(Arc<Inner>);
+
+/// One registration of this replica: its row's id, and the connection whose session
+/// lock says it lives (it closes when the last handle on this replica is dropped).
+struct Presence {
+    replica: i32,
+    pid: i32,
+    _client: Client,
+}
+
+/// Registers a replica: a row in `drydock_replicas` and its advisory lock, in one
+/// transaction on a connection of its own (no other replica ever sees the row without
+/// its lock held). Returns it with the task that ends when the connection does.
+async fn register(
+    pg: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    dbname: Option<&str>,
+) -> Result<(Presence, JoinHandle<()>)> {
+    let (mut client, task) = dedicated(pg, tls, PRESENCE).await?;
+    if let Some(dbname) = dbname {
+        migrate(&mut client, dbname).await?;
+    }
+    let tx = client.transaction().await.map_err(db_err)?;
+    let replica: i32 = tx
+        .query_one(
+            "INSERT INTO drydock_replicas DEFAULT VALUES RETURNING id",
+            &[],
+        )
+        .await
+        .map_err(db_err)?
+        .get(0);
+    tx.execute("SELECT pg_advisory_lock($1, $2)", &[&NS_REPLICA, &replica])
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(db_err)?
+        .get(0);
+    tracing::info!(replica, "registered with the database");
+    Ok((
+        Presence {
+            replica,
+            pid,
+            _client: client,
+        },
+        task,
+    ))
+}
+
+/// How long a replica waits before it tries again to register after its presence
+/// connection ended (the database restarting, a network cut).
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+
+/// Registers the replica again each time its presence connection ends, for as long as
+/// the replica lives. Once its lock is gone, other replicas take it for dead and drop
+/// its pins, so writes pinned under the old registration fail their fencing check (the
+/// client retries); writes pinned after this registers again are protected anew.
+async fn keep_registered(inner: std::sync::Weak<Inner>, mut ended: JoinHandle<()>) {
+    loop {
+        let _ = (&mut ended).await;
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return; // the replica is gone: its connection ended with it
+            };
+            tracing::warn!("the replica's database connection ended; registering again");
+            match register(&strong.pg, &strong.tls, None).await {
+                Ok((presence, task)) => {
+                    *strong.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
+                    ended = task;
+                    break;
+                }
+                Err(e) => {
+                    drop(strong);
+                    tracing::warn!(error = %e, "could not register with the database; trying again");
+                    tokio::time::sleep(REGISTER_RETRY).await;
+                }
+            }
+        }
+    }
+}
 
 /// Opens a connection outside the pool (its session locks end with it), named for
 /// `pg_stat_activity`.
@@ -227,53 +306,34 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(db_err)?;
-        let (mut client, task) = dedicated(&pg, &tls, PRESENCE).await?;
-        migrate(&mut client, &config.dbname).await?;
-        // Registered and locked in one transaction: no other replica ever sees the row
-        // without its lock held.
-        let tx = client.transaction().await.map_err(db_err)?;
-        let replica: i32 = tx
-            .query_one(
-                "INSERT INTO drydock_replicas DEFAULT VALUES RETURNING id",
-                &[],
-            )
-            .await
-            .map_err(db_err)?
-            .get(0);
-        tx.execute("SELECT pg_advisory_lock($1, $2)", &[&NS_REPLICA, &replica])
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        let presence_pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(db_err)?
-            .get(0);
-        drop(task);
-        tracing::info!(replica, "registered with the database");
-        Ok(Postgres(Arc::new(Inner {
+        let (presence, task) = register(&pg, &tls, Some(&config.dbname)).await?;
+        let inner = Arc::new(Inner {
             pool,
             pg,
             tls,
-            replica,
-            _presence: client,
-            presence_pid,
+            presence: std::sync::RwLock::new(presence),
             next_pin: AtomicI64::new(1),
             pending_ttl,
             hooks: Hooks::default(),
-        })))
+        });
+        tokio::spawn(keep_registered(Arc::downgrade(&inner), task));
+        Ok(Postgres(inner))
+    }
+
+    fn presence(&self) -> std::sync::RwLockReadGuard<'_, Presence> {
+        self.0.presence.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This replica's id in `drydock_replicas`.
     pub fn replica(&self) -> i32 {
-        self.0.replica
+        self.presence().replica
     }
 
     /// The process id of the database backend serving this replica's presence
     /// connection: ending it (`pg_terminate_backend`) is this replica dying, as far as
     /// every other replica can tell.
     pub fn presence_backend(&self) -> i32 {
-        self.0.presence_pid
+        self.presence().pid
     }
 
     /// The two keys of the advisory lock that says replica `id` lives (tests wait on it
@@ -365,7 +425,7 @@ impl Postgres {
             .map_err(db_err)
     }
 
-    async fn record_pins(&self, pin: i64, digests: &[Digest]) -> Result<()> {
+    async fn record_pins(&self, replica: i32, pin: i64, digests: &[Digest]) -> Result<()> {
         let mut texts: Vec<String> = digests.iter().map(Digest::to_string).collect();
         texts.sort();
         texts.dedup();
@@ -409,7 +469,7 @@ impl Postgres {
         tx.execute(
             "INSERT INTO drydock_pins (replica, pin, digest)
              SELECT $1, $2, d FROM unnest($3::text[]) AS t(d) ON CONFLICT DO NOTHING",
-            &[&self.0.replica, &pin, &texts],
+            &[&replica, &pin, &texts],
         )
         .await
         .map_err(db_err)?;
@@ -442,8 +502,10 @@ fn ttl_secs(d: Duration) -> f64 {
 impl Liveness for Postgres {
     async fn pin(&self, digests: Vec<Digest>) -> Result<PinGuard> {
         let pin = self.0.next_pin.fetch_add(1, Ordering::Relaxed);
-        self.record_pins(pin, &digests).await?;
+        let replica = self.replica();
+        self.record_pins(replica, pin, &digests).await?;
         Ok(PinGuard::new(Box::new(PgPins {
+            replica,
             owner: self.clone(),
             pin,
             recorded: !digests.is_empty(),
@@ -500,7 +562,7 @@ impl Liveness for Postgres {
         let id: i64 = tx
             .query_one(
                 "INSERT INTO drydock_removals (replica) VALUES ($1) RETURNING id",
-                &[&self.0.replica],
+                &[&self.replica()],
             )
             .await
             .map_err(db_err)?
@@ -672,6 +734,9 @@ impl Drop for PgTagLock {
 
 struct PgPins {
     owner: Postgres,
+    /// The registration its rows are recorded under (a later one does not vouch for
+    /// them: the fencing check looks for these).
+    replica: i32,
     pin: i64,
     /// Whether any rows were recorded (a pin of no digest has none to find at the end).
     recorded: bool,
@@ -680,12 +745,12 @@ struct PgPins {
 
 impl PgPins {
     /// Deletes the pin's rows; how many there were.
-    async fn unpin(owner: &Postgres, pin: i64) -> Result<u64> {
+    async fn unpin(owner: &Postgres, replica: i32, pin: i64) -> Result<u64> {
         let client = owner.0.pool.get().await.map_err(db_err)?;
         client
             .execute(
                 "DELETE FROM drydock_pins WHERE replica = $1 AND pin = $2",
-                &[&owner.0.replica, &pin],
+                &[&replica, &pin],
             )
             .await
             .map_err(db_err)
@@ -696,7 +761,7 @@ impl PgPins {
 impl Held for PgPins {
     async fn release(mut self: Box<Self>) {
         self.released = true;
-        if let Err(e) = PgPins::unpin(&self.owner, self.pin).await {
+        if let Err(e) = PgPins::unpin(&self.owner, self.replica, self.pin).await {
             // Left pinned until this replica ends: removers skip more, never less.
             tracing::warn!(error = %e, "could not unpin");
         }
@@ -706,7 +771,9 @@ impl Held for PgPins {
 #[async_trait]
 impl Pins for PgPins {
     async fn extend(&mut self, digests: Vec<Digest>) -> Result<()> {
-        self.owner.record_pins(self.pin, &digests).await?;
+        self.owner
+            .record_pins(self.replica, self.pin, &digests)
+            .await?;
         self.recorded |= !digests.is_empty();
         Ok(())
     }
@@ -716,12 +783,12 @@ impl Pins for PgPins {
     /// they stopped protecting the write at some point.
     async fn finish(mut self: Box<Self>) -> Result<()> {
         self.released = true;
-        let deleted = PgPins::unpin(&self.owner, self.pin).await?;
+        let deleted = PgPins::unpin(&self.owner, self.replica, self.pin).await?;
         if self.recorded && deleted == 0 {
             return Err(Error::Internal(format!(
                 "database: replica {} was found dead while writing (its presence was \
                  lost) and its pins dropped: the write is not answered as succeeded",
-                self.owner.0.replica
+                self.replica
             )));
         }
         Ok(())
@@ -733,10 +800,10 @@ impl Drop for PgPins {
         if self.released {
             return;
         }
-        let (owner, pin) = (self.owner.clone(), self.pin);
+        let (owner, replica, pin) = (self.owner.clone(), self.replica, self.pin);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = PgPins::unpin(&owner, pin).await {
+                if let Err(e) = PgPins::unpin(&owner, replica, pin).await {
                     tracing::warn!(error = %e, "could not unpin");
                 }
             });
