@@ -186,9 +186,7 @@ impl Settings {
                 .is_none_or(|v| v != 0),
         }
     }
-}
 
-impl Settings {
     /// The run's size and seed, for its first line.
     fn describe(&self) -> String {
         format!(
