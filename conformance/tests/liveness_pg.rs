@@ -3,7 +3,8 @@
 //! claim and a pin (or a session's opening) must serialise, replicas and removers that
 //! die, the GC lease, trigger coalescing and schema versions. Runs against the real
 //! PostgreSQL 15 that `scripts/test.sh` starts (`scripts/pg.sh`), each test in a fresh
-//! database. Without its environment these tests fail: they are never skipped.
+//! database (one that kills PostgreSQL starts a cluster of its own). Without its
+//! environment these tests fail: they are never skipped.
 
 #[path = "liveness/suite.rs"]
 mod suite;
