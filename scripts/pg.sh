@@ -9,6 +9,13 @@
 #   scripts/pg.sh env DIR      prints the `export` lines the tests read:
 #                              DRYDOCK_TEST_PG_{HOST,PORT,USER}
 #   scripts/pg.sh stop DIR     stops the server by PID and removes the folder
+#   scripts/pg.sh kill DIR     kill -9 of the postmaster (a crash, for the replica soak's
+#                              own cluster, never the shared one); returns once the
+#                              postmaster and every process it had started are gone
+#   scripts/pg.sh restart DIR  starts the server again on the same data and port
+#
+# PG_SYNCHRONOUS_COMMIT=on (default off) makes commits wait for the WAL write: with it a
+# commit survives `kill` (a process crash; fsync stays off, the machine does not crash).
 #
 # The server also speaks TLS (for the tests of `database.sslmode`): a private CA signs its
 # certificate (for 127.0.0.1 and localhost) and a client certificate for the role
@@ -90,6 +97,10 @@ start() {
   port=$(free_port)
   echo "$port" >"$dir/port"
   local t0=$SECONDS
+  echo "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c fsync=off \
+-c synchronous_commit=${PG_SYNCHRONOUS_COMMIT:-off} -c full_page_writes=off \
+-c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/tls/server.pem \
+-c ssl_key_file=$dir/tls/server.key -c ssl_ca_file=$dir/tls/ca.pem" >"$dir/options"
   as_owner "$BIN/initdb" -D "$dir/data" -U drydock --auth=trust --encoding=UTF8 \
     --no-locale >"$dir/initdb.log" 2>&1 \
     || { tail -20 "$dir/initdb.log" >&2 || true; die "initdb failed"; }
@@ -102,16 +113,7 @@ start() {
   if [ "$(id -u)" -eq 0 ]; then
     chown -R postgres: "$dir/tls" "$dir/data/pg_hba.conf" || die "could not give the TLS files to postgres"
   fi
-  # -w: pg_ctl returns once the server accepts connections (or fails).
-  as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c fsync=off \
-        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-        -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key \
-        -c ssl_ca_file=$dir/tls/ca.pem" \
-    >"$dir/pg_ctl.log" 2>&1 \
-    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL did not start on 127.0.0.1:$port"; }
-  "$BIN/pg_isready" -h 127.0.0.1 -p "$port" -U drydock >/dev/null \
-    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL does not answer on 127.0.0.1:$port"; }
+  run_server "$dir"
   "$BIN/psql" -h 127.0.0.1 -p "$port" -U drydock -d postgres -q \
     -c "CREATE ROLE drydock_cert LOGIN SUPERUSER" >/dev/null \
     || die "could not create the role drydock_cert"
@@ -124,6 +126,42 @@ EOF
   STARTING=""
   say "PostgreSQL 15 on 127.0.0.1:$port in $((SECONDS - t0)) s; state in $dir"
   echo "$dir"
+}
+
+# Starts the server of DIR on its data, port and options; fails loudly.
+run_server() {
+  local dir=$1 port
+  port=$(cat "$dir/port")
+  # -w: pg_ctl returns once the server accepts connections (or fails).
+  as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
+    -o "$(cat "$dir/options")" >"$dir/pg_ctl.log" 2>&1 \
+    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL did not start on 127.0.0.1:$port"; }
+  "$BIN/pg_isready" -h 127.0.0.1 -p "$port" -U drydock >/dev/null \
+    || { tail -30 "$dir/server.log" >&2 || true; die "PostgreSQL does not answer on 127.0.0.1:$port"; }
+}
+
+crash() {
+  local dir=${1:?usage: pg.sh kill DIR} pid children p i
+  pid=$(head -1 "$dir/data/postmaster.pid" 2>/dev/null) || die "no postmaster.pid in $dir/data"
+  kill -0 "$pid" 2>/dev/null || die "the postmaster ($pid) of $dir is not running"
+  children=$(pgrep -P "$pid" || true)
+  kill -9 "$pid"
+  # The children notice the postmaster's death and exit; a new postmaster refuses to
+  # start while they still hold the shared memory.
+  for p in $pid $children; do
+    for ((i = 0; i < 300; i++)); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$p" 2>/dev/null && die "process $p of the killed PostgreSQL did not exit"
+  done
+  say "killed PostgreSQL $pid (kill -9) and its $(echo "$children" | wc -w) processes are gone"
+}
+
+restart() {
+  local dir=${1:?usage: pg.sh restart DIR}
+  run_server "$dir"
+  say "PostgreSQL restarted on 127.0.0.1:$(cat "$dir/port")"
 }
 
 stop() {
@@ -147,5 +185,7 @@ case "${1:-}" in
   start) start ;;
   env) cat "${2:?usage: pg.sh env DIR}/env" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 start | env DIR | stop DIR" >&2; exit 2 ;;
+  kill) crash "${2:-}" ;;
+  restart) restart "${2:-}" ;;
+  *) echo "usage: $0 start | env DIR | stop DIR | kill DIR | restart DIR" >&2; exit 2 ;;
 esac

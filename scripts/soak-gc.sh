@@ -11,6 +11,12 @@
 #   SOAK_FLOWS=1,3      only these of issue 15's flows (1 re-use of untagged manifests,
 #                       2 the retention variant, 3 artifact manifest by Content-Type)
 #   SOAK_VARIANTS="gc_with_untagged_removal gc_keeping_untagged retention_and_upload_purge scrub"
+#   SOAK_VARIANTS=replicas_with_kills  the replica soak (issue 19): three replicas behind
+#                       nginx, one RGW bucket, a PostgreSQL of its own, replicas and
+#                       PostgreSQL killed with kill -9; it needs nginx and the RGW of
+#                       scripts/rgw.sh (eval "$(scripts/rgw.sh env DIR)")
+#   SOAK_FAULTS=4 SOAK_FAULT_EVERY=2  faults, one every so many cycles (replica and
+#                       PostgreSQL alternating; SOAK_CLIENTS=4 SOAK_OPS=40 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +26,9 @@ variants=${SOAK_VARIANTS:-gc_with_untagged_removal gc_keeping_untagged retention
 
 echo "== building the soak"
 cargo test -p conformance --test model_soak --no-run 2>&1 | tail -n 1
+case " $variants " in
+  *" replicas_with_kills "*) cargo build --workspace --bins 2>&1 | tail -n 1 ;;
+esac
 
 log=$(mktemp -t soak-gc.XXXXXX)
 status=0
@@ -43,14 +52,27 @@ done
 echo
 echo "== figures (commit $(git rev-parse --short HEAD), seed $SOAK_SEED, $(nproc) cores)"
 echo
-echo "| variant | s | GC cycles | retention / scrub runs | manifests pushed | indexes over untagged | referrers (on untagged) | re-tags | deletes by tag / digest | artifact 201 / 400 | items pulled and hashed | failures |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-grep '^SOAK-FIGURES ' "$log" | while read -r _ fields; do
-  declare -A f=()
-  for kv in $fields; do f[${kv%%=*}]=${kv#*=}; done
-  echo "| ${f[variant]} | ${f[secs]} | ${f[gc_cycles]} | ${f[retention_runs]} / ${f[scrub_runs]} | ${f[manifests]} | ${f[indexes_over_untagged]} | ${f[referrers]} (${f[referrers_on_untagged]}) | ${f[retags]} | ${f[deletes_by_tag]} / ${f[deletes_by_digest]} | ${f[artifacts_accepted]} / ${f[artifacts_refused]} | ${f[items_verified]} | ${f[failures]} |"
-  unset f
-done
+if grep '^SOAK-FIGURES ' "$log" | grep -qv 'variant=replicas '; then
+  echo "| variant | s | GC cycles | retention / scrub runs | manifests pushed | indexes over untagged | referrers (on untagged) | re-tags | deletes by tag / digest | artifact 201 / 400 | items pulled and hashed | failures |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  grep '^SOAK-FIGURES ' "$log" | grep -v 'variant=replicas ' | while read -r _ fields; do
+    declare -A f=()
+    for kv in $fields; do f[${kv%%=*}]=${kv#*=}; done
+    echo "| ${f[variant]} | ${f[secs]} | ${f[gc_cycles]} | ${f[retention_runs]} / ${f[scrub_runs]} | ${f[manifests]} | ${f[indexes_over_untagged]} | ${f[referrers]} (${f[referrers_on_untagged]}) | ${f[retags]} | ${f[deletes_by_tag]} / ${f[deletes_by_digest]} | ${f[artifacts_accepted]} / ${f[artifacts_refused]} | ${f[items_verified]} | ${f[failures]} |"
+    unset f
+  done
+fi
+if grep -q '^SOAK-FIGURES variant=replicas ' "$log"; then
+  echo
+  echo "| variant | clients | s | GC cycles (cut) | replica kills (mid-cycle) | PostgreSQL kills (mid-cycle) | operations | manifests pushed | indexes over untagged | cut: transport / 502 / 503 / 500 | checks cut | items pulled and hashed | failures |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  grep '^SOAK-FIGURES variant=replicas ' "$log" | while read -r _ fields; do
+    declare -A f=()
+    for kv in $fields; do f[${kv%%=*}]=${kv#*=}; done
+    echo "| ${f[variant]} | ${f[clients]} | ${f[secs]} | ${f[gc_cycles]} (${f[cycles_cut]}) | ${f[replica_kills]} (${f[replica_kills_mid_cycle]}) | ${f[pg_kills]} (${f[pg_kills_mid_cycle]}) | ${f[ops]} | ${f[manifests]} | ${f[indexes_over_untagged]} | ${f[cut_transport]} / ${f[cut_502]} / ${f[cut_503]} / ${f[cut_500]} | ${f[checks_cut]} | ${f[items_verified]} | ${f[failures]} |"
+    unset f
+  done
+fi
 echo
 grep '^SOAK-CAUGHT ' "$log" || true
 [ "$status" -eq 0 ] && echo "== soak passed" || echo "== soak FAILED (full log: $log)"

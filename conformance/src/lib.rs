@@ -277,8 +277,13 @@ pub fn store_files(root: &Path) -> Vec<String> {
 
 /// A plain HTTP client (no redirects followed, so `Location` headers can be checked).
 pub fn client() -> reqwest::Client {
+    client_with(test_authorization())
+}
+
+/// [`client`] sending `authorization` (an `Authorization` header value) when given.
+pub fn client_with(authorization: Option<String>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(a) = test_authorization() {
+    if let Some(a) = authorization {
         headers.insert(
             reqwest::header::AUTHORIZATION,
             a.parse().expect("header value"),

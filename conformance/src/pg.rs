@@ -1,6 +1,7 @@
 //! The real PostgreSQL 15 the replica tests run against (`scripts/pg.sh`, started by
 //! `scripts/test.sh`; its address in `DRYDOCK_TEST_PG_*`): a fresh database per test.
 //! Without that environment these helpers panic, so the tests fail: never skipped.
+//! A test that kills PostgreSQL starts a [`Cluster`] of its own instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,12 +22,21 @@ fn var(k: &str) -> String {
 
 /// The test server's settings for database `dbname`.
 pub fn config(dbname: &str) -> DatabaseConfig {
-    DatabaseConfig {
-        host: var("DRYDOCK_TEST_PG_HOST"),
-        port: var("DRYDOCK_TEST_PG_PORT")
+    config_at(
+        &var("DRYDOCK_TEST_PG_HOST"),
+        var("DRYDOCK_TEST_PG_PORT")
             .parse()
             .expect("DRYDOCK_TEST_PG_PORT"),
-        user: var("DRYDOCK_TEST_PG_USER"),
+        &var("DRYDOCK_TEST_PG_USER"),
+        dbname,
+    )
+}
+
+fn config_at(host: &str, port: u16, user: &str, dbname: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        host: host.into(),
+        port,
+        user: user.into(),
         dbname: dbname.into(),
         sslmode: "disable".into(),
         ..DatabaseConfig::default()
@@ -35,7 +45,11 @@ pub fn config(dbname: &str) -> DatabaseConfig {
 
 /// A client on `dbname`, its connection driven in the background.
 pub async fn client(dbname: &str) -> tokio_postgres::Client {
-    let (c, conn) = config(dbname)
+    connect(&config(dbname)).await
+}
+
+async fn connect(cfg: &DatabaseConfig) -> tokio_postgres::Client {
+    let (c, conn) = cfg
         .pg_config()
         .connect(NoTls)
         .await
@@ -142,4 +156,73 @@ pub async fn kill_holder(db: &tokio_postgres::Client, key: (i32, i32)) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+/// A PostgreSQL cluster of the test's own (`scripts/pg.sh start`, with commits that
+/// survive a crash of the server process), for tests that kill it: the shared one of
+/// `scripts/test.sh` serves other tests at the same time. Stopped and removed on drop.
+/// Every step fails the test loudly when the script fails.
+pub struct Cluster {
+    dir: std::path::PathBuf,
+    pub port: u16,
+}
+
+fn pg_sh(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .env("PG_SYNCHRONOUS_COMMIT", "on")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/pg.sh {} failed ({}): see its messages above",
+        args.join(" "),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Cluster {
+    /// Starts a fresh cluster (installing PostgreSQL 15 if missing).
+    pub fn start() -> Cluster {
+        let dir = std::path::PathBuf::from(pg_sh(&["start"]));
+        let port = std::fs::read_to_string(dir.join("port"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", dir.display()));
+        Cluster { dir, port }
+    }
+
+    /// A fresh database on this cluster.
+    pub async fn fresh_db(&self, name: &str) -> DatabaseConfig {
+        connect(&config_at("127.0.0.1", self.port, "drydock", "postgres"))
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a database on the test's own cluster");
+        config_at("127.0.0.1", self.port, "drydock", name)
+    }
+
+    /// kill -9 of the postmaster; returns once it and its processes are gone.
+    pub fn kill(&self) {
+        pg_sh(&["kill", &self.dir.display().to_string()]);
+    }
+
+    /// Starts the killed server again on the same data and port.
+    pub fn restart(&self) {
+        pg_sh(&["restart", &self.dir.display().to_string()]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
 }

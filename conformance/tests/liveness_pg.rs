@@ -3,7 +3,8 @@
 //! claim and a pin (or a session's opening) must serialise, replicas and removers that
 //! die, the GC lease, trigger coalescing and schema versions. Runs against the real
 //! PostgreSQL 15 that `scripts/test.sh` starts (`scripts/pg.sh`), each test in a fresh
-//! database. Without its environment these tests fail: they are never skipped.
+//! database (one that kills PostgreSQL starts a cluster of its own). Without its
+//! environment these tests fail: they are never skipped.
 
 #[path = "liveness/suite.rs"]
 mod suite;
@@ -377,4 +378,39 @@ async fn schema_versions() {
     assert!(err.contains("database"), "{err}");
     assert!(err.contains("newer than this drydock knows"), "{err}");
     assert!(!err.contains('\n'), "not one line: {err}");
+}
+
+/// PostgreSQL crashes (kill -9 of its postmaster) and comes back on the same data, as in
+/// the replica soak: a replica that stayed up must go on collecting and writing, also
+/// after a replica that started anew has opened a removal session. Its presence lock
+/// ends with the old server; it registers again (without that, its sessions fail on
+/// `drydock_removals_replica_fkey`, and a new replica's session takes it for dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stayed_up_collects_and_writes_after_postgresql_restarts() {
+    let cluster = tokio::task::block_in_place(conformance::pg::Cluster::start);
+    let cfg = cluster.fresh_db("after_restart").await;
+    let a = Postgres::connect(&cfg, HOUR).await.unwrap();
+    a.begin_removal().await.unwrap().end().await;
+    tokio::task::block_in_place(|| {
+        cluster.kill();
+        cluster.restart();
+    });
+    let b = Postgres::connect(&cfg, HOUR).await.unwrap();
+    b.begin_removal().await.unwrap().end().await;
+    let rm = a.begin_removal().await;
+    assert!(
+        rm.is_ok(),
+        "the replica that stayed up cannot collect: {:?}",
+        rm.err()
+    );
+    if let Ok(rm) = rm {
+        rm.end().await;
+    }
+    let pin = a.pin(vec![d("x")]).await.expect("a pin after the restart");
+    let answered = pin.finish().await;
+    assert!(
+        answered.is_ok(),
+        "the replica that stayed up cannot answer a write: {:?}",
+        answered.err()
+    );
 }

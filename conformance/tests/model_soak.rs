@@ -31,9 +31,26 @@
 //! pulled, then the server restarts on the same root (which drops every in-memory
 //! protection), a cycle with `remove_untagged` runs, and every closure is pulled again.
 //!
-//! Seeded (`SOAK_SEED`, printed): a seed reproduces each client's operation mix, not the
-//! interleaving. Bounded by operations (`SOAK_OPS` per client, `SOAK_CLIENTS`), and by
-//! `SOAK_CYCLES` collector cycles when set (`scripts/soak-gc.sh` runs it long).
+//! `replicas` (issue 19) runs the same clients through nginx in front of three real
+//! `registry serve` replicas on one Ceph RGW bucket root and a PostgreSQL cluster of the
+//! test's own; one collector asks each replica in turn (`POST /admin/gc`, as the admin
+//! `root` of an htpasswd policy: the admin API over TCP is the only way into a replica on
+//! S3) for cycles back to back at grace 0 with untagged removal; every `SOAK_FAULT_EVERY`
+//! cycles a replica (picked by the seed) or PostgreSQL's postmaster is killed with
+//! kill -9 while a cycle runs, and restarted on the same port (and data). A transport
+//! error or a 5xx to a request in flight while a fault lasts acknowledges nothing: the
+//! client waits for the fault to end and goes on, sending a tag's write (`PUT`,
+//! `DELETE`) again until it is answered, as docker pushes again; the figures count
+//! them by cause (`cut_*`). Anything else is a failure. At the end: a cycle, every
+//! closure through nginx, every replica restarted, a cycle, every closure again.
+//! The replicas stay up while PostgreSQL restarts (they register again);
+//! `SOAK_RESTART_REPLICAS_AFTER_PG=1` restarts them too.
+//!
+//! Seeded (`SOAK_SEED`, printed): a seed reproduces each client's operation mix (and
+//! the replica run's faults), not the interleaving. Bounded by operations (`SOAK_OPS`
+//! per client, `SOAK_CLIENTS`; 40 and 4 in the replica run), by `SOAK_FAULTS` faults
+//! (default 4: replica, PostgreSQL, replica, PostgreSQL), and by `SOAK_CYCLES`
+//! collector cycles when set (`scripts/soak-gc.sh` runs it long).
 //!
 //! `SOAK_EXPECT_FIXED=1` adds what today's main is known to lose (issue 15): indexes,
 //! tagged referrers and re-tagged indexes over untagged manifests (flow 1), the
@@ -44,6 +61,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+mod clients;
 
 use conformance::*;
 use gc::maintenance::{Outcome, Task};
@@ -71,6 +90,8 @@ enum Variant {
     GcTagged,
     Retention,
     Scrub,
+    /// Three replicas behind nginx, replicas and PostgreSQL killed (issue 19).
+    Replicas,
 }
 
 impl Variant {
@@ -80,6 +101,7 @@ impl Variant {
             Variant::GcTagged => "gc-tagged",
             Variant::Retention => "retention",
             Variant::Scrub => "scrub",
+            Variant::Replicas => "replicas",
         }
     }
 }
@@ -100,6 +122,12 @@ struct Settings {
     flow2: bool,
     flow3: bool,
     scrub_runs_must_succeed: bool,
+    /// Replicas: faults injected (replica and PostgreSQL kills, alternating), one every
+    /// `fault_every` collection cycles; after PostgreSQL restarts, whether the replicas
+    /// are restarted too (see [`Settings::from_env`]).
+    faults: u64,
+    fault_every: u64,
+    restart_replicas_after_pg: bool,
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -112,7 +140,11 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 impl Settings {
-    fn from_env() -> Settings {
+    /// The settings from the environment; `variant`'s defaults for what is not set (the
+    /// replica run is smaller: each operation crosses nginx, a replica, the bucket and
+    /// the database, and the faults take their time).
+    fn from_env(variant: Variant) -> Settings {
+        let replicas = variant == Variant::Replicas;
         let seed = env_u64("SOAK_SEED").unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -135,8 +167,10 @@ impl Settings {
         };
         Settings {
             seed,
-            clients: env_u64("SOAK_CLIENTS").unwrap_or(8).max(1),
-            ops: env_u64("SOAK_OPS").unwrap_or(100),
+            clients: env_u64("SOAK_CLIENTS")
+                .unwrap_or(if replicas { 4 } else { 8 })
+                .max(1),
+            ops: env_u64("SOAK_OPS").unwrap_or(if replicas { 40 } else { 100 }),
             cycles: env_u64("SOAK_CYCLES").unwrap_or(0),
             pending_ttl: Duration::from_millis(env_u64("SOAK_PENDING_TTL_MS").unwrap_or(400)),
             upload_max_age: Duration::from_millis(1000),
@@ -145,7 +179,24 @@ impl Settings {
             flow2: flow("2"),
             flow3: flow("3"),
             scrub_runs_must_succeed: expect_fixed,
+            faults: env_u64("SOAK_FAULTS").unwrap_or(4),
+            fault_every: env_u64("SOAK_FAULT_EVERY").unwrap_or(2).max(1),
+            restart_replicas_after_pg: env_u64("SOAK_RESTART_REPLICAS_AFTER_PG")
+                .is_some_and(|v| v != 0),
         }
+    }
+
+    /// The run's size and seed, for its first line.
+    fn describe(&self) -> String {
+        format!(
+            "seed {} (SOAK_SEED={} reproduces the operation mix), {} clients x {} ops, {} cycles at least, pending_ttl {} ms",
+            self.seed,
+            self.seed,
+            self.clients,
+            self.ops,
+            self.cycles,
+            self.pending_ttl.as_millis(),
+        )
     }
 }
 
@@ -186,6 +237,24 @@ struct Stats {
     sessions_purged_by_task: AtomicU64,
     scrub_runs: AtomicU64,
     scrub_runs_failed: AtomicU64,
+    /// Answers a fault explained ([`Shared::excuse`]), by cause: the write was not
+    /// acknowledged (a tag's write was sent again).
+    cut_transport: AtomicU64,
+    cut_502: AtomicU64,
+    cut_503: AtomicU64,
+    cut_500: AtomicU64,
+    cut_5xx_other: AtomicU64,
+    /// Checks of one item a fault cut (the item is checked again later).
+    checks_cut: AtomicU64,
+    /// Collection cycles a fault cut.
+    cycles_cut: AtomicU64,
+    replica_kills: AtomicU64,
+    /// Replica kills while the killed replica was running a cycle.
+    replica_kills_mid_cycle: AtomicU64,
+    pg_kills: AtomicU64,
+    /// PostgreSQL kills while a replica was running a cycle.
+    pg_kills_mid_cycle: AtomicU64,
+    replica_restarts: AtomicU64,
 }
 
 fn inc(a: &AtomicU64) {
@@ -262,6 +331,13 @@ struct Shared {
     /// Unique layers recently pushed by any client: (repository, blob), to mount from.
     mountable: Mutex<VecDeque<(String, Blob)>>,
     started: Instant,
+    /// The faults injected so far: from the kill until whatever was killed answers
+    /// again (open while it lasts).
+    faults: Mutex<Vec<(Instant, Option<Instant>)>>,
+    /// Faults still to inject: the clients run until none is left.
+    faults_to_go: AtomicU64,
+    /// Whether a fault lasts now (what was cut waits for its end, then goes on).
+    fault_open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -287,6 +363,61 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(f);
+    }
+
+    /// Whether a fault explains an answer: a transport error or a 5xx (502 from nginx, a
+    /// replica's 500/503) to a request that was in flight while a fault lasted. Such a
+    /// write was not acknowledged; counted by cause. Anything else is a failure.
+    fn excuse(&self, seen: &Seen) -> bool {
+        let cause = match seen.status {
+            None => &self.stats.cut_transport,
+            Some(502) => &self.stats.cut_502,
+            Some(503) => &self.stats.cut_503,
+            Some(500) => &self.stats.cut_500,
+            Some(s) if s >= 500 => &self.stats.cut_5xx_other,
+            Some(_) => return false,
+        };
+        let faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let during = faults
+            .iter()
+            .any(|(from, to)| seen.got >= *from && to.is_none_or(|to| seen.sent <= to));
+        if during {
+            inc(cause);
+        }
+        during
+    }
+
+    /// A fault begins; [`Shared::fault_ends`] ends it.
+    fn fault_begins(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((Instant::now(), None));
+        self.fault_open.send_replace(true);
+    }
+
+    fn fault_ends(&self) {
+        if let Some(f) = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_mut()
+        {
+            f.1 = Some(Instant::now());
+        }
+        self.fault_open.send_replace(false);
+    }
+
+    /// Returns once no fault lasts: a client cut by one pushes again after it, as
+    /// docker retries a push.
+    async fn until_healed(&self) {
+        let _ = self.fault_open.subscribe().wait_for(|open| !*open).await;
+    }
+
+    /// Whether the run has failed so often that going on shows nothing more (a fault
+    /// that does not heal would otherwise keep the clients waiting for faults to come).
+    fn gave_up(&self) -> bool {
+        self.failure_count() >= 100
     }
 
     fn failure_count(&self) -> usize {
@@ -426,18 +557,59 @@ impl Resp {
     }
 }
 
-async fn send(rb: reqwest::RequestBuilder) -> Result<Resp, String> {
+/// A request that got no whole answer (a refused or cut connection).
+struct SendError {
+    message: String,
+    sent: Instant,
+    got: Instant,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// When a request was sent and answered, and its status (`None`: no answer), for
+/// [`Shared::excuse`].
+#[derive(Clone, Copy)]
+struct Seen {
+    sent: Instant,
+    got: Instant,
+    status: Option<u16>,
+}
+
+impl SendError {
+    fn seen(&self) -> Seen {
+        Seen {
+            sent: self.sent,
+            got: self.got,
+            status: None,
+        }
+    }
+}
+
+impl Resp {
+    fn seen(&self) -> Seen {
+        Seen {
+            sent: self.sent,
+            got: self.got,
+            status: Some(self.status),
+        }
+    }
+}
+
+async fn send(rb: reqwest::RequestBuilder) -> Result<Resp, SendError> {
     let sent = Instant::now();
-    let r = rb
-        .send()
-        .await
-        .map_err(|e| format!("transport error: {e}"))?;
+    let failed = |what: &str, e: reqwest::Error| SendError {
+        message: format!("{what}: {e}"),
+        sent,
+        got: Instant::now(),
+    };
+    let r = rb.send().await.map_err(|e| failed("transport error", e))?;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let body = r
-        .bytes()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?;
+    let body = r.bytes().await.map_err(|e| failed("reading the body", e))?;
     Ok(Resp {
         status,
         headers,
@@ -481,6 +653,10 @@ struct Client {
     base: String,
     http: reqwest::Client,
     sh: Arc<Shared>,
+    /// For redirects out of the registry (to the bucket): no credentials.
+    direct: reqwest::Client,
+    /// Whether a fault cut the current operation.
+    cut: bool,
     rng: Rng,
     op: u64,
     counter: u64,
@@ -520,7 +696,14 @@ impl Client {
         Client {
             id,
             base,
-            http: client(),
+            // Replicas: a user the access policy lets push and delete (see `replica_yaml`).
+            http: if sh.variant == Variant::Replicas {
+                client_with(Some(auth::basic(auth::ALICE)))
+            } else {
+                client()
+            },
+            direct: reqwest::Client::new(),
+            cut: false,
             sh,
             rng: Rng::new(seed),
             op: 0,
@@ -550,6 +733,73 @@ impl Client {
             Some(self.id),
             format!("op {} of {}: {message}", self.op, self.sh.variant.name()),
         );
+    }
+
+    /// [`Client::fail`], unless a fault the run injected explains the answer
+    /// ([`Shared::excuse`]): then the write was not acknowledged and the client goes on.
+    fn fail_req(&mut self, seen: Seen, message: String) {
+        if self.sh.excuse(&seen) {
+            self.cut = true;
+        } else {
+            self.fail(message);
+        }
+    }
+
+    /// A problem a check found, unless a fault explains the answer (the item is checked
+    /// again later).
+    fn problem(
+        &mut self,
+        problems: &mut Vec<String>,
+        seen: Seen,
+        message: impl FnOnce() -> String,
+    ) {
+        if self.sh.excuse(&seen) {
+            self.cut = true;
+            inc(&self.sh.stats.checks_cut);
+        } else {
+            problems.push(message());
+        }
+    }
+
+    /// Sends a write that changes what a tag names (a manifest `PUT`, a `DELETE`) until
+    /// it is answered: one that a fault cut ([`Shared::excuse`]) may have been done
+    /// anyway, so the model would no longer know the tag; the client sends it again, as
+    /// docker pushes again. The answer (below 500, or a 5xx no fault explains, already
+    /// reported), and whether it was sent more than once; `None` when it failed.
+    async fn send_until_answered(
+        &self,
+        what: &str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Option<(Resp, bool)> {
+        const TRIES: u32 = 1200;
+        let fail = |message: String| {
+            self.sh.fail(
+                Some(self.id),
+                format!(
+                    "op {} of {}: {what}: {message}",
+                    self.op,
+                    self.sh.variant.name()
+                ),
+            )
+        };
+        for attempt in 0..TRIES {
+            match send(request()).await {
+                Ok(r) if r.status < 500 => return Some((r, attempt > 0)),
+                Ok(r) if self.sh.excuse(&r.seen()) => {}
+                Ok(r) => {
+                    fail(r.describe());
+                    return None;
+                }
+                Err(e) if self.sh.excuse(&e.seen()) => {}
+                Err(e) => {
+                    fail(e.to_string());
+                    return None;
+                }
+            }
+            self.sh.until_healed().await;
+        }
+        fail(format!("still cut after {TRIES} tries"));
+        None
     }
 
     /// A client's think time: a few milliseconds, at random.
@@ -696,7 +946,10 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("HEAD blob {} in {name}: {e}", blob.digest));
+                self.fail_req(
+                    e.seen(),
+                    format!("HEAD blob {} in {name}: {e}", blob.digest),
+                );
                 return false;
             }
         };
@@ -708,7 +961,10 @@ impl Client {
             }
             404 => {}
             _ => {
-                self.fail(format!("HEAD blob {} in {name}: {}", blob.digest, r.status));
+                self.fail_req(
+                    r.seen(),
+                    format!("HEAD blob {} in {name}: {}", blob.digest, r.status),
+                );
                 return false;
             }
         }
@@ -725,10 +981,10 @@ impl Client {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail(format!(
-                        "mount {} from {from} into {name}: {e}",
-                        blob.digest
-                    ));
+                    self.fail_req(
+                        e.seen(),
+                        format!("mount {} from {from} into {name}: {e}", blob.digest),
+                    );
                     return false;
                 }
             };
@@ -746,11 +1002,14 @@ impl Client {
                     return self.finish_session(repo, &loc, blob, r.sent).await;
                 }
                 _ => {
-                    self.fail(format!(
-                        "mount {} from {from} into {name}: {}",
-                        blob.digest,
-                        r.describe()
-                    ));
+                    self.fail_req(
+                        r.seen(),
+                        format!(
+                            "mount {} from {from} into {name}: {}",
+                            blob.digest,
+                            r.describe()
+                        ),
+                    );
                     return false;
                 }
             }
@@ -768,16 +1027,15 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("upload {} to {name}: {e}", blob.digest));
+                self.fail_req(e.seen(), format!("upload {} to {name}: {e}", blob.digest));
                 return false;
             }
         };
         if r.status != 201 {
-            self.fail(format!(
-                "upload {} to {name}: {}",
-                blob.digest,
-                r.describe()
-            ));
+            self.fail_req(
+                r.seen(),
+                format!("upload {} to {name}: {}", blob.digest, r.describe()),
+            );
             return false;
         }
         inc(&self.sh.stats.blobs_uploaded);
@@ -811,11 +1069,14 @@ impl Client {
             inc(&self.sh.stats.sessions_purged);
             return true;
         }
-        self.fail(format!(
-            "{what}: {} (session idle at most {} ms)",
-            r.describe(),
-            idle.as_millis()
-        ));
+        self.fail_req(
+            r.seen(),
+            format!(
+                "{what}: {} (session idle at most {} ms)",
+                r.describe(),
+                idle.as_millis()
+            ),
+        );
         false
     }
 
@@ -833,7 +1094,7 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("{what}: {e}"));
+                self.fail_req(e.seen(), format!("{what}: {e}"));
                 return false;
             }
         };
@@ -858,12 +1119,12 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("{what}: {e}"));
+                self.fail_req(e.seen(), format!("{what}: {e}"));
                 return false;
             }
         };
         if r.status != 202 {
-            self.fail(format!("{what}: POST {}", r.describe()));
+            self.fail_req(r.seen(), format!("{what}: POST {}", r.describe()));
             return false;
         }
         let mut loc = self.abs(r.header("location"));
@@ -886,7 +1147,7 @@ impl Client {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail(format!("{what}: PATCH: {e}"));
+                    self.fail_req(e.seen(), format!("{what}: PATCH: {e}"));
                     return false;
                 }
             };
@@ -914,7 +1175,7 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("{what}: PUT: {e}"));
+                self.fail_req(e.seen(), format!("{what}: PUT: {e}"));
                 return false;
             }
         };
@@ -939,7 +1200,7 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                self.fail(format!("HEAD manifest {name}@{digest}: {e}"));
+                self.fail_req(e.seen(), format!("HEAD manifest {name}@{digest}: {e}"));
                 return None;
             }
         };
@@ -956,7 +1217,10 @@ impl Client {
                 Some(false)
             }
             _ => {
-                self.fail(format!("HEAD manifest {name}@{digest}: {}", r.describe()));
+                self.fail_req(
+                    r.seen(),
+                    format!("HEAD manifest {name}@{digest}: {}", r.describe()),
+                );
                 None
             }
         }
@@ -973,19 +1237,17 @@ impl Client {
             kind(m.media_type),
             m.flow.name()
         );
-        let r = match send(
-            self.http
-                .put(self.url(&format!("/v2/{name}/manifests/{reference}")))
-                .header("content-type", m.media_type)
-                .body(m.body.as_bytes().to_vec()),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(format!("{what}: {e}"));
-                return Put::Failed;
-            }
+        let url = self.url(&format!("/v2/{name}/manifests/{reference}"));
+        let Some((r, _)) = self
+            .send_until_answered(&what, || {
+                self.http
+                    .put(&url)
+                    .header("content-type", m.media_type)
+                    .body(m.body.as_bytes().to_vec())
+            })
+            .await
+        else {
+            return Put::Failed;
         };
         if r.status == 201 {
             let got = r.header("docker-content-digest");
@@ -1051,7 +1313,7 @@ impl Client {
             ));
             return Put::Failed;
         }
-        self.fail(format!("{what}: {}", r.describe()));
+        self.fail_req(r.seen(), format!("{what}: {}", r.describe()));
         Put::Failed
     }
 
@@ -1428,23 +1690,28 @@ impl Client {
         self.push_index(repo, vec![m]).await;
     }
 
+    /// `DELETE` of a manifest by tag or digest (`shown` names it); true on `202`, or on
+    /// a `404` to a `DELETE` sent again (the first one was done, its answer lost).
+    async fn delete_manifest(&mut self, repo: usize, reference: &str, shown: &str) -> bool {
+        let name = self.repo(repo);
+        let what = format!("DELETE {name}{shown}");
+        let url = self.url(&format!("/v2/{name}/manifests/{reference}"));
+        let Some((r, again)) = self
+            .send_until_answered(&what, || self.http.delete(&url))
+            .await
+        else {
+            return false;
+        };
+        if r.status != 202 && !(again && r.status == 404) {
+            self.fail(format!("{what}: {}", r.describe()));
+            return false;
+        }
+        true
+    }
+
     /// `DELETE` of a tag the model holds; true on `202`.
     async fn delete_tag(&mut self, repo: usize, tag: &str) -> bool {
-        let name = self.repo(repo);
-        let r = match send(
-            self.http
-                .delete(self.url(&format!("/v2/{name}/manifests/{tag}"))),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(format!("DELETE {name}:{tag}: {e}"));
-                return false;
-            }
-        };
-        if r.status != 202 {
-            self.fail(format!("DELETE {name}:{tag}: {}", r.describe()));
+        if !self.delete_manifest(repo, tag, &format!(":{tag}")).await {
             return false;
         }
         inc(&self.sh.stats.deletes_by_tag);
@@ -1489,21 +1756,10 @@ impl Client {
         }
         let (repo, digest) = deletable[self.rng.below(deletable.len() as u64) as usize].clone();
         self.deleted.insert((repo, digest.clone()));
-        let name = self.repo(repo);
-        let r = match send(
-            self.http
-                .delete(self.url(&format!("/v2/{name}/manifests/{digest}"))),
-        )
-        .await
+        if !self
+            .delete_manifest(repo, &digest, &format!("@{digest}"))
+            .await
         {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(format!("DELETE {name}@{digest}: {e}"));
-                return;
-            }
-        };
-        if r.status != 202 {
-            self.fail(format!("DELETE {name}@{digest}: {}", r.describe()));
             return;
         }
         inc(&self.sh.stats.deletes_by_digest);
@@ -1717,10 +1973,13 @@ impl Client {
         .await
         {
             Ok(r) => r,
-            Err(e) => return self.fail(format!("start a session in {name}: {e}")),
+            Err(e) => return self.fail_req(e.seen(), format!("start a session in {name}: {e}")),
         };
         if r.status != 202 {
-            return self.fail(format!("start a session in {name}: {}", r.describe()));
+            return self.fail_req(
+                r.seen(),
+                format!("start a session in {name}: {}", r.describe()),
+            );
         }
         inc(&self.sh.stats.abandoned_sessions);
         if self.rng.chance(60) {
@@ -1738,7 +1997,9 @@ impl Client {
             .await
             {
                 Ok(r) => r,
-                Err(e) => return self.fail(format!("PATCH a session in {name}: {e}")),
+                Err(e) => {
+                    return self.fail_req(e.seen(), format!("PATCH a session in {name}: {e}"));
+                }
             };
             if r2.status != 202 {
                 self.session_gone(&format!("PATCH a session in {name}"), &r2, r.sent);
@@ -1784,6 +2045,9 @@ impl Client {
             let base = self.base.clone();
             self.verify(&base, "periodic check").await;
         }
+        if std::mem::take(&mut self.cut) {
+            self.sh.until_healed().await;
+        }
     }
 
     // --- verification ----------------------------------------------------------------
@@ -1828,6 +2092,18 @@ impl Client {
         self.sh.failure_count() - before
     }
 
+    /// A blob `GET` answered `307` (a replica on S3 redirects to a presigned URL of the
+    /// object) followed, as clients do, without this client's credentials.
+    async fn follow(&self, r: Result<Resp, SendError>) -> Result<Resp, SendError> {
+        match r {
+            Ok(r) if r.status == 307 => {
+                let url = r.header("location").to_owned();
+                send(self.direct.get(url)).await
+            }
+            other => other,
+        }
+    }
+
     /// Stops expecting tags whose closure lost something (already reported), so one
     /// loss is reported once.
     fn drop_broken(&mut self, broken: BTreeSet<(usize, String)>) {
@@ -1868,10 +2144,12 @@ impl Client {
         )
         .await
         {
-            Err(e) => problems.push(format!("{trail}: GET by tag: {e}")),
-            Ok(r) if r.status != 200 => {
-                problems.push(format!("{trail}: GET by tag: {}", r.describe()))
-            }
+            Err(e) => self.problem(&mut problems, e.seen(), || {
+                format!("{trail}: GET by tag: {e}")
+            }),
+            Ok(r) if r.status != 200 => self.problem(&mut problems, r.seen(), || {
+                format!("{trail}: GET by tag: {}", r.describe())
+            }),
             Ok(r) => {
                 inc(&self.sh.stats.items_verified);
                 if r.body.as_ref() != top.body.as_bytes() {
@@ -1907,10 +2185,12 @@ impl Client {
             )
             .await
             {
-                Err(e) => problems.push(format!("{path}: GET by digest: {e}")),
-                Ok(r) if r.status != 200 => {
-                    problems.push(format!("{path}: GET by digest: {}", r.describe()))
-                }
+                Err(e) => self.problem(&mut problems, e.seen(), || {
+                    format!("{path}: GET by digest: {e}")
+                }),
+                Ok(r) if r.status != 200 => self.problem(&mut problems, r.seen(), || {
+                    format!("{path}: GET by digest: {}", r.describe())
+                }),
                 Ok(r) => {
                     inc(&self.sh.stats.items_verified);
                     if digest_of(&r.body) != m.digest {
@@ -1930,16 +2210,18 @@ impl Client {
                 } else {
                     "blob"
                 };
-                match send(
+                let r = send(
                     self.http
                         .get(format!("{base}/v2/{name}/blobs/{}", b.digest)),
                 )
-                .await
-                {
-                    Err(e) => problems.push(format!("{path} → {what} {}: {e}", b.digest)),
-                    Ok(r) if r.status != 200 => {
-                        problems.push(format!("{path} → {what} {}: {}", b.digest, r.describe()))
-                    }
+                .await;
+                match self.follow(r).await {
+                    Err(e) => self.problem(&mut problems, e.seen(), || {
+                        format!("{path} → {what} {}: {e}", b.digest)
+                    }),
+                    Ok(r) if r.status != 200 => self.problem(&mut problems, r.seen(), || {
+                        format!("{path} → {what} {}: {}", b.digest, r.describe())
+                    }),
                     Ok(r) => {
                         inc(&self.sh.stats.items_verified);
                         if digest_of(&r.body) != b.digest {
@@ -1969,10 +2251,12 @@ impl Client {
                 )
                 .await
                 {
-                    Err(e) => problems.push(format!("{path}: referrers listing: {e}")),
-                    Ok(r) if r.status != 200 => {
-                        problems.push(format!("{path}: referrers listing: {}", r.describe()))
-                    }
+                    Err(e) => self.problem(&mut problems, e.seen(), || {
+                        format!("{path}: referrers listing: {e}")
+                    }),
+                    Ok(r) if r.status != 200 => self.problem(&mut problems, r.seen(), || {
+                        format!("{path}: referrers listing: {}", r.describe())
+                    }),
                     Ok(r) => {
                         let v: serde_json::Value =
                             serde_json::from_slice(&r.body).unwrap_or_default();
@@ -2062,7 +2346,7 @@ fn start_removers(
         }));
     }
     let tasks: &[Task] = match sh.variant {
-        Variant::GcUntagged | Variant::GcTagged => &[],
+        Variant::GcUntagged | Variant::GcTagged | Variant::Replicas => &[],
         Variant::Retention => &[Task::Retention, Task::Uploads],
         Variant::Scrub => &[Task::Scrub],
     };
@@ -2140,6 +2424,52 @@ fn start_removers(
 // ---------------------------------------------------------------------------------------
 // A run
 
+fn shared(variant: Variant, settings: &Settings) -> Arc<Shared> {
+    Arc::new(Shared {
+        variant,
+        settings: settings.clone(),
+        stats: Stats::default(),
+        failures: Mutex::new(Vec::new()),
+        mountable: Mutex::new(VecDeque::new()),
+        started: Instant::now(),
+        faults: Mutex::new(Vec::new()),
+        faults_to_go: AtomicU64::new(if variant == Variant::Replicas {
+            settings.faults
+        } else {
+            0
+        }),
+        fault_open: tokio::sync::watch::Sender::new(false),
+    })
+}
+
+/// The clients, on `base`: each runs its operations, and on while the collectors have
+/// not run `SOAK_CYCLES` cycles or faults are still to come.
+fn spawn_clients(base: &str, sh: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<Client>> {
+    (0..sh.settings.clients)
+        .map(|id| {
+            let mut c = Client::new(id, base.to_owned(), sh.clone());
+            tokio::spawn(async move {
+                while (c.op < c.sh.settings.ops
+                    || get(&c.sh.stats.gc_cycles) < c.sh.settings.cycles
+                    || get(&c.sh.faults_to_go) > 0)
+                    && !c.sh.gave_up()
+                {
+                    c.one_op().await;
+                }
+                c
+            })
+        })
+        .collect()
+}
+
+async fn join_clients(clients: Vec<tokio::task::JoinHandle<Client>>) -> Vec<Client> {
+    let mut done = Vec::new();
+    for c in clients {
+        done.push(c.await.expect("a client panicked"));
+    }
+    done
+}
+
 fn configure(c: &mut registry::Config, variant: Variant, settings: &Settings) {
     c.gc.on_startup = false;
     c.gc.pending_ttl = settings.pending_ttl;
@@ -2156,7 +2486,7 @@ fn configure(c: &mut registry::Config, variant: Variant, settings: &Settings) {
 }
 
 async fn soak(variant: Variant) {
-    let settings = Settings::from_env();
+    let settings = Settings::from_env(variant);
     if variant == Variant::Retention && !settings.flow2 {
         eprintln!(
             "soak {}: left out until issue 15 is fixed (retention removes manifests tagged while it runs); SOAK_EXPECT_FIXED=1 runs it",
@@ -2165,45 +2495,19 @@ async fn soak(variant: Variant) {
         return;
     }
     eprintln!(
-        "soak {}: seed {} (SOAK_SEED={} reproduces the operation mix), {} clients x {} ops, {} cycles at least, pending_ttl {} ms, issue 15 flows in the mix: 1 {}, 2 {}, 3 {}",
+        "soak {}: {}, issue 15 flows in the mix: 1 {}, 2 {}, 3 {}",
         variant.name(),
-        settings.seed,
-        settings.seed,
-        settings.clients,
-        settings.ops,
-        settings.cycles,
-        settings.pending_ttl.as_millis(),
+        settings.describe(),
         settings.flow1,
         settings.flow2,
         settings.flow3,
     );
     let s = TestServer::start_with(|c| configure(c, variant, &settings)).await;
-    let sh = Arc::new(Shared {
-        variant,
-        settings: settings.clone(),
-        stats: Stats::default(),
-        failures: Mutex::new(Vec::new()),
-        mountable: Mutex::new(VecDeque::new()),
-        started: Instant::now(),
-    });
+    let sh = shared(variant, &settings);
     let stop = Arc::new(AtomicBool::new(false));
     let removers = start_removers(&s, &sh, &stop);
-    let clients: Vec<_> = (0..settings.clients)
-        .map(|id| {
-            let mut c = Client::new(id, s.base.clone(), sh.clone());
-            tokio::spawn(async move {
-                while c.op < c.sh.settings.ops || get(&c.sh.stats.gc_cycles) < c.sh.settings.cycles
-                {
-                    c.one_op().await;
-                }
-                c
-            })
-        })
-        .collect();
-    let mut done = Vec::new();
-    for c in clients {
-        done.push(c.await.expect("a client panicked"));
-    }
+    let clients = spawn_clients(&s.base, &sh);
+    let mut done = join_clients(clients).await;
     stop.store(true, Ordering::Relaxed);
     for r in removers {
         r.await.expect("a remover panicked");
@@ -2255,10 +2559,366 @@ async fn soak(variant: Variant) {
         live_tags += c.tags.len();
     }
 
+    report(&sh, run_secs, live_tags);
+}
+
+// ---------------------------------------------------------------------------------------
+// Replicas (issue 19)
+
+/// A fault of the replica run, chosen from the seed before the run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// kill -9 of this replica, while it runs a cycle, then a restart on its port.
+    Replica(usize),
+    /// kill -9 of PostgreSQL's postmaster while a cycle runs, then a restart on the same
+    /// data and port.
+    Postgres,
+}
+
+/// Replica and PostgreSQL kills alternating, the replica picked by the seed.
+fn fault_plan(settings: &Settings, replicas: usize) -> Vec<Fault> {
+    let mut rng = Rng::new(settings.seed ^ 0xFA17_FA17);
+    (0..settings.faults)
+        .map(|i| {
+            if i % 2 == 0 {
+                Fault::Replica(rng.below(replicas as u64) as usize)
+            } else {
+                Fault::Postgres
+            }
+        })
+        .collect()
+}
+
+/// A replica's configuration: the bucket root, the database, its own fixed port (a
+/// restart comes back where nginx expects it), collections at grace 0 with untagged
+/// removal, and htpasswd with the test policy: `root` is an admin (the admin API over
+/// TCP, the only way into a replica on S3), `alice` pushes and deletes.
+fn replica_yaml(
+    root: &str,
+    db: &registry::coordination::DatabaseConfig,
+    port: u16,
+    htpasswd: &std::path::Path,
+    settings: &Settings,
+) -> String {
+    let policy: String = auth::POLICY.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "{}gc:\n  on_startup: false\n  grace: 0s\n  remove_untagged: true\n  pending_ttl: {}ms\n\
+         auth:\n  htpasswd:\n    realm: drydock-soak\n    path: {}\naccess:\n{policy}",
+        s3::replica_yaml(root, db).replace("addr: 127.0.0.1:0", &format!("addr: 127.0.0.1:{port}")),
+        settings.pending_ttl.as_millis(),
+        htpasswd.display(),
+    )
+}
+
+/// The replicas, their configurations and addresses.
+struct Fleet {
+    configs: Vec<std::path::PathBuf>,
+    replicas: Vec<ServerProcess>,
+    bases: Vec<String>,
+}
+
+impl Fleet {
+    /// Starts replica `i` (it must listen on its port and have registered with the
+    /// database: a restart after PostgreSQL came back must not fail).
+    fn spawn(&self, i: usize) -> ServerProcess {
+        let p = tokio::task::block_in_place(|| ServerProcess::spawn(&self.configs[i]));
+        assert!(
+            p.log_text().contains("registered with the database"),
+            "replica {i} did not register with the database:\n{}",
+            p.log_text()
+        );
+        p
+    }
+
+    /// kill -9 of replica `i`, then it starts again on its port.
+    fn kill_and_restart(&mut self, i: usize, sh: &Shared) {
+        tokio::task::block_in_place(|| self.replicas[i].kill());
+        self.replicas[i] = self.spawn(i);
+        inc(&sh.stats.replica_restarts);
+    }
+
+    /// A clean restart of every replica, one after the other (SIGTERM, as systemd does).
+    fn restart_all(&mut self, sh: &Shared) {
+        for i in 0..self.replicas.len() {
+            tokio::task::block_in_place(|| self.replicas[i].terminate());
+            self.replicas[i] = self.spawn(i);
+            inc(&sh.stats.replica_restarts);
+        }
+    }
+}
+
+/// `POST /admin/gc?wait=true` at grace 0 with untagged removal on the replica at
+/// `base`: the report, or what was seen and the error.
+async fn admin_cycle(
+    admin: &reqwest::Client,
+    base: &str,
+) -> Result<serde_json::Value, (Seen, String)> {
+    let r = send(admin.post(format!(
+        "{base}/admin/gc?wait=true&grace=0s&remove_untagged=true"
+    )))
+    .await
+    .map_err(|e| (e.seen(), e.to_string()))?;
+    if r.status != 200 {
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        return Err((r.seen(), format!("{}: {body}", r.status)));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| (r.seen(), format!("the report: {e}")))
+}
+
+/// Whether the replica at `base` is running a cycle now (`GET /admin/gc`).
+async fn running(admin: &reqwest::Client, base: &str) -> bool {
+    match send(admin.get(format!("{base}/admin/gc"))).await {
+        Ok(r) if r.status == 200 => serde_json::from_slice::<serde_json::Value>(&r.body)
+            .is_ok_and(|v| v["running"] == serde_json::Value::Bool(true)),
+        _ => false,
+    }
+}
+
+/// Waits (a bounded number of looks) until one of `bases` runs a cycle; whether one did.
+async fn until_running(admin: &reqwest::Client, bases: &[String]) -> bool {
+    for _ in 0..500 {
+        for b in bases {
+            if running(admin, b).await {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The collector of the replica run: cycles back to back, each asked of the next
+/// replica in turn through its admin API. A cycle a fault cut is counted; any other
+/// error is a failure. Every cycle done is published on `done`.
+fn start_replica_remover(
+    bases: Vec<String>,
+    admin: reqwest::Client,
+    sh: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    done: tokio::sync::watch::Sender<u64>,
+) -> tokio::task::JoinHandle<()> {
+    let sh = sh.clone();
+    let next = Arc::new(AtomicU64::new(0));
+    back_to_back(stop.clone(), move || {
+        let (bases, admin, sh, next, done) = (
+            bases.clone(),
+            admin.clone(),
+            sh.clone(),
+            next.clone(),
+            done.clone(),
+        );
+        async move {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize % bases.len();
+            match admin_cycle(&admin, &bases[i]).await {
+                Ok(r) => {
+                    inc(&sh.stats.gc_cycles);
+                    let removed = ["blobs_removed", "manifests_removed", "layer_links_removed"]
+                        .iter()
+                        .map(|k| r[*k].as_u64().unwrap_or(0))
+                        .sum::<u64>();
+                    sh.stats.gc_removed.fetch_add(removed, Ordering::Relaxed);
+                    done.send_replace(get(&sh.stats.gc_cycles));
+                }
+                Err((seen, e)) => {
+                    // A refused connection or a 5xx while a fault lasted.
+                    if sh.excuse(&seen) {
+                        inc(&sh.stats.cycles_cut);
+                        sh.until_healed().await;
+                    } else {
+                        sh.fail(None, format!("a cycle on replica {i} failed: {e}"));
+                        done.send_replace(get(&sh.stats.gc_cycles));
+                        // Not back to back on an error that repeats.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Waits until nginx at `base` routes again after a fault: a replica that refused a
+/// connection is out of its rotation for `fail_timeout` (10 s), and when every replica
+/// was (the restarts after PostgreSQL's), nginx answers `502` until one is back in.
+async fn until_routed(base: &str) {
+    let c = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = c.get(format!("{base}/v2/")).send().await
+            && r.status() != 502
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nginx at {base} still answers 502 after 30 s");
+}
+
+/// Injects the planned faults, one every `fault_every` cycles, while clients and the
+/// collector run; hands the fleet back at the end.
+async fn inject_faults(
+    base: String,
+    mut fleet: Fleet,
+    cluster: conformance::pg::Cluster,
+    plan: Vec<Fault>,
+    admin: reqwest::Client,
+    sh: Arc<Shared>,
+    mut cycles: tokio::sync::watch::Receiver<u64>,
+) -> (Fleet, conformance::pg::Cluster) {
+    let every = sh.settings.fault_every;
+    for (n, fault) in plan.into_iter().enumerate() {
+        let at = (n as u64 + 1) * every;
+        if cycles.wait_for(|c| *c >= at || sh.gave_up()).await.is_err() || sh.gave_up() {
+            break;
+        }
+        let st = &sh.stats;
+        let (mid, counters, what) = match fault {
+            Fault::Replica(v) => {
+                // Ask the victim for a cycle (it waits for the lease) and kill it once
+                // it runs one.
+                let _ = send(admin.post(format!("{}/admin/gc", fleet.bases[v]))).await;
+                let mid = until_running(&admin, &fleet.bases[v..=v]).await;
+                sh.fault_begins();
+                fleet.kill_and_restart(v, &sh);
+                let what = format!("replica {v} killed and restarted");
+                (mid, (&st.replica_kills, &st.replica_kills_mid_cycle), what)
+            }
+            Fault::Postgres => {
+                let mid = until_running(&admin, &fleet.bases).await;
+                sh.fault_begins();
+                tokio::task::block_in_place(|| {
+                    cluster.kill();
+                    cluster.restart();
+                });
+                let mut what = "PostgreSQL killed and restarted".to_owned();
+                if sh.settings.restart_replicas_after_pg {
+                    fleet.restart_all(&sh);
+                    what.push_str(", then every replica");
+                }
+                (mid, (&st.pg_kills, &st.pg_kills_mid_cycle), what)
+            }
+        };
+        until_routed(&base).await;
+        sh.fault_ends();
+        inc(counters.0);
+        if mid {
+            inc(counters.1);
+        }
+        eprintln!("soak replicas: fault {n}: {what} (mid-cycle: {mid})");
+        sh.faults_to_go.fetch_sub(1, Ordering::Relaxed);
+    }
+    (fleet, cluster)
+}
+
+/// The replica soak (issue 19): three real-binary replicas on one RGW bucket root and a
+/// PostgreSQL cluster of the test's own, behind nginx with docs/storage.md's example;
+/// the model's clients push through nginx only, one collector asks each replica in turn
+/// for a cycle at grace 0 with untagged removal, and a replica or PostgreSQL is killed
+/// (kill -9) and restarted every `SOAK_FAULT_EVERY` cycles (`SOAK_FAULTS` times, the
+/// replica chosen by the seed). An answer a fault cut acknowledges nothing (a tag's
+/// write is sent again); any other refusal or loss is a failure. At the end: one more
+/// cycle, every closure pulled through nginx, every replica restarted, a cycle, every
+/// closure pulled again.
+async fn soak_replicas() {
+    clients::require("nginx");
+    let settings = Settings::from_env(Variant::Replicas);
+    let plan = fault_plan(&settings, 3);
+    eprintln!(
+        "soak replicas: {} and the faults, faults every {} cycles: {plan:?}, replicas restarted after PostgreSQL: {}",
+        settings.describe(),
+        settings.fault_every,
+        settings.restart_replicas_after_pg,
+    );
+    let cluster = tokio::task::block_in_place(conformance::pg::Cluster::start);
+    let db = cluster
+        .fresh_db(&format!("soak_{}", std::process::id()))
+        .await;
+    let root = s3::fresh_root("soak-replicas");
+    let dir = clients::tempdir();
+    let htpasswd = dir.path().join("htpasswd");
+    auth::write_htpasswd(&htpasswd, &[auth::ADMIN, auth::ALICE]);
+    let ports: Vec<u16> = (0..3).map(|_| clients::free_port()).collect();
+    let configs: Vec<std::path::PathBuf> = ports
+        .iter()
+        .map(|&port| {
+            let path = dir.path().join(format!("replica-{port}.yml"));
+            std::fs::write(&path, replica_yaml(&root, &db, port, &htpasswd, &settings))
+                .expect("write a replica's configuration");
+            path
+        })
+        .collect();
+    let mut fleet = Fleet {
+        configs,
+        replicas: Vec::new(),
+        bases: ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect(),
+    };
+    for i in 0..3 {
+        let p = fleet.spawn(i);
+        fleet.replicas.push(p);
+    }
+    let lb_port = clients::free_port();
+    let addrs: Vec<std::net::SocketAddr> = fleet.replicas.iter().map(|r| r.addr).collect();
+    let mut lb = clients::balancer(dir.path(), lb_port, &addrs);
+    let base = format!("http://127.0.0.1:{lb_port}");
+    clients::wait_answers(&reqwest::Client::new(), &format!("{base}/v2/"), &lb).await;
+    let admin = client_with(Some(auth::basic(auth::ADMIN)));
+
+    let sh = shared(Variant::Replicas, &settings);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cycles_tx, cycles_rx) = tokio::sync::watch::channel(0);
+    let remover = start_replica_remover(fleet.bases.clone(), admin.clone(), &sh, &stop, cycles_tx);
+    let faults = tokio::spawn(inject_faults(
+        base.clone(),
+        fleet,
+        cluster,
+        plan,
+        admin.clone(),
+        sh.clone(),
+        cycles_rx,
+    ));
+    let clients = spawn_clients(&base, &sh);
+    let mut done = join_clients(clients).await;
+    let (mut fleet, cluster) = faults.await.expect("the fault injector panicked");
+    stop.store(true, Ordering::Relaxed);
+    remover.await.expect("the collector panicked");
+    let run_secs = sh.started.elapsed().as_secs_f64();
+
+    // Settled: one more cycle, then every closure through nginx.
+    if let Err((_, e)) = admin_cycle(&admin, &fleet.bases[0]).await {
+        sh.fail(None, format!("the final cycle failed: {e}"));
+    }
+    for c in &mut done {
+        c.verify(&base, "final check").await;
+    }
+    // Every replica restarted (nothing in memory, every replica registered anew), a
+    // cycle on another one, every closure again.
+    fleet.restart_all(&sh);
+    until_routed(&base).await;
+    if let Err((_, e)) = admin_cycle(&admin, &fleet.bases[1]).await {
+        sh.fail(None, format!("the cycle after the restarts failed: {e}"));
+    }
+    let mut live_tags = 0;
+    for c in &mut done {
+        c.verify(&base, "after every replica restarted and a cycle")
+            .await;
+        live_tags += c.tags.len();
+    }
+    lb.stop();
+    drop(fleet);
+    drop(cluster);
+    s3::remove_root(&root).await;
+    report(&sh, run_secs, live_tags);
+}
+
+/// Prints the figures (`SOAK-FIGURES`) and each class of failure (`SOAK-CAUGHT`), then
+/// fails the test on any failure or when the run was too small to mean anything.
+fn report(sh: &Shared, run_secs: f64, live_tags: usize) {
+    let (variant, settings) = (sh.variant, &sh.settings);
     let st = &sh.stats;
     let failures = sh.failure_count();
     let figures = format!(
-        "variant={} seed={} clients={} secs={:.1} gc_cycles={} removed={} retention_runs={} retention_removed={} purge_runs={} sessions_purged_by_task={} scrub_runs={} scrub_runs_failed={} ops={} manifests={} images={} by_digest={} tag_moves={} blobs_uploaded={} chunked={} skipped_by_head={} mounts={} mount_fallbacks={} indexes={} indexes_over_untagged={} delete_then_index={} referrers={} referrers_on_untagged={} retags={} deletes_by_tag={} deletes_by_digest={} abandoned_sessions={} sessions_purged={} artifacts_accepted={} artifacts_refused={} untagged_gone={} refusals_after_expiry={} verify_passes={} items_verified={} live_tags_at_end={} failures={}",
+        "variant={} seed={} clients={} secs={:.1} gc_cycles={} removed={} retention_runs={} retention_removed={} purge_runs={} sessions_purged_by_task={} scrub_runs={} scrub_runs_failed={} ops={} manifests={} images={} by_digest={} tag_moves={} blobs_uploaded={} chunked={} skipped_by_head={} mounts={} mount_fallbacks={} indexes={} indexes_over_untagged={} delete_then_index={} referrers={} referrers_on_untagged={} retags={} deletes_by_tag={} deletes_by_digest={} abandoned_sessions={} sessions_purged={} artifacts_accepted={} artifacts_refused={} untagged_gone={} refusals_after_expiry={} verify_passes={} items_verified={} live_tags_at_end={} replica_kills={} replica_kills_mid_cycle={} pg_kills={} pg_kills_mid_cycle={} replica_restarts={} cut_transport={} cut_502={} cut_503={} cut_500={} cut_5xx_other={} checks_cut={} cycles_cut={} failures={}",
         variant.name(),
         settings.seed,
         settings.clients,
@@ -2298,6 +2958,18 @@ async fn soak(variant: Variant) {
         get(&st.verify_passes),
         get(&st.items_verified),
         live_tags,
+        get(&st.replica_kills),
+        get(&st.replica_kills_mid_cycle),
+        get(&st.pg_kills),
+        get(&st.pg_kills_mid_cycle),
+        get(&st.replica_restarts),
+        get(&st.cut_transport),
+        get(&st.cut_502),
+        get(&st.cut_503),
+        get(&st.cut_500),
+        get(&st.cut_5xx_other),
+        get(&st.checks_cut),
+        get(&st.cycles_cut),
         failures,
     );
     eprintln!("SOAK-FIGURES {figures}");
@@ -2356,4 +3028,9 @@ async fn soak_retention_and_upload_purge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_scrub() {
     soak(Variant::Scrub).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_replicas_with_kills() {
+    soak_replicas().await;
 }

@@ -428,6 +428,35 @@ pub fn nginx(dir: &Path, site: &str) -> Daemon {
     )
 }
 
+/// nginx in front of the replicas at `replicas` with docs/storage.md's example, listening on `port`.
+pub fn balancer(dir: &Path, port: u16, replicas: &[SocketAddr]) -> Daemon {
+    let doc = include_str!("../../../docs/storage.md");
+    let example = doc
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an nginx example in docs/storage.md");
+    let servers: Vec<&str> = example
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server 10.0.0."))
+        .collect();
+    assert_eq!(
+        servers.len(),
+        replicas.len(),
+        "the example's upstream servers"
+    );
+    let mut site = example.to_owned();
+    for (line, r) in servers.iter().zip(replicas) {
+        site = site.replacen(line, &format!("    server {r};"), 1);
+    }
+    assert!(
+        site.contains("listen 80;"),
+        "the example no longer listens on 80"
+    );
+    site = site.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    nginx(dir, &site)
+}
+
 /// Polls `url` through `c` until it answers at all (bounded): nginx says nothing when
 /// it listens.
 pub async fn wait_answers(c: &reqwest::Client, url: &str, daemon: &Daemon) {
