@@ -137,6 +137,8 @@ struct Inner {
     /// This replica's registration; replaced when its connection ended and the replica
     /// registered again ([`Postgres::connect`]).
     presence: std::sync::RwLock<Presence>,
+    /// One registration at a time.
+    registering: tokio::sync::Mutex<()>,
     next_pin: AtomicI64,
     pending_ttl: Duration,
     hooks: Hooks,
@@ -151,7 +153,7 @@ pub struct Postgres(Arc<Inner>);
 struct Presence {
     replica: i32,
     pid: i32,
-    _client: Client,
+    client: Client,
 }
 
 /// Registers a replica: a row in `drydock_replicas` and its advisory lock, in one
@@ -189,40 +191,27 @@ async fn register(
         Presence {
             replica,
             pid,
-            _client: client,
+            client,
         },
         task,
     ))
 }
 
-/// How long a replica waits before it tries again to register after its presence
-/// connection ended (the database restarting, a network cut).
+/// How often a replica looks at its presence connection, and waits before it tries
+/// again to register after it ended (the database restarting, a network cut).
 const REGISTER_RETRY: Duration = Duration::from_secs(1);
 
-/// Registers the replica again each time its presence connection ends, for as long as
-/// the replica lives. Once its lock is gone, other replicas take it for dead and drop
-/// its pins, so writes pinned under the old registration fail their fencing check (the
-/// client retries); writes pinned after this registers again are protected anew.
-async fn keep_registered(inner: std::sync::Weak<Inner>, mut ended: JoinHandle<()>) {
+/// Registers the replica again whenever its presence connection has ended, for as long
+/// as the replica lives (a write or a removal session that finds it ended first
+/// registers at once: [`Postgres::live_replica`]).
+async fn keep_registered(inner: std::sync::Weak<Inner>) {
     loop {
-        let _ = (&mut ended).await;
-        loop {
-            let Some(strong) = inner.upgrade() else {
-                return; // the replica is gone: its connection ended with it
-            };
-            tracing::warn!("the replica's database connection ended; registering again");
-            match register(&strong.pg, &strong.tls, None).await {
-                Ok((presence, task)) => {
-                    *strong.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
-                    ended = task;
-                    break;
-                }
-                Err(e) => {
-                    drop(strong);
-                    tracing::warn!(error = %e, "could not register with the database; trying again");
-                    tokio::time::sleep(REGISTER_RETRY).await;
-                }
-            }
+        tokio::time::sleep(REGISTER_RETRY).await;
+        let Some(strong) = inner.upgrade() else {
+            return; // the replica is gone: its connection ended with it
+        };
+        if let Err(e) = Postgres(strong).live_replica().await {
+            tracing::warn!(error = %e, "could not register with the database; trying again");
         }
     }
 }
@@ -306,7 +295,7 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(db_err)?;
-        let (presence, task) = register(&pg, &tls, Some(&config.dbname)).await?;
+        let (presence, _task) = register(&pg, &tls, Some(&config.dbname)).await?;
         let inner = Arc::new(Inner {
             pool,
             pg,
@@ -315,13 +304,34 @@ impl Postgres {
             next_pin: AtomicI64::new(1),
             pending_ttl,
             hooks: Hooks::default(),
+            registering: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(keep_registered(Arc::downgrade(&inner), task));
+        tokio::spawn(keep_registered(Arc::downgrade(&inner)));
         Ok(Postgres(inner))
     }
 
     fn presence(&self) -> std::sync::RwLockReadGuard<'_, Presence> {
         self.0.presence.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This replica's registration, made again first when its presence connection has
+    /// ended (its lock with it: other replicas may have taken it for dead and dropped
+    /// its pins). Pins recorded under the old one fail their fencing check; new ones
+    /// are protected anew. Fails while the database does not answer.
+    async fn live_replica(&self) -> Result<i32> {
+        let current = |p: &Presence| (!p.client.is_closed()).then_some(p.replica);
+        if let Some(id) = current(&self.presence()) {
+            return Ok(id);
+        }
+        let _one = self.0.registering.lock().await;
+        if let Some(id) = current(&self.presence()) {
+            return Ok(id);
+        }
+        tracing::warn!("the replica's database connection ended; registering again");
+        let (presence, _task) = register(&self.0.pg, &self.0.tls, None).await?;
+        let id = presence.replica;
+        *self.0.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
+        Ok(id)
     }
 
     /// This replica's id in `drydock_replicas`.
@@ -502,7 +512,7 @@ fn ttl_secs(d: Duration) -> f64 {
 impl Liveness for Postgres {
     async fn pin(&self, digests: Vec<Digest>) -> Result<PinGuard> {
         let pin = self.0.next_pin.fetch_add(1, Ordering::Relaxed);
-        let replica = self.replica();
+        let replica = self.live_replica().await?;
         self.record_pins(replica, pin, &digests).await?;
         Ok(PinGuard::new(Box::new(PgPins {
             replica,
@@ -530,6 +540,7 @@ impl Liveness for Postgres {
     }
 
     async fn begin_removal(&self) -> Result<Removal> {
+        let replica = self.live_replica().await?;
         let (mut client, task) = dedicated(&self.0.pg, &self.0.tls, REMOVAL).await?;
         let tx = client.transaction().await.map_err(db_err)?;
         // Exclusive: no pin is half recorded while the session opens.
@@ -562,7 +573,7 @@ impl Liveness for Postgres {
         let id: i64 = tx
             .query_one(
                 "INSERT INTO drydock_removals (replica) VALUES ($1) RETURNING id",
-                &[&self.replica()],
+                &[&replica],
             )
             .await
             .map_err(db_err)?
