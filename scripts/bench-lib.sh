@@ -119,3 +119,38 @@ for mode in modes:
         print(text)
 PY
 }
+
+# gen_store DIR JSON: a store in Distribution's layout from `drydock-bench gen-store`
+# (REPOS 100, MANIFESTS 10000, LAYERS 9, UNTAGGED 0.3, ORPHANS 5000 from the
+# environment), its report in JSON; needs $WORK/drydock-bench.
+gen_store() {
+  "$WORK/drydock-bench" gen-store --repos "${REPOS:-100}" --manifests "${MANIFESTS:-10000}" \
+    --layers-per-manifest "${LAYERS:-9}" --untagged-fraction "${UNTAGGED:-0.3}" \
+    --orphans "${ORPHANS:-5000}" --json "$1" >"$2"
+}
+
+# json_field FILE KEY: one top-level field of a JSON file.
+json_field() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# bench_s3_storage ROOTDIR: a `storage` section on the bucket root ROOTDIR of the S3
+# server named by DRYDOCK_TEST_S3_* (scripts/rgw.sh env), deletes on; drydock and
+# Distribution both read it.
+bench_s3_storage() {
+  cat <<YAML
+storage:
+  s3:
+    region: $DRYDOCK_TEST_S3_REGION
+    regionendpoint: $DRYDOCK_TEST_S3_ENDPOINT
+    bucket: $DRYDOCK_TEST_S3_BUCKET
+    rootdirectory: $1
+    accesskey: $DRYDOCK_TEST_S3_ACCESS_KEY
+    secretkey: $DRYDOCK_TEST_S3_SECRET_KEY
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+  delete:
+    enabled: true
+YAML
+}
