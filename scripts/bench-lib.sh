@@ -149,8 +149,32 @@ storage:
     secretkey: $DRYDOCK_TEST_S3_SECRET_KEY
     forcepathstyle: true
     secure: false
-    v4auth: true
   delete:
     enabled: true
 YAML
 }
+
+# bench_s3_setup NAME: after bench_setup NAME, the S3 side of a benchmark: $WORK/s3_tree
+# (release build of the example), the RGW named by DRYDOCK_TEST_S3_* or one started now
+# (RGW_DIR, stopped by bench_s3_cleanup), $WORK/htpasswd with the admin `bench` whose
+# password is $PASS, and $RES.
+bench_s3_setup() {
+  log "building the S3 tool (cargo build --release -p registry --example s3_tree)"
+  cargo build --release -p registry --example s3_tree >&2
+  cp "${CARGO_TARGET_DIR:-$PWD/target}/release/examples/s3_tree" "$WORK/"
+  RGW_DIR=""
+  if [ -z "${DRYDOCK_TEST_S3_ENDPOINT:-}" ]; then
+    RGW_DIR=$(bash scripts/rgw.sh start)
+    eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
+  fi
+  RES="$WORK/results"
+  mkdir -p "$RES"
+  PASS=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+  htpasswd -Bbn bench "$PASS" >"$WORK/htpasswd" 2>/dev/null
+}
+
+bench_s3_cleanup() {
+  if [ -n "${RGW_DIR:-}" ]; then bash scripts/rgw.sh stop "$RGW_DIR"; fi
+}
+
+s3() { "$WORK/s3_tree" "$@"; }

@@ -34,9 +34,7 @@ for cmd in cargo python3 curl htpasswd nginx psql; do
 done
 
 bench_setup replicas
-cargo build --release -p registry --example s3_tree >&2
-cp "${CARGO_TARGET_DIR:-$PWD/target}/release/examples/s3_tree" "$WORK/"
-RGW_DIR="" PG_DIR="" PIDS=()
+PG_DIR="" PIDS=()
 stop_all() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -46,25 +44,17 @@ stop_all() {
 cleanup() {
   stop_all
   bench_cleanup
-  if [ -n "$RGW_DIR" ]; then bash scripts/rgw.sh stop "$RGW_DIR"; fi
+  bench_s3_cleanup
   if [ -n "$PG_DIR" ]; then bash scripts/pg.sh stop "$PG_DIR"; fi
 }
 trap cleanup EXIT
-if [ -z "${DRYDOCK_TEST_S3_ENDPOINT:-}" ]; then
-  RGW_DIR=$(bash scripts/rgw.sh start)
-  eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
-fi
+bench_s3_setup
 if [ -z "${DRYDOCK_TEST_PG_HOST:-}" ]; then
   PG_DIR=$(bash scripts/pg.sh start)
   eval "$(bash scripts/pg.sh env "$PG_DIR")"
 fi
-RES="$WORK/results"
-mkdir -p "$RES"
 PREFIX="bench-replicas-$$"
-PASS=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
-htpasswd -Bbn bench "$PASS" >"$WORK/htpasswd" 2>/dev/null
 export DRYDOCK_BENCH_AUTHORIZATION="Basic $(printf 'bench:%s' "$PASS" | base64 -w0)"
-s3() { "$WORK/s3_tree" "$@"; }
 psql_admin() {
   psql -q -h "$DRYDOCK_TEST_PG_HOST" -p "$DRYDOCK_TEST_PG_PORT" -U "$DRYDOCK_TEST_PG_USER" \
     -d postgres -c "$1" >/dev/null
@@ -167,7 +157,6 @@ for n in $REPLICAS; do
     --repo "bench/r$n-CLIENT" --repeat 1
   "$WORK/drydock-bench" manifest --url "$LB" -c "$CONNS" -d "$DURATION" --json >"$RES/manifest.$n.json"
   stop_all
-  s3 delete "$PREFIX/r$n" >/dev/null
 done
 
 # The GC cycle, quiet and under load, on fresh copies of one generated store.
@@ -200,10 +189,9 @@ gc_cycle() {
     [ "$failed" = 0 ] || { tail -5 "$RES/$name".load.*.out >&2; die "$name: a load client failed"; }
   fi
   stop_all
-  s3 delete "$root" >/dev/null
 }
-gc_cycle gc-quiet no
-gc_cycle gc-loaded yes
+gc_cycle gc_quiet no
+gc_cycle gc_loaded yes
 cut -d' ' -f1-3 /proc/loadavg >"$RES/load_end"
 
 python3 - "$RES" "$REPLICAS" "$CLIENTS" "$SIZE_MIB" "$CONNS" "$DURATION" "$GC_REPLICAS" "$(git rev-parse --short HEAD)" <<'EOF' | tee ${OUT:+"$OUT"}
@@ -235,10 +223,10 @@ print()
 print("| load | wall s | mark s | sweep s | blobs removed (expected) | pushes+pulls during it |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 bad = False
-for name, label in (("gc-quiet", "none"), ("gc-loaded", f"{clients} clients pushing and pulling")):
+for name, label in (("gc_quiet", "none"), ("gc_loaded", f"{clients} clients pushing and pulling")):
     rep = json.loads(text(f"{name}.json"))
     ops = "-"
-    if name == "gc-loaded":
+    if name == "gc_loaded":
         ops = sum(open(f).read().count('"rows"') for f in glob.glob(os.path.join(res, f"{name}.load.*.out")))
     if rep["blobs_removed"] != gen["expected_removed_blobs_plain"]:
         bad = True
