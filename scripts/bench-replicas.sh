@@ -12,7 +12,8 @@
 # start-up), nginx in front; then through nginx CLIENTS (4) concurrent
 # `drydock-bench push-blob` of distinct SIZE_MIB (64) files, then the same pulls
 # (`pull-blob`, verified), each timed as a whole (aggregate MiB/s = bytes / wall), and
-# `drydock-bench manifest` (CONNS connections, DURATION). Then GC_REPLICAS (2) replicas
+# `drydock-bench manifest` (CONNS connections, DURATION). Blob GETs are served by the
+# replicas (`storage.redirect.disable`), not redirected to the bucket. Then GC_REPLICAS (2) replicas
 # on a root holding a `drydock-bench gen-store` store (REPOS, MANIFESTS, ... as
 # scripts/bench-gc.sh; put with s3_tree): `POST /admin/gc?wait=true&grace=0s` to the
 # first replica, once quiet, and once (on a fresh copy) while CLIENTS push/pull loops
@@ -80,7 +81,9 @@ start_replicas() {
   psql_admin "CREATE DATABASE $db"
   for i in $(seq 1 "$n"); do
     host="127.0.0.1:$(free_port)"
+    # Blobs served through the replicas, not by a redirect to the bucket.
     { bench_s3_storage "/$root"
+      echo "  redirect: {disable: true}"
       echo "log: {level: warn, accesslog: {disabled: true}}"
       echo "http: {addr: '$host'}"
       echo "auth: {htpasswd: {path: $WORK/htpasswd}}"
