@@ -48,8 +48,7 @@ done
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-log() { echo "== $*" >&2; }
-die() { echo "FATAL: $*" >&2; exit 1; }
+. scripts/bench-lib.sh
 
 for cmd in cargo python3 cp find; do
   command -v "$cmd" >/dev/null || die "$cmd is needed"
@@ -97,9 +96,7 @@ discards() { if [ -n "$DEV_STAT" ]; then awk '{print $12}' "$DEV_STAT"; else ech
 log "load average at start: $(cat "$RES/load_start")"
 
 log "generating the store"
-"$WORK/drydock-bench" gen-store --repos "$REPOS" --manifests "$MANIFESTS" \
-  --layers-per-manifest "$LAYERS" --untagged-fraction "$UNTAGGED" --orphans "$ORPHANS" \
-  --json "$WORK/store" >"$RES/gen.json"
+gen_store "$WORK/store" "$RES/gen.json"
 cat "$RES/gen.json" >&2
 sync
 
@@ -127,7 +124,7 @@ cfg=$(config "$WORK/store")
 env -u RUST_LOG "$DOCKER_REGISTRY" garbage-collect --dry-run "$cfg" >"$RES/dry-run.out" 2>&1 ||
   { tail -20 "$RES/dry-run.out" >&2; die "docker-registry garbage-collect --dry-run failed on the generated store"; }
 grep -c 'blob eligible for deletion' "$RES/dry-run.out" >"$RES/dry-run.eligible" || true
-expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["expected_removed_blobs_plain"])' "$RES/gen.json")
+expected=$(json_field "$RES/gen.json" expected_removed_blobs_plain)
 [ "$(cat "$RES/dry-run.eligible")" = "$expected" ] ||
   die "docker-registry --dry-run plans to remove $(cat "$RES/dry-run.eligible") blobs; the generator expects $expected"
 BLOBS_BEFORE=$(count_blobs "$WORK/store")

@@ -119,3 +119,62 @@ for mode in modes:
         print(text)
 PY
 }
+
+# gen_store DIR JSON: a store in Distribution's layout from `drydock-bench gen-store`
+# (REPOS 100, MANIFESTS 10000, LAYERS 9, UNTAGGED 0.3, ORPHANS 5000 from the
+# environment), its report in JSON; needs $WORK/drydock-bench.
+gen_store() {
+  "$WORK/drydock-bench" gen-store --repos "${REPOS:-100}" --manifests "${MANIFESTS:-10000}" \
+    --layers-per-manifest "${LAYERS:-9}" --untagged-fraction "${UNTAGGED:-0.3}" \
+    --orphans "${ORPHANS:-5000}" --json "$1" >"$2"
+}
+
+# json_field FILE KEY: one top-level field of a JSON file.
+json_field() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# bench_s3_storage ROOTDIR: a `storage` section on the bucket root ROOTDIR of the S3
+# server named by DRYDOCK_TEST_S3_* (scripts/rgw.sh env), deletes on; drydock and
+# Distribution both read it.
+bench_s3_storage() {
+  cat <<YAML
+storage:
+  s3:
+    region: $DRYDOCK_TEST_S3_REGION
+    regionendpoint: $DRYDOCK_TEST_S3_ENDPOINT
+    bucket: $DRYDOCK_TEST_S3_BUCKET
+    rootdirectory: $1
+    accesskey: $DRYDOCK_TEST_S3_ACCESS_KEY
+    secretkey: $DRYDOCK_TEST_S3_SECRET_KEY
+    forcepathstyle: true
+    secure: false
+  delete:
+    enabled: true
+YAML
+}
+
+# bench_s3_setup NAME: after bench_setup NAME, the S3 side of a benchmark: $WORK/s3_tree
+# (release build of the example), the RGW named by DRYDOCK_TEST_S3_* or one started now
+# (RGW_DIR, stopped by bench_s3_cleanup), $WORK/htpasswd with the admin `bench` whose
+# password is $PASS, and $RES.
+bench_s3_setup() {
+  log "building the S3 tool (cargo build --release -p registry --example s3_tree)"
+  cargo build --release -p registry --example s3_tree >&2
+  cp "${CARGO_TARGET_DIR:-$PWD/target}/release/examples/s3_tree" "$WORK/"
+  RGW_DIR=""
+  if [ -z "${DRYDOCK_TEST_S3_ENDPOINT:-}" ]; then
+    RGW_DIR=$(bash scripts/rgw.sh start)
+    eval "$(bash scripts/rgw.sh env "$RGW_DIR")"
+  fi
+  RES="$WORK/results"
+  mkdir -p "$RES"
+  PASS=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+  htpasswd -Bbn bench "$PASS" >"$WORK/htpasswd" 2>/dev/null
+}
+
+bench_s3_cleanup() {
+  if [ -n "${RGW_DIR:-}" ]; then bash scripts/rgw.sh stop "$RGW_DIR"; fi
+}
+
+s3() { "$WORK/s3_tree" "$@"; }
