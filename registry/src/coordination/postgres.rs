@@ -158,13 +158,13 @@ struct Presence {
 
 /// Registers a replica: a row in `drydock_replicas` and its advisory lock, in one
 /// transaction on a connection of its own (no other replica ever sees the row without
-/// its lock held). Returns it with the task that ends when the connection does.
+/// its lock held). Whether its connection has ended shows on `Presence::client`.
 async fn register(
     pg: &tokio_postgres::Config,
     tls: &MakeRustlsConnect,
     dbname: Option<&str>,
-) -> Result<(Presence, JoinHandle<()>)> {
-    let (mut client, task) = dedicated(pg, tls, PRESENCE).await?;
+) -> Result<Presence> {
+    let (mut client, _task) = dedicated(pg, tls, PRESENCE).await?;
     if let Some(dbname) = dbname {
         migrate(&mut client, dbname).await?;
     }
@@ -187,14 +187,11 @@ async fn register(
         .map_err(db_err)?
         .get(0);
     tracing::info!(replica, "registered with the database");
-    Ok((
-        Presence {
-            replica,
-            pid,
-            client,
-        },
-        task,
-    ))
+    Ok(Presence {
+        replica,
+        pid,
+        client,
+    })
 }
 
 /// How often a replica looks at its presence connection, and waits before it tries
@@ -295,7 +292,7 @@ impl Postgres {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(db_err)?;
-        let (presence, _task) = register(&pg, &tls, Some(&config.dbname)).await?;
+        let presence = register(&pg, &tls, Some(&config.dbname)).await?;
         let inner = Arc::new(Inner {
             pool,
             pg,
@@ -328,7 +325,7 @@ impl Postgres {
             return Ok(id);
         }
         tracing::warn!("the replica's database connection ended; registering again");
-        let (presence, _task) = register(&self.0.pg, &self.0.tls, None).await?;
+        let presence = register(&self.0.pg, &self.0.tls, None).await?;
         let id = presence.replica;
         *self.0.presence.write().unwrap_or_else(|p| p.into_inner()) = presence;
         Ok(id)
